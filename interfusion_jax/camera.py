@@ -1,0 +1,257 @@
+"""Cameras: look-at, pinhole rays, random training cameras, orbits.
+
+Conventions (see docs/rendering.md):
+
+* The scene is z-up.
+* Camera-to-world matrices ``c2w`` [4, 4] follow OpenGL: the columns are
+  (right, up, backward, position); the camera looks along its local -z.
+* ``spherical_position`` uses the threestudio convention: azimuth 0 is the +x
+  axis (the "front view"), elevation is measured from the xy plane.
+
+Everything is jittable and takes explicit PRNG keys.
+"""
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+_EPS = 1e-8
+
+
+def _normalize(v: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+  return v / jnp.maximum(jnp.linalg.norm(v, axis=axis, keepdims=True), _EPS)
+
+
+def spherical_position(distance, elevation_rad, azimuth_rad) -> jnp.ndarray:
+  """z-up spherical -> Cartesian camera position.
+
+  Args:
+    distance, elevation_rad, azimuth_rad: scalars (or broadcastable arrays [...]).
+
+  Returns:
+    [..., 3]: (d cos(el) cos(az), d cos(el) sin(az), d sin(el)).
+  """
+  d = jnp.asarray(distance, jnp.float32)
+  el = jnp.asarray(elevation_rad, jnp.float32)
+  az = jnp.asarray(azimuth_rad, jnp.float32)
+  return jnp.stack(
+      [d * jnp.cos(el) * jnp.cos(az), d * jnp.cos(el) * jnp.sin(az),
+       d * jnp.sin(el)], axis=-1)
+
+
+def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> jnp.ndarray:
+  """OpenGL camera-to-world matrix of a camera at ``eye`` looking at ``target``.
+
+  When the viewing direction is (anti)parallel to ``up`` (e.g. elevation 90
+  deg) "right" falls back to an axis orthogonal to the viewing direction, so
+  the matrix stays orthonormal.
+
+  Args:
+    eye: [3] camera position.
+    target: [3] point the camera looks at.
+    up: [3] world up vector (z-up scene by default).
+
+  Returns:
+    c2w [4, 4] float32 with columns (right, up, backward, eye); the camera
+    looks along -backward, i.e. towards ``target``.
+  """
+  eye = jnp.asarray(eye, jnp.float32)
+  target = jnp.asarray(target, jnp.float32)
+  up = jnp.broadcast_to(jnp.asarray(up, jnp.float32), eye.shape)
+  backward = _normalize(eye - target)
+  right = jnp.cross(up, backward)
+  norm = jnp.linalg.norm(right, axis=-1, keepdims=True)
+  # Degenerate (looking along up): pick any axis orthogonal to ``backward``.
+  alt_axis = jnp.where(jnp.abs(backward[..., :1]) < 0.9,
+                       jnp.array([1.0, 0.0, 0.0]), jnp.array([0.0, 1.0, 0.0]))
+  alt = jnp.cross(alt_axis, backward)
+  right = jnp.where(norm > 1e-6, right, alt)
+  right = _normalize(right)
+  cam_up = jnp.cross(backward, right)
+  rot = jnp.stack([right, cam_up, backward, eye], axis=-1)  # [..., 3, 4]
+  bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], jnp.float32),
+                            rot.shape[:-2] + (1, 4))
+  return jnp.concatenate([rot, bottom], axis=-2)
+
+
+def focal_from_fovy(fovy_rad, height: int) -> jnp.ndarray:
+  """Pinhole focal length in pixels: f = H / (2 tan(fovy / 2)). Scalar."""
+  return 0.5 * height / jnp.tan(0.5 * jnp.asarray(fovy_rad, jnp.float32))
+
+
+def pinhole_rays(c2w, fovy_rad, height: int, width: int):
+  """World-space rays through pixel centres of a pinhole camera.
+
+  Args:
+    c2w: [4, 4] (or [3, 4]) OpenGL camera-to-world matrix.
+    fovy_rad: scalar vertical field of view in radians.
+    height, width: static image size.
+
+  Returns:
+    (origins [H, W, 3], dirs [H, W, 3] unit length). Row 0 is the top of the
+    image (+camera-up), column 0 the left (-camera-right).
+  """
+  c2w = jnp.asarray(c2w, jnp.float32)
+  focal = focal_from_fovy(fovy_rad, height)
+  j, i = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) + 0.5,
+                      jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij")
+  dirs_cam = jnp.stack([(i - 0.5 * width) / focal,
+                        -(j - 0.5 * height) / focal,
+                        -jnp.ones_like(i)], axis=-1)  # [H, W, 3]
+  dirs = _normalize(dirs_cam @ c2w[:3, :3].T)
+  origins = jnp.broadcast_to(c2w[:3, 3], dirs.shape)
+  return origins, dirs
+
+
+class Camera(NamedTuple):
+  """One camera (or a batch, with a leading axis on every field).
+
+  c2w [4, 4]; position [3] (== c2w[:3, 3]); elevation, azimuth, fovy in
+  radians (scalars); distance scalar; light_position [3].
+  """
+  c2w: jnp.ndarray
+  position: jnp.ndarray
+  elevation: jnp.ndarray
+  azimuth: jnp.ndarray
+  distance: jnp.ndarray
+  fovy: jnp.ndarray
+  light_position: jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSpec:
+  """Static camera settings (config.camera + the light part of config.shading)."""
+  distance_range: tuple[float, float] = (2.5, 3.0)
+  elevation_range_deg: tuple[float, float] = (-10.0, 90.0)
+  azimuth_range_deg: tuple[float, float] = (-180.0, 180.0)
+  fovy_range_deg: tuple[float, float] = (40.0, 70.0)
+  light_distance_range: tuple[float, float] = (0.8, 1.5)
+  light_position_perturb: float = 1.0
+  eval_distance: float = 2.0
+  eval_fovy_deg: float = 70.0
+  eval_elevation_deg: float = 15.0
+  up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "CameraSpec":
+    """Builds the spec from the full config (reads cfg.camera and cfg.shading)."""
+    cam, sh = cfg.camera, cfg.get("shading", ml_collections.ConfigDict())
+    pair = lambda v: (float(v[0]), float(v[1]))
+    return cls(
+        distance_range=pair(cam.distance_range),
+        elevation_range_deg=pair(cam.elevation_range_deg),
+        azimuth_range_deg=pair(cam.azimuth_range_deg),
+        fovy_range_deg=pair(cam.fovy_range_deg),
+        light_distance_range=pair(sh.get("light_distance_range", (0.8, 1.5))),
+        light_position_perturb=float(sh.get("light_position_perturb", 1.0)),
+        eval_distance=float(cam.eval_distance),
+        eval_fovy_deg=float(cam.eval_fovy_deg),
+        eval_elevation_deg=float(cam.get("eval_elevation_deg", 15.0)),
+        up=tuple(float(u) for u in cam.get("up", (0.0, 0.0, 1.0))),
+    )
+
+
+def _uniform(key, lo, hi):
+  return jax.random.uniform(key, (), jnp.float32, lo, hi)
+
+
+def sample_light_position(key, position, spec: CameraSpec) -> jnp.ndarray:
+  """threestudio light: direction near the camera's, random distance.
+
+  light = normalize(position + N(0, perturb^2 I)) * U(light_distance_range).
+
+  Args:
+    key: PRNG key.
+    position: [3] camera position (relative to what the camera looks at).
+    spec: camera spec.
+
+  Returns:
+    [3] light position.
+  """
+  k_dir, k_dist = jax.random.split(key)
+  noise = jax.random.normal(k_dir, (3,)) * spec.light_position_perturb
+  direction = _normalize(position + noise)
+  return direction * _uniform(k_dist, *spec.light_distance_range)
+
+
+def sample_camera(key, spec: CameraSpec) -> Camera:
+  """A random training camera around the origin (PAPER.md "cameras").
+
+  distance ~ U(distance_range), elevation ~ U(elevation_range), azimuth ~
+  U(azimuth_range), fovy ~ U(fovy_range); the camera looks at the origin.
+
+  Args:
+    key: PRNG key.
+    spec: camera spec.
+
+  Returns:
+    Camera with scalar angles (radians) and [3] / [4, 4] arrays.
+  """
+  kd, ke, ka, kf, kl = jax.random.split(key, 5)
+  dist = _uniform(kd, *spec.distance_range)
+  elev = jnp.deg2rad(_uniform(ke, *spec.elevation_range_deg))
+  azim = jnp.deg2rad(_uniform(ka, *spec.azimuth_range_deg))
+  fovy = jnp.deg2rad(_uniform(kf, *spec.fovy_range_deg))
+  pos = spherical_position(dist, elev, azim)
+  return Camera(c2w=look_at(pos, jnp.zeros(3), spec.up), position=pos,
+                elevation=elev, azimuth=azim, distance=dist, fovy=fovy,
+                light_position=sample_light_position(kl, pos, spec))
+
+
+def recenter_camera(camera: Camera, scale, offset, up=(0.0, 0.0, 1.0)) -> Camera:
+  """Camera tracing: centre = scale * pos + offset, looking at ``offset``.
+
+  PAPER.md "Camera tracing" (object: 0.7 pos + c_O; interaction:
+  0.8 pos + c_O / 2; human: 0.7 pos; head: 0.2 pos + head joint). The light is
+  moved by the same offset; angles and fovy are unchanged; ``distance``
+  becomes scale * distance.
+
+  Args:
+    camera: a Camera (unbatched) sampled around the origin.
+    scale: scalar.
+    offset: [3] new look-at target.
+    up: world up.
+
+  Returns:
+    The re-centred Camera.
+  """
+  offset = jnp.asarray(offset, jnp.float32)
+  pos = scale * camera.position + offset
+  return camera._replace(
+      c2w=look_at(pos, offset, up), position=pos,
+      distance=scale * camera.distance,
+      light_position=camera.light_position + offset)
+
+
+def orbit_cameras(num_views: int, distance, elevation_deg, fovy_deg,
+                  target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0),
+                  azimuth_start_deg: float = 0.0) -> Camera:
+  """Fixed turntable cameras at evenly spaced azimuths.
+
+  Args:
+    num_views: static number of views V.
+    distance, elevation_deg, fovy_deg: scalars.
+    target: [3] orbit centre.
+    up: world up.
+    azimuth_start_deg: azimuth of view 0.
+
+  Returns:
+    Camera with a leading axis V on every field; the light sits at the camera.
+  """
+  target = jnp.asarray(target, jnp.float32)
+  azim = jnp.deg2rad(azimuth_start_deg + 360.0 * jnp.arange(num_views) / num_views)
+  elev = jnp.full((num_views,), jnp.deg2rad(elevation_deg), jnp.float32)
+  dist = jnp.full((num_views,), distance, jnp.float32)
+  pos = spherical_position(dist, elev, azim) + target
+  c2w = jax.vmap(lambda p: look_at(p, target, up))(pos)
+  fovy = jnp.full((num_views,), jnp.deg2rad(fovy_deg), jnp.float32)
+  return Camera(c2w=c2w, position=pos, elevation=elev, azimuth=azim.astype(jnp.float32),
+                distance=dist, fovy=fovy, light_position=pos)
+
+
+def eval_orbit(num_views: int, spec: CameraSpec, target=(0.0, 0.0, 0.0)) -> Camera:
+  """Turntable at the spec's evaluation distance / elevation / fovy. See orbit_cameras."""
+  return orbit_cameras(num_views, spec.eval_distance, spec.eval_elevation_deg,
+                       spec.eval_fovy_deg, target=target, up=spec.up)
