@@ -1,0 +1,174 @@
+"""Every step-dependent weight and switch of stage 2, written once.
+
+Each schedule is a pure function of the (possibly traced) integer ``step``
+and works both on Python ints (returns a Python/NumPy scalar) and inside
+``jax.jit`` (returns a 0-d array). PAPER.md "Total loss, Eq. 8", "Official
+field, renderer and optimizer defaults" and "Camera tracing".
+
+* ``lambda_object_sds``: lambda1 = floor(step / 1000) / 10.
+* ``lambda_object_geo``: lambda2, the official piecewise schedule or the horse one.
+* ``lambda_orient``: linear ramp 10 -> 1000 over steps 0..5000.
+* ``ambient_only``: ambient-only shading while step < 2001.
+* ``occupancy_update_due``: occupancy-grid update every 16 steps.
+* ``trace_due``: camera tracing (c_O) every 1000 steps.
+* ``max_timestep_fraction``: optional t_max annealing of the SDS timestep.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+# lambda2 = (ends, shoulders, middle) for the two official configs.
+_LAMBDA2_LEVELS = {
+    "official": (0.01, 0.1, 0.1),
+    "horse": (0.001, 0.01, 0.1),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+  """Static schedule settings (config.loss / shading / occupancy / camera / guidance)."""
+  lambda_object_geo: str = "official"
+  orient_start: float = 10.0
+  orient_end: float = 1000.0
+  orient_ramp_steps: int = 5000
+  ambient_only_steps: int = 2001
+  occupancy_update_every: int = 16
+  occupancy_warmup_steps: int = 256
+  trace_every: int = 1000
+  t_max: float = 0.98
+  t_anneal: str = "none"
+  t_anneal_end: float = 0.5
+  total_steps: int = 10000
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "ScheduleSpec":
+    """Builds the spec from a full config made by configs/hoi.py."""
+    return cls(
+        lambda_object_geo=str(cfg.loss.lambda_object_geo),
+        orient_start=float(cfg.loss.lambda_orient_start),
+        orient_end=float(cfg.loss.lambda_orient_end),
+        orient_ramp_steps=int(cfg.loss.lambda_orient_ramp_steps),
+        ambient_only_steps=int(cfg.shading.ambient_only_steps),
+        occupancy_update_every=int(cfg.occupancy.update_every),
+        occupancy_warmup_steps=int(cfg.occupancy.warmup_steps),
+        trace_every=int(cfg.camera.trace_every),
+        t_max=float(cfg.guidance.t_max),
+        t_anneal=str(cfg.guidance.t_anneal),
+        t_anneal_end=float(cfg.guidance.t_anneal_end),
+        total_steps=int(cfg.train.steps),
+    )
+
+
+def lambda_object_sds(step: Any) -> Any:
+  """lambda1 of PAPER.md Eq. 8 (object SDS): ``floor(step / 1000) / 10``.
+
+  Args:
+    step: integer step, Python int or 0-d int array.
+
+  Returns:
+    A 0-d float32 array.
+  """
+  return jnp.floor_divide(jnp.asarray(step, jnp.int32), 1000).astype(jnp.float32) / 10.0
+
+
+def lambda_object_geo(step: Any, variant: str = "official") -> Any:
+  """lambda2 of PAPER.md Eq. 8 (object geometry), official piecewise schedule.
+
+  official: 0.01 if step < 1000 or step > 9000; else 0.1 if step < 2000 or
+  step > 8000; else 0.1.  horse: the same boundaries with 0.001 / 0.01 / 0.1.
+
+  Args:
+    step: integer step (Python int or 0-d int array).
+    variant: "official" or "horse" (config.loss.lambda_object_geo).
+
+  Returns:
+    A 0-d float32 array.
+  """
+  if variant not in _LAMBDA2_LEVELS:
+    raise ValueError(f"lambda_object_geo variant {variant!r} is unknown; choose one of "
+                     f"{sorted(_LAMBDA2_LEVELS)} (config.loss.lambda_object_geo).")
+  ends, shoulders, middle = _LAMBDA2_LEVELS[variant]
+  s = jnp.asarray(step, jnp.int32)
+  return jnp.where((s < 1000) | (s > 9000), ends,
+                   jnp.where((s < 2000) | (s > 8000), shoulders, middle)).astype(jnp.float32)
+
+
+def lambda_orient(step: Any, start: float = 10.0, end: float = 1000.0,
+                  ramp_steps: int = 5000) -> Any:
+  """Orient-loss weight (PAPER.md "L_reg"): linear start -> end over [0, ramp_steps].
+
+  Args:
+    step: integer step.
+    start, end: weights at step 0 and at ``ramp_steps`` (and after).
+    ramp_steps: ramp length; 0 means ``end`` from the start.
+
+  Returns:
+    A 0-d float32 array.
+  """
+  s = jnp.asarray(step, jnp.float32)
+  frac = jnp.clip(s / max(ramp_steps, 1), 0.0, 1.0) if ramp_steps > 0 else 1.0
+  return jnp.asarray(start + (end - start) * frac, jnp.float32)
+
+
+def ambient_only(step: Any, ambient_only_steps: int = 2001) -> Any:
+  """Ambient-only shading while ``step < ambient_only_steps`` (official 2001). 0-d bool."""
+  return jnp.asarray(step, jnp.int32) < ambient_only_steps
+
+
+def occupancy_update_due(step: int, every: int = 16) -> bool:
+  """Occupancy grid updated on steps that are multiples of ``every`` (official 16).
+
+  Host-side (Python int) check; the first ``warmup_steps`` updates touch every
+  cell (see ``occupancy_warmup``).
+  """
+  return int(step) % int(every) == 0
+
+
+def occupancy_warmup(step: Any, warmup_steps: int = 256) -> Any:
+  """True while the occupancy grid is in warm-up (``step < warmup_steps``). 0-d bool."""
+  return jnp.asarray(step, jnp.int32) < warmup_steps
+
+
+def trace_due(step: int, every: int = 1000) -> bool:
+  """Camera tracing (PAPER.md "Camera tracing"): recompute c_O when step % every == 0."""
+  return int(step) % int(every) == 0
+
+
+def max_timestep_fraction(step: Any, spec: ScheduleSpec) -> Any:
+  """Upper end of the SDS timestep range U[t_min, t_max] (PAPER.md "SDS").
+
+  InterFusion does no annealing ("none": constant t_max). "linear" goes from
+  t_max to t_anneal_end over the run; "hifa_sqrt" follows HiFA's
+  t_max - (t_max - end) * sqrt(step / total).
+
+  Args:
+    step: integer step.
+    spec: the schedule spec.
+
+  Returns:
+    A 0-d float32 array in (0, 1).
+  """
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(spec.total_steps, 1), 0.0, 1.0)
+  if spec.t_anneal == "none":
+    return jnp.asarray(spec.t_max, jnp.float32)
+  if spec.t_anneal == "linear":
+    return jnp.asarray(spec.t_max + (spec.t_anneal_end - spec.t_max) * frac, jnp.float32)
+  if spec.t_anneal == "hifa_sqrt":
+    return jnp.asarray(spec.t_max + (spec.t_anneal_end - spec.t_max) * jnp.sqrt(frac),
+                       jnp.float32)
+  raise ValueError(f"config.guidance.t_anneal = {spec.t_anneal!r}: choose none | linear | "
+                   "hifa_sqrt.")
+
+
+def step_weights(step: Any, spec: ScheduleSpec) -> dict[str, Any]:
+  """All loss weights at ``step`` as a dict of 0-d float32 arrays (for logging)."""
+  return {
+      "lambda_object_sds": lambda_object_sds(step),
+      "lambda_object_geo": lambda_object_geo(step, spec.lambda_object_geo),
+      "lambda_orient": lambda_orient(step, spec.orient_start, spec.orient_end,
+                                     spec.orient_ramp_steps),
+  }

@@ -1,0 +1,79 @@
+"""Schedules equal their PAPER.md definitions at boundary steps."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import hoi
+from interfusion_jax import schedules
+
+BOUNDARY_STEPS = [0, 1, 999, 1000, 1001, 1999, 2000, 2001, 2500, 4999, 5000, 5001,
+                  7999, 8000, 8001, 8999, 9000, 9001, 9999, 10000]
+
+
+def _paper_lambda1(step):
+  return math.floor(step / 1000) / 10
+
+
+def _paper_lambda2(step, ends, shoulders, middle):
+  # Literal transcription of PAPER.md's if/elif chain.
+  if step < 1000 or step > 9000:
+    return ends
+  if step < 2000 or step > 8000:
+    return shoulders
+  return middle
+
+
+@pytest.mark.parametrize("step", BOUNDARY_STEPS)
+def test_lambda1(step):
+  assert float(schedules.lambda_object_sds(step)) == pytest.approx(_paper_lambda1(step))
+
+
+@pytest.mark.parametrize("step", BOUNDARY_STEPS)
+def test_lambda2_official_and_horse(step):
+  assert float(schedules.lambda_object_geo(step)) == pytest.approx(
+      _paper_lambda2(step, 0.01, 0.1, 0.1))
+  assert float(schedules.lambda_object_geo(step, "horse")) == pytest.approx(
+      _paper_lambda2(step, 0.001, 0.01, 0.1))
+
+
+def test_lambda2_bad_variant():
+  with pytest.raises(ValueError, match="lambda_object_geo"):
+    schedules.lambda_object_geo(0, "zebra")
+
+
+@pytest.mark.parametrize("step", BOUNDARY_STEPS)
+def test_orient_ramp(step):
+  expected = 10.0 + (1000.0 - 10.0) * min(step, 5000) / 5000
+  assert float(schedules.lambda_orient(step)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("step", BOUNDARY_STEPS)
+def test_ambient_and_switches(step):
+  assert bool(schedules.ambient_only(step)) == (step < 2001)
+  assert schedules.occupancy_update_due(step) == (step % 16 == 0)
+  assert schedules.trace_due(step) == (step % 1000 == 0)
+  assert bool(schedules.occupancy_warmup(step)) == (step < 256)
+
+
+def test_traced_equals_python():
+  spec = schedules.ScheduleSpec.from_config(hoi.get_config())
+  steps = jnp.asarray(BOUNDARY_STEPS, jnp.int32)
+  traced = jax.jit(jax.vmap(lambda s: schedules.step_weights(s, spec)))(steps)
+  for i, s in enumerate(BOUNDARY_STEPS):
+    eager = schedules.step_weights(s, spec)
+    for k in eager:
+      np.testing.assert_allclose(traced[k][i], eager[k], rtol=1e-6)
+
+
+def test_timestep_anneal():
+  cfg = hoi.get_config()
+  spec = schedules.ScheduleSpec.from_config(cfg)
+  assert float(schedules.max_timestep_fraction(7000, spec)) == pytest.approx(0.98)
+  lin = spec.__class__(**{**spec.__dict__, "t_anneal": "linear"})
+  assert float(schedules.max_timestep_fraction(5000, lin)) == pytest.approx(0.98 + (0.5 - 0.98) * 0.5)
+  hifa = spec.__class__(**{**spec.__dict__, "t_anneal": "hifa_sqrt"})
+  assert float(schedules.max_timestep_fraction(2500, hifa)) == pytest.approx(
+      0.98 + (0.5 - 0.98) * math.sqrt(0.25), rel=1e-6)
