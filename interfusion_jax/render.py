@@ -1,0 +1,534 @@
+"""Ray marching, volume rendering, Eq. 6 two-field compositing and shading.
+
+Everything is a pure function with static shapes. The main entry points:
+
+* ``render_rays(field_fn, params, rays_o, rays_d, background, spec, ...)``:
+  one field (human, object or head render).
+* ``render_two_fields(field_fn_h, params_h, field_fn_o, params_o, ...)``: the
+  interaction render; both fields are marched on SHARED samples and
+  composited per sample with PAPER.md Eq. 6 (``composite_two_fields``).
+
+A ``field_fn(params, x [M, 3]) -> (sigma [M], albedo [M, 3], normals [M, 3])``
+is a plain (static) callable, so tests can pass closed-form analytic fields.
+
+Empty-space skipping (see docs/rendering.md): every ray gets N stratified
+samples at step sqrt(3) * 2r / N inside the box; samples in occupied grid cells
+are packed, across the WHOLE ray batch, into a fixed budget of R * B slots
+(``jnp.nonzero(..., size=R * B)``), ordered by sample depth so that on overflow
+the deepest samples are dropped first. The fields are evaluated only on those
+R * B points, and the results are scattered back to the dense [R, N] layout
+for volume rendering (which is cheap). Without an occupancy grid (or with
+``skip_empty=False``) all R * N samples are evaluated.
+"""
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from interfusion_jax import camera as camera_lib
+from interfusion_jax import occupancy as occ_lib
+
+FieldFn = Callable[[Any, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]]
+
+ALPHA_MODES = ("sum_clamped", "union")
+
+
+class RenderConfigError(ValueError):
+  """A render setting is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSpec:
+  """Static renderer settings (config.render + config.field.radius).
+
+  ``sample_budget`` is the AVERAGE number of field evaluations per ray when
+  skipping empty space; the whole batch of R rays shares R * sample_budget
+  evaluation slots.
+  """
+  radius: float = 2.0
+  num_samples: int = 512
+  sample_budget: int = 128
+  skip_empty: bool = True
+  alpha_mode: str = "sum_clamped"
+  stop_human_grad: bool = True
+  composite_eps: float = 1e-6
+  near: float = 0.0
+
+  def __post_init__(self):
+    if self.alpha_mode not in ALPHA_MODES:
+      raise RenderConfigError(
+          f"alpha_mode={self.alpha_mode!r} is unknown; choose one of {ALPHA_MODES} "
+          "(config.render.alpha_mode).")
+    if not 0 < self.sample_budget <= self.num_samples:
+      raise RenderConfigError(
+          f"sample_budget={self.sample_budget} must be in [1, num_samples="
+          f"{self.num_samples}] (config.render.sample_budget; 0 = automatic).")
+    if self.radius <= 0:
+      raise RenderConfigError(f"radius={self.radius} must be positive (config.field.radius).")
+
+  @property
+  def step(self) -> float:
+    """Marching step sqrt(3) * 2r / N."""
+    return math.sqrt(3.0) * 2.0 * self.radius / self.num_samples
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "RenderSpec":
+    """Reads cfg.render and cfg.field.radius; sample_budget 0 -> num_samples // 4."""
+    r = cfg.render
+    n = int(r.num_samples)
+    budget = int(r.get("sample_budget", 0)) or max(1, n // 4)
+    return cls(radius=float(cfg.field.radius), num_samples=n,
+               sample_budget=budget, skip_empty=bool(r.get("skip_empty", True)),
+               alpha_mode=str(r.get("alpha_mode", "sum_clamped")),
+               stop_human_grad=bool(r.get("stop_human_grad", True)),
+               composite_eps=float(r.get("composite_eps", 1e-6)))
+
+
+# ----------------------------------------------------------------------------
+# Shading.
+# ----------------------------------------------------------------------------
+
+
+class Shading(NamedTuple):
+  """Traced shading parameters (so changing them never retraces).
+
+  light_position: [3] or [R, 3]; ambient, diffuse: scalars; textureless:
+  scalar in {0, 1} (1 = grey "textureless" shading, albedo ignored).
+  """
+  light_position: jnp.ndarray
+  ambient: jnp.ndarray
+  diffuse: jnp.ndarray
+  textureless: jnp.ndarray
+
+
+def albedo_shading() -> Shading:
+  """Plain albedo (ambient 1, diffuse 0): the ambient-only shading."""
+  return Shading(jnp.zeros(3, jnp.float32), jnp.float32(1.0), jnp.float32(0.0),
+                 jnp.float32(0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadingSpec:
+  """Static shading settings (config.shading)."""
+  ambient_light: float = 0.1
+  diffuse_light: float = 0.9
+  soft: bool = True
+  textureless_prob: float = 0.5
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "ShadingSpec":
+    s = cfg.shading
+    return cls(ambient_light=float(s.ambient_light), diffuse_light=float(s.diffuse_light),
+               soft=bool(s.soft), textureless_prob=float(s.textureless_prob))
+
+
+def sample_shading(key, light_position, ambient_only, spec: ShadingSpec) -> Shading:
+  """threestudio/DreamFusion shading augmentation for one training render.
+
+  ambient_only -> albedo. Otherwise diffuse + ambient with ambient =
+  ambient_light + (1 - ambient_light) U(0,1) and diffuse = 1 - ambient when
+  ``soft`` (threestudio's ambient_ratio), or the fixed (ambient_light,
+  diffuse_light); textureless with probability ``textureless_prob``.
+
+  Args:
+    key: PRNG key.
+    light_position: [3] light position (from camera.Camera.light_position).
+    ambient_only: 0-d bool (see schedules.ambient_only).
+    spec: shading spec.
+
+  Returns:
+    Shading.
+  """
+  k_amb, k_tex = jax.random.split(key)
+  if spec.soft:
+    amb = spec.ambient_light + (1.0 - spec.ambient_light) * jax.random.uniform(k_amb)
+    dif = 1.0 - amb
+  else:
+    amb, dif = jnp.float32(spec.ambient_light), jnp.float32(spec.diffuse_light)
+  tex = (jax.random.uniform(k_tex) < spec.textureless_prob).astype(jnp.float32)
+  return Shading(
+      light_position=jnp.asarray(light_position, jnp.float32),
+      ambient=jnp.where(ambient_only, 1.0, amb).astype(jnp.float32),
+      diffuse=jnp.where(ambient_only, 0.0, dif).astype(jnp.float32),
+      textureless=jnp.where(ambient_only, 0.0, tex).astype(jnp.float32))
+
+
+def shade(albedo, normals, points, light_position, shading: Shading) -> jnp.ndarray:
+  """Diffuse point-light shading (threestudio ``diffuse_with_point_light``).
+
+  light = ambient + diffuse * max(0, n . normalize(light_pos - x));
+  rgb = light (textureless) or clamp(albedo * light, 0, 1).
+
+  Args:
+    albedo, normals, points: [..., 3].
+    light_position: broadcastable to [..., 3].
+    shading: Shading (scalar ambient / diffuse / textureless).
+
+  Returns:
+    [..., 3] shaded colour.
+  """
+  to_light = light_position - points
+  to_light = to_light / jnp.maximum(jnp.linalg.norm(to_light, axis=-1, keepdims=True), 1e-8)
+  cos = jnp.maximum(jnp.sum(normals * to_light, axis=-1, keepdims=True), 0.0)
+  light = shading.ambient + shading.diffuse * cos
+  light = jnp.broadcast_to(light, albedo.shape)
+  lit = jnp.clip(albedo * light, 0.0, 1.0)
+  return jnp.where(shading.textureless > 0.5, jnp.clip(light, 0.0, 1.0), lit)
+
+
+def normals_to_image(normal, opacity, background=1.0) -> jnp.ndarray:
+  """Display normal map: (n + 1) / 2 over a background.
+
+  Args:
+    normal: [..., 3] weight-accumulated normals (``RenderOutput.normal``).
+    opacity: [...] accumulated opacity.
+    background: scalar or [..., 3] background colour.
+
+  Returns:
+    [..., 3] in [0, 1].
+  """
+  n = normal / jnp.maximum(jnp.linalg.norm(normal, axis=-1, keepdims=True), 1e-6)
+  img = 0.5 * (n + 1.0)
+  o = opacity[..., None]
+  return jnp.clip(o * img + (1.0 - o) * background, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------
+# Sampling.
+# ----------------------------------------------------------------------------
+
+
+def intersect_box(rays_o, rays_d, radius: float, near: float = 0.0):
+  """Slab test of rays against the box [-r, r]^3.
+
+  Args:
+    rays_o, rays_d: [R, 3] origins and directions.
+    radius: box half-size.
+    near: minimum distance along the ray.
+
+  Returns:
+    (t_near [R], t_far [R], hit [R] bool); t_near >= near.
+  """
+  d = jnp.where(jnp.abs(rays_d) < 1e-9, jnp.where(rays_d < 0, -1e-9, 1e-9), rays_d)
+  t0 = (-radius - rays_o) / d
+  t1 = (radius - rays_o) / d
+  t_near = jnp.maximum(jnp.max(jnp.minimum(t0, t1), axis=-1), near)
+  t_far = jnp.min(jnp.maximum(t0, t1), axis=-1)
+  hit = t_far > t_near
+  return t_near, jnp.where(hit, t_far, t_near), hit
+
+
+class RaySamples(NamedTuple):
+  """Samples along R rays: t [R, N] positions, delta [R, N] interval lengths,
+  mask [R, N] (inside the box)."""
+  t: jnp.ndarray
+  delta: jnp.ndarray
+  mask: jnp.ndarray
+
+
+def stratified_samples(t_near, t_far, num_samples: int, step: float,
+                       key=None) -> RaySamples:
+  """N intervals of length ``step`` from t_near, clipped at t_far.
+
+  Interval k is [t_near + k step, min(t_near + (k + 1) step, t_far)]; its
+  sample sits at the midpoint (``key`` None) or uniformly inside it
+  (stratified). The deltas sum exactly to t_far - t_near when the chord is
+  <= N * step (always true for step = sqrt(3) 2r / N).
+
+  Args:
+    t_near, t_far: [R].
+    num_samples: N (static).
+    step: interval length.
+    key: optional PRNG key for jitter.
+
+  Returns:
+    RaySamples with [R, N] arrays.
+  """
+  k = jnp.arange(num_samples, dtype=jnp.float32)
+  lo = t_near[:, None] + k * step
+  hi = jnp.minimum(lo + step, t_far[:, None])
+  delta = jnp.maximum(hi - lo, 0.0)
+  if key is None:
+    u = jnp.full(lo.shape, 0.5, jnp.float32)
+  else:
+    u = jax.random.uniform(key, lo.shape, jnp.float32)
+  return RaySamples(t=lo + u * delta, delta=delta, mask=delta > 0.0)
+
+
+def sample_points(rays_o, rays_d, t) -> jnp.ndarray:
+  """x = o + t d. rays_o, rays_d [R, 3], t [R, N] -> [R, N, 3]."""
+  return rays_o[:, None, :] + t[..., None] * rays_d[:, None, :]
+
+
+def compact_indices(mask, budget_total: int):
+  """Packs the True entries of ``mask`` [R, N] into ``budget_total`` slots.
+
+  Slots are filled in order of sample index k (all rays' first samples, then
+  the second ones, ...), so when more than ``budget_total`` samples are
+  occupied the DEEPEST ones are dropped.
+
+  Args:
+    mask: [R, N] bool.
+    budget_total: M (static).
+
+  Returns:
+    (flat [M] int32 indices into the row-major R * N layout, valid [M] bool,
+    dropped scalar int32: occupied samples that did not fit).
+  """
+  r, n = mask.shape
+  mt = mask.T.reshape(-1)  # depth-major order
+  (src,) = jnp.nonzero(mt, size=budget_total, fill_value=0)
+  count = jnp.sum(mt.astype(jnp.int32))
+  valid = jnp.arange(budget_total) < count
+  flat = (src % r) * n + (src // r)
+  return flat.astype(jnp.int32), valid, jnp.maximum(count - budget_total, 0)
+
+
+def _scatter(values, flat, valid, total: int):
+  """Scatters [M, ...] values to [total, ...] (zeros elsewhere); invalid slots add 0."""
+  v = jnp.where(valid.reshape(valid.shape + (1,) * (values.ndim - 1)), values, 0)
+  return jnp.zeros((total,) + values.shape[1:], values.dtype).at[flat].add(v)
+
+
+class _Evaluated(NamedTuple):
+  sigma: jnp.ndarray    # [R, N]
+  albedo: jnp.ndarray   # [R, N, 3]
+  normals: jnp.ndarray  # [R, N, 3]
+
+
+def _evaluate_fields(field_fns, params, points, eval_plan):
+  """Evaluates each field densely or on the packed slots; returns [R, N] layouts."""
+  r, n, _ = points.shape
+  flat_points = points.reshape(-1, 3)
+  outs = []
+  if eval_plan is None:
+    for fn, p in zip(field_fns, params):
+      s, a, nr = fn(p, flat_points)
+      outs.append(_Evaluated(s.reshape(r, n), a.reshape(r, n, 3), nr.reshape(r, n, 3)))
+    return outs
+  flat, valid = eval_plan
+  x = flat_points[flat]
+  for fn, p in zip(field_fns, params):
+    s, a, nr = fn(p, x)
+    outs.append(_Evaluated(_scatter(s, flat, valid, r * n).reshape(r, n),
+                           _scatter(a, flat, valid, r * n).reshape(r, n, 3),
+                           _scatter(nr, flat, valid, r * n).reshape(r, n, 3)))
+  return outs
+
+
+# ----------------------------------------------------------------------------
+# Volume rendering.
+# ----------------------------------------------------------------------------
+
+
+def density_to_alpha(sigma, delta) -> jnp.ndarray:
+  """alpha = 1 - exp(-sigma * delta). [..., S] -> [..., S]."""
+  return 1.0 - jnp.exp(-jnp.maximum(sigma, 0.0) * delta)
+
+
+def compositing_weights(alpha):
+  """Front-to-back weights w_i = alpha_i prod_{j<i} (1 - alpha_j) (PAPER.md Eq. 6, x^I).
+
+  Args:
+    alpha: [..., S] in [0, 1].
+
+  Returns:
+    (weights [..., S], transmittance [..., S] before each sample).
+  """
+  one_minus = 1.0 - alpha
+  trans = jnp.cumprod(
+      jnp.concatenate([jnp.ones_like(alpha[..., :1]), one_minus[..., :-1]], axis=-1),
+      axis=-1)
+  return alpha * trans, trans
+
+
+def accumulate(weights, values) -> jnp.ndarray:
+  """sum_i w_i v_i. weights [..., S], values [..., S, C] -> [..., C]."""
+  return jnp.einsum("...s,...sc->...c", weights, values)
+
+
+def composite_two_fields(alpha_h, rgb_h, alpha_o, rgb_o, *, mode: str = "sum_clamped",
+                         stop_human_grad: bool = True, eps: float = 1e-6):
+  """Per-sample two-field compositing, PAPER.md Eq. 6.
+
+  c_I = (alpha_H c_H + alpha_O c_O) / max(alpha_H + alpha_O, eps);
+  alpha_I = clamp(alpha_O + alpha_H, 0, 1) ("sum_clamped", official) or
+  1 - (1 - alpha_H)(1 - alpha_O) ("union", summed densities). With
+  ``stop_human_grad`` the human alpha and colour are stop-gradded (the
+  official "gradient truncation": the interaction render only updates the
+  object).
+
+  Args:
+    alpha_h, alpha_o: [..., S] per-sample alphas.
+    rgb_h, rgb_o: [..., S, C] per-sample colours (C = 3; normals work too).
+    mode: "sum_clamped" | "union".
+    stop_human_grad: stop gradients into alpha_h / rgb_h.
+    eps: floor of the colour denominator.
+
+  Returns:
+    (alpha_i [..., S], rgb_i [..., S, C]).
+  """
+  if mode not in ALPHA_MODES:
+    raise RenderConfigError(f"mode={mode!r} is unknown; choose one of {ALPHA_MODES}.")
+  if stop_human_grad:
+    alpha_h = jax.lax.stop_gradient(alpha_h)
+    rgb_h = jax.lax.stop_gradient(rgb_h)
+  if mode == "sum_clamped":
+    alpha_i = jnp.clip(alpha_o + alpha_h, 0.0, 1.0)
+  else:
+    alpha_i = 1.0 - (1.0 - alpha_h) * (1.0 - alpha_o)
+  denom = jnp.maximum(alpha_h + alpha_o, eps)[..., None]
+  rgb_i = (alpha_h[..., None] * rgb_h + alpha_o[..., None] * rgb_o) / denom
+  return alpha_i, rgb_i
+
+
+class RenderOutput(NamedTuple):
+  """Per-ray and per-sample render results (R rays, N samples per ray).
+
+  rgb [R, 3] composited over the background; opacity [R]; depth [R]
+  (sum_i w_i t_i, not normalised by opacity); normal [R, 3] (sum_i w_i n_i,
+  world space); weights, sigma, alpha, t [R, N]; points, normals [R, N, 3];
+  dirs [R, 3] unit ray directions; mask [R, N] samples whose field values are
+  real (inside the box, occupied and within the budget); num_evaluated,
+  num_dropped: scalars (field evaluation slots used; occupied samples lost to
+  the budget). ``aux`` holds per-field [R, N] arrays of the two-field render
+  (sigma_h, sigma_o, alpha_h, alpha_o); empty for one field.
+  """
+  rgb: jnp.ndarray
+  opacity: jnp.ndarray
+  depth: jnp.ndarray
+  normal: jnp.ndarray
+  weights: jnp.ndarray
+  sigma: jnp.ndarray
+  alpha: jnp.ndarray
+  t: jnp.ndarray
+  points: jnp.ndarray
+  normals: jnp.ndarray
+  dirs: jnp.ndarray
+  mask: jnp.ndarray
+  num_evaluated: jnp.ndarray
+  num_dropped: jnp.ndarray
+  aux: dict
+
+
+def _march(rays_o, rays_d, spec: RenderSpec, occupancy, key):
+  """Shared front half: samples, points, and the packed evaluation plan."""
+  rays_d = rays_d / jnp.maximum(jnp.linalg.norm(rays_d, axis=-1, keepdims=True), 1e-12)
+  t_near, t_far, _ = intersect_box(rays_o, rays_d, spec.radius, spec.near)
+  samples = stratified_samples(t_near, t_far, spec.num_samples, spec.step, key)
+  points = sample_points(rays_o, rays_d, samples.t)
+  r, n = samples.t.shape
+  if occupancy is None or not spec.skip_empty:
+    return rays_d, samples, points, samples.mask, None, jnp.int32(r * n), jnp.int32(0)
+  bitfield = occupancy.bitfield if isinstance(occupancy, occ_lib.OccupancyGrid) else occupancy
+  occupied = samples.mask & occ_lib.query_occupancy(
+      bitfield, jax.lax.stop_gradient(points), spec.radius)
+  flat, valid, dropped = compact_indices(occupied, r * spec.sample_budget)
+  mask = jnp.zeros((r * n,), bool).at[flat].max(valid).reshape(r, n)
+  return rays_d, samples, points, mask, (flat, valid), jnp.int32(r * spec.sample_budget), dropped
+
+
+def _finish(alpha, rgb, normals, sigma, samples, points, rays_d, mask, background,
+            num_eval, dropped, aux) -> RenderOutput:
+  weights, _ = compositing_weights(alpha)
+  opacity = jnp.sum(weights, axis=-1)
+  bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), rgb.shape[:1] + (3,))
+  return RenderOutput(
+      rgb=accumulate(weights, rgb) + (1.0 - opacity)[:, None] * bg,
+      opacity=opacity, depth=jnp.sum(weights * samples.t, axis=-1),
+      normal=accumulate(weights, normals), weights=weights, sigma=sigma, alpha=alpha,
+      t=samples.t, points=points, normals=normals, dirs=rays_d, mask=mask,
+      num_evaluated=num_eval, num_dropped=dropped, aux=aux)
+
+
+def _light(shading: Shading, r: int):
+  return jnp.broadcast_to(jnp.asarray(shading.light_position, jnp.float32), (r, 3))[:, None, :]
+
+
+def render_rays(field_fn: FieldFn, params, rays_o, rays_d, background,
+                spec: RenderSpec, *, occupancy=None, key=None,
+                shading: Optional[Shading] = None) -> RenderOutput:
+  """Volume-renders one field along R rays.
+
+  Args:
+    field_fn: static callable (params, x [M, 3]) -> (sigma [M], albedo [M, 3],
+      normals [M, 3]).
+    params: field parameters (pytree).
+    rays_o, rays_d: [R, 3] (directions are normalised here).
+    background: [3] or [R, 3] background colour.
+    spec: RenderSpec.
+    occupancy: OccupancyGrid (or its [G, G, G] bitfield) to skip empty space;
+      None renders densely.
+    key: PRNG key for stratified jitter; None = interval midpoints.
+    shading: Shading; None = albedo.
+
+  Returns:
+    RenderOutput (see its docstring for shapes).
+  """
+  shading = albedo_shading() if shading is None else shading
+  rays_d, samples, points, mask, plan, n_eval, dropped = _march(
+      rays_o, rays_d, spec, occupancy, key)
+  (ev,) = _evaluate_fields((field_fn,), (params,), points, plan)
+  sigma = jnp.where(mask, ev.sigma, 0.0)
+  alpha = density_to_alpha(sigma, samples.delta)
+  rgb = shade(ev.albedo, ev.normals, points, _light(shading, points.shape[0]), shading)
+  return _finish(alpha, rgb, ev.normals, sigma, samples, points, rays_d, mask,
+                 background, n_eval, dropped, {})
+
+
+def render_two_fields(field_fn_h: FieldFn, params_h, field_fn_o: FieldFn, params_o,
+                      rays_o, rays_d, background, spec: RenderSpec, *,
+                      occupancy=None, key=None,
+                      shading: Optional[Shading] = None) -> RenderOutput:
+  """The interaction render x^I: both fields on shared samples, Eq. 6 per sample.
+
+  Each field is shaded with its own albedo and normals, then alphas, colours
+  and normals are composited with ``composite_two_fields`` (spec.alpha_mode,
+  spec.stop_human_grad, spec.composite_eps) and volume-rendered.
+
+  Args:
+    field_fn_h, params_h: human field (callable static) and its parameters.
+    field_fn_o, params_o: object field and its parameters.
+    rays_o, rays_d, background, spec, occupancy, key, shading: as render_rays.
+      The occupancy grid should hold the summed density of both fields.
+
+  Returns:
+    RenderOutput; ``sigma`` is sigma_h + sigma_o, ``aux`` has sigma_h, sigma_o,
+    alpha_h, alpha_o [R, N].
+  """
+  shading = albedo_shading() if shading is None else shading
+  rays_d, samples, points, mask, plan, n_eval, dropped = _march(
+      rays_o, rays_d, spec, occupancy, key)
+  ev_h, ev_o = _evaluate_fields((field_fn_h, field_fn_o), (params_h, params_o),
+                                points, plan)
+  light = _light(shading, points.shape[0])
+  sig_h = jnp.where(mask, ev_h.sigma, 0.0)
+  sig_o = jnp.where(mask, ev_o.sigma, 0.0)
+  a_h = density_to_alpha(sig_h, samples.delta)
+  a_o = density_to_alpha(sig_o, samples.delta)
+  c_h = shade(ev_h.albedo, ev_h.normals, points, light, shading)
+  c_o = shade(ev_o.albedo, ev_o.normals, points, light, shading)
+  kw = dict(mode=spec.alpha_mode, stop_human_grad=spec.stop_human_grad,
+            eps=spec.composite_eps)
+  alpha, rgb = composite_two_fields(a_h, c_h, a_o, c_o, **kw)
+  _, normals = composite_two_fields(a_h, ev_h.normals, a_o, ev_o.normals, **kw)
+  aux = dict(sigma_h=sig_h, sigma_o=sig_o, alpha_h=a_h, alpha_o=a_o)
+  return _finish(alpha, rgb, normals, sig_h + sig_o, samples, points, rays_d, mask,
+                 background, n_eval, dropped, aux)
+
+
+def camera_rays(camera, height: int, width: int):
+  """Flattened rays of a camera.Camera: (rays_o [H*W, 3], rays_d [H*W, 3])."""
+  o, d = camera_lib.pinhole_rays(camera.c2w, camera.fovy, height, width)
+  return o.reshape(-1, 3), d.reshape(-1, 3)
+
+
+def to_image(out: RenderOutput, height: int, width: int) -> dict:
+  """Per-ray outputs reshaped to images: rgb/normal [H, W, 3], opacity/depth [H, W]."""
+  return dict(rgb=out.rgb.reshape(height, width, 3),
+              opacity=out.opacity.reshape(height, width),
+              depth=out.depth.reshape(height, width),
+              normal=out.normal.reshape(height, width, 3))
