@@ -21,6 +21,7 @@ CORE = [
     "safetensors",
     "imageio",
     "imageio-ffmpeg",
+    "PyMCubes",  # marching cubes for mesh export (export.py)
     "tqdm",
 ]
 
