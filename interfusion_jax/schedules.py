@@ -141,9 +141,9 @@ def trace_due(step: int, every: int = 1000) -> bool:
 def max_timestep_fraction(step: Any, spec: ScheduleSpec) -> Any:
   """Upper end of the SDS timestep range U[t_min, t_max] (PAPER.md "SDS").
 
-  InterFusion does no annealing ("none": constant t_max). "linear" goes from
-  t_max to t_anneal_end over the run; "hifa_sqrt" follows HiFA's
-  t_max - (t_max - end) * sqrt(step / total).
+  InterFusion does no annealing ("none": constant t_max); "linear" and
+  "hifa_sqrt" anneal t_max -> t_anneal_end over the run. The formula is
+  written once, in ``guidance.sds.anneal_t_max``; this only binds the config.
 
   Args:
     step: integer step.
@@ -152,16 +152,9 @@ def max_timestep_fraction(step: Any, spec: ScheduleSpec) -> Any:
   Returns:
     A 0-d float32 array in (0, 1).
   """
-  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(spec.total_steps, 1), 0.0, 1.0)
-  if spec.t_anneal == "none":
-    return jnp.asarray(spec.t_max, jnp.float32)
-  if spec.t_anneal == "linear":
-    return jnp.asarray(spec.t_max + (spec.t_anneal_end - spec.t_max) * frac, jnp.float32)
-  if spec.t_anneal == "hifa_sqrt":
-    return jnp.asarray(spec.t_max + (spec.t_anneal_end - spec.t_max) * jnp.sqrt(frac),
-                       jnp.float32)
-  raise ValueError(f"config.guidance.t_anneal = {spec.t_anneal!r}: choose none | linear | "
-                   "hifa_sqrt.")
+  from interfusion_jax.guidance import sds  # local: keeps schedules import-light
+  return jnp.asarray(sds.anneal_t_max(step, spec.total_steps, spec.t_max,
+                                      spec.t_anneal_end, spec.t_anneal), jnp.float32)
 
 
 def step_weights(step: Any, spec: ScheduleSpec) -> dict[str, Any]:
