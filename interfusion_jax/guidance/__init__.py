@@ -1,0 +1,25 @@
+"""Score distillation guidance (PAPER.md "Score distillation").
+
+Public API::
+
+  sds_gradient, sds_loss, sds_weight, classifier_free_guidance,
+  sample_timesteps, anneal_t_max                                   (sds.py)
+  GuidanceSpec, guidance_apply, predict_eps, encode, BACKENDS      (core.py)
+  load_guidance, load_text_encoder, load_tokenizer, ...            (loading.py)
+  PromptSpec, embedding_table, select_embeddings, view_index, ...  (prompts.py)
+"""
+from interfusion_jax.guidance.analytic import gaussian_eps, targets_eps
+from interfusion_jax.guidance.core import (BACKENDS, DEFAULTS, GuidanceSpec, encode,
+                                           guidance_apply, predict_cfg_pair, predict_eps)
+from interfusion_jax.guidance.loading import (ModelTypeError, WeightsNotFoundError,
+                                              check_model_dir, kind_from_unet_config,
+                                              load_alphas_cumprod, load_guidance,
+                                              load_text_encoder, load_tokenizer, load_unet,
+                                              load_vae, read_safetensors)
+from interfusion_jax.guidance.prompts import (VIEWS, PromptError, PromptSpec,
+                                              clip_text_encoder, embedding_table,
+                                              scene_prompts, select_embeddings, view_index,
+                                              view_prompts)
+from interfusion_jax.guidance.schedule import alphas_cumprod_from_config
+from interfusion_jax.guidance.sds import (add_noise, anneal_t_max, classifier_free_guidance,
+                                          sample_timesteps, sds_gradient, sds_loss, sds_weight)

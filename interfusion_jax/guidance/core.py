@@ -1,0 +1,193 @@
+"""The guidance backend protocol: a static spec, a params pytree, one apply.
+
+A backend ``kind`` is two pure functions, looked up in ``BACKENDS``:
+
+* ``encode(spec, params, images [B,H,W,3] in [0,1], key) -> x [B,h,w,c]``
+  (differentiable; e.g. VAE latents or [-1, 1] pixels);
+* ``predict_eps(spec, params, x_t [N,h,w,c], t [N], emb [N,L,D]) -> [N,h,w,c]``.
+
+``guidance_apply`` adds noise, runs conditional and unconditional
+predictions in ONE batched ``predict_eps`` call and returns the SDS loss
+whose gradient with respect to ``images`` is the SDS gradient
+(PAPER.md "Score distillation").
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from interfusion_jax.guidance import analytic, pixel, sds, stable_diffusion
+
+
+# kind -> (default guidance scale, default weighting).
+DEFAULTS = {
+    "stable_diffusion": (100.0, "sds"),
+    "pixel": (20.0, "uniform"),
+    "gaussian": (1.0, "uniform"),
+    "targets": (1.0, "uniform"),
+}
+
+
+def _identity_encode(spec, params, images, key):
+  del params, key
+  return stable_diffusion.resize_images(images.astype(jnp.float32), spec.resolution)
+
+
+def _gaussian_predict(spec, params, x_t, t, emb):
+  del spec, emb
+  return analytic.gaussian_eps(x_t, t, params["alphas_cumprod"], params["mean"], params["std"])
+
+
+def _targets_predict(spec, params, x_t, t, emb):
+  del spec, emb
+  return analytic.targets_eps(x_t, t, params["alphas_cumprod"], params["targets"])
+
+
+# kind -> (encode, predict_eps). Analytic kinds work in [0, 1] image space.
+BACKENDS: dict[str, tuple[Callable[..., jax.Array], Callable[..., jax.Array]]] = {
+    "stable_diffusion": (stable_diffusion.encode, stable_diffusion.predict_eps),
+    "pixel": (pixel.encode, pixel.predict_eps),
+    "gaussian": (_identity_encode, _gaussian_predict),
+    "targets": (_identity_encode, _targets_predict),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSpec:
+  """Static guidance settings (hashable; pass as a static jit argument).
+
+  Attributes:
+    kind: a key of ``BACKENDS``.
+    guidance_scale: CFG scale s.
+    weighting: "uniform" | "sds" | "fantasia3d".
+    t_min, t_max: timestep range as fractions of T.
+    num_train_timesteps: T.
+    grad_clip: elementwise gradient clip (0 disables).
+    resolution: model input image size (512 for SD renders, the UNet sample
+      size for pixel models, 0 = no resize for analytic kinds).
+    unet: the Flax UNet module (None for analytic kinds).
+    vae: the FlaxAutoencoderKL module (latent kind only).
+    unet_dtype: "float32" | "bfloat16" compute dtype of the UNet.
+    vae_remat: recompute the VAE encoder in the backward pass (memory).
+    scaling_factor: latent scaling (0.18215 for SD 1.x/2.x).
+    latent_sample: sample the VAE posterior (threestudio) instead of its mean.
+  """
+  kind: str
+  guidance_scale: float
+  weighting: str
+  t_min: float = 0.02
+  t_max: float = 0.98
+  num_train_timesteps: int = 1000
+  grad_clip: float = 0.0
+  resolution: int = 0
+  unet: Any = None
+  vae: Any = None
+  unet_dtype: str = "float32"
+  vae_remat: bool = False
+  scaling_factor: float = 0.18215
+  latent_sample: bool = True
+
+  def __post_init__(self):
+    if self.kind not in BACKENDS:
+      raise ValueError(f"Unknown guidance kind {self.kind!r}; choose one of {sorted(BACKENDS)}.")
+    if self.weighting not in sds.WEIGHTINGS:
+      raise ValueError(f"Unknown SDS weighting {self.weighting!r}; choose one of {list(sds.WEIGHTINGS)}.")
+    if not 0.0 <= self.t_min < self.t_max < 1.0:
+      raise ValueError(f"Need 0 <= t_min < t_max < 1, got t_min={self.t_min}, t_max={self.t_max}.")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *, kind: str,
+                  **overrides: Any) -> "GuidanceSpec":
+    """Builds a spec from ``config.guidance`` (the full config or its section).
+
+    Negative ``guidance_scale`` / empty ``weighting`` select the backend
+    defaults (SD: 100, "sds"; pixel: 20, "uniform"). ``overrides`` (e.g.
+    ``unet=``, ``vae=``, ``resolution=``, ``num_train_timesteps=``) win.
+    """
+    g = config.guidance if "guidance" in config else config
+    if kind not in DEFAULTS:
+      raise ValueError(f"Unknown guidance kind {kind!r}; choose one of {sorted(DEFAULTS)}.")
+    scale, weighting = DEFAULTS[kind]
+    kw = dict(
+        kind=kind,
+        guidance_scale=float(g.guidance_scale) if g.guidance_scale >= 0 else scale,
+        weighting=g.weighting or weighting,
+        t_min=float(g.t_min), t_max=float(g.t_max),
+        grad_clip=float(g.grad_clip),
+        resolution=int(g.sd_resolution) if kind == "stable_diffusion" else 0,
+        unet_dtype=g.unet_dtype, vae_remat=bool(g.vae_remat))
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def encode(spec: GuidanceSpec, params: Any, images: jax.Array, key: jax.Array) -> jax.Array:
+  """Renders [B, H, W, 3] in [0, 1] -> model space x [B, h, w, c] (differentiable)."""
+  return BACKENDS[spec.kind][0](spec, params, images, key)
+
+
+def predict_eps(spec: GuidanceSpec, params: Any, x_t: jax.Array, t: jax.Array,
+                emb: jax.Array) -> jax.Array:
+  """Noise prediction [N, h, w, c] for x_t [N, h, w, c], t [N], emb [N, L, D]."""
+  return BACKENDS[spec.kind][1](spec, params, x_t, t, emb)
+
+
+def predict_cfg_pair(spec: GuidanceSpec, params: Any, x_t: jax.Array, t: jax.Array,
+                     cond_emb: jax.Array, uncond_emb: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Conditional and unconditional eps from ONE batched ``predict_eps`` call.
+
+  Args:
+    x_t: [B, h, w, c]; t: [B]; cond_emb: [B, L, D]; uncond_emb: [L, D] or
+      [B, L, D].
+
+  Returns:
+    (eps_cond, eps_uncond), each [B, h, w, c] float32.
+  """
+  b = x_t.shape[0]
+  uncond = jnp.broadcast_to(uncond_emb, (b,) + cond_emb.shape[1:]).astype(cond_emb.dtype)
+  eps = predict_eps(spec, params, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
+                    jnp.concatenate([cond_emb, uncond]))
+  return eps[:b], eps[b:]
+
+
+def guidance_apply(spec: GuidanceSpec, params: Any, images: jax.Array,
+                   cond_emb: jax.Array, uncond_emb: jax.Array, key: jax.Array, *,
+                   t_max: float | jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """SDS loss for a batch of renders (PAPER.md "Score distillation").
+
+  Args:
+    spec: static ``GuidanceSpec``.
+    params: pytree with ``alphas_cumprod`` [T] and the backend's weights
+      (``unet``, ``vae`` / ``mean``, ``std`` / ``targets``).
+    images: [B, H, W, 3] renders in [0, 1].
+    cond_emb: [B, L, D] prompt embeddings (per render, e.g. view-dependent).
+    uncond_emb: [L, D] or [B, L, D] empty-prompt embedding.
+    key: PRNG key (timesteps, noise, VAE posterior sample).
+    t_max: optional (traced) max-timestep fraction overriding ``spec.t_max``
+      (annealing).
+
+  Returns:
+    (loss, aux): scalar loss with d loss / d images = the SDS gradient pulled
+    back through ``encode``; aux = {"t": [B] int32, "grad_norm": scalar (mean
+    per-sample L2 norm of the model-space gradient), "weight": [B]}.
+  """
+  k_enc, k_t, k_noise = jax.random.split(key, 3)
+  x = encode(spec, params, images, k_enc)
+  b = x.shape[0]
+  t = sds.sample_timesteps(k_t, b, spec.t_min, spec.t_max if t_max is None else t_max,
+                           spec.num_train_timesteps)
+  noise = jax.random.normal(k_noise, x.shape, jnp.float32)
+  abar = params["alphas_cumprod"]
+  x_t = sds.add_noise(jax.lax.stop_gradient(x), noise, t, abar)
+  eps_c, eps_u = predict_cfg_pair(spec, jax.lax.stop_gradient(params), x_t, t, cond_emb,
+                                  uncond_emb)
+  grad = sds.sds_gradient(eps_c, eps_u, noise, t, abar, guidance_scale=spec.guidance_scale,
+                          weighting=spec.weighting, clip=spec.grad_clip or None)
+  loss = sds.sds_loss(x, grad)
+  aux = {"t": t,
+         "grad_norm": jnp.mean(jnp.sqrt(jnp.sum(jnp.square(grad.reshape(b, -1)), -1))),
+         "weight": sds.sds_weight(t, abar, spec.weighting)}
+  return loss, aux

@@ -1,0 +1,173 @@
+"""Prompt processing, view-dependent suffixes and the frozen embedding table.
+
+PAPER.md "Prompt engineering": optional prefix ("a photo of") and quality
+suffix ("8K, HD"); view suffixes front/side/back/overhead chosen per camera
+with threestudio's rule, inside jit, by indexing a [V, L, D] table that was
+encoded once per scene.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+VIEWS = ("front", "side", "back", "overhead")  # table row order
+
+
+class PromptError(ValueError):
+  """A prompt is empty or malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSpec:
+  """Static prompt settings (from ``config.prompt``)."""
+  human: str
+  object: str
+  interaction: str
+  prefix: str = "a photo of"
+  suffix: str = "8K, HD"
+  view_dependent: bool = True
+  overhead_elevation_deg: float = 60.0
+  front_azimuth_deg: float = 45.0
+  back_azimuth_deg: float = 135.0
+  head_template: str = "the head of {human}"
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "PromptSpec":
+    p = config.prompt if "prompt" in config else config
+    return cls(**{f.name: p[f.name] for f in dataclasses.fields(cls) if f.name in p})
+
+
+def _check(text: str, what: str) -> str:
+  if not isinstance(text, str) or not text.strip():
+    raise PromptError(f"The {what} prompt is empty; give a non-empty text, e.g. "
+                      f"--config.prompt.{what}=\"...\".")
+  return " ".join(text.split())
+
+
+def scene_prompts(spec: PromptSpec) -> dict[str, str]:
+  """The four base prompts of a scene (PAPER.md Eq. 3-5).
+
+  Returns:
+    {"human": T_H, "head": "the head of T_H", "object": T_O,
+     "interaction": "T_H T_I"} (the full scene prompt).
+  """
+  human = _check(spec.human, "human")
+  obj = _check(spec.object, "object")
+  inter = _check(spec.interaction, "interaction")
+  return {"human": human, "head": spec.head_template.format(human=human), "object": obj,
+          "interaction": f"{human} {inter}"}
+
+
+def decorate(text: str, spec: PromptSpec, view: str | None) -> str:
+  """"{prefix} {text}, {view} view, {suffix}" with empty parts dropped."""
+  text = _check(text, "given")
+  parts = [f"{spec.prefix} {text}".strip() if spec.prefix else text]
+  if view is not None:
+    parts.append(f"{view} view")
+  if spec.suffix:
+    parts.append(spec.suffix)
+  return ", ".join(parts)
+
+
+def view_prompts(text: str, spec: PromptSpec) -> list[str]:
+  """[V] decorated prompts, one per entry of ``VIEWS`` (identical if not view-dependent)."""
+  if not spec.view_dependent:
+    return [decorate(text, spec, None)] * len(VIEWS)
+  return [decorate(text, spec, v) for v in VIEWS]
+
+
+def view_index(elevation_deg: jax.Array, azimuth_deg: jax.Array, *,
+               overhead_deg: float = 60.0, front_deg: float = 45.0,
+               back_deg: float = 135.0) -> jax.Array:
+  """threestudio view rule (PAPER.md "Prompt engineering"), jittable.
+
+  overhead if elevation > overhead_deg; else front if |azimuth| < front_deg;
+  back if |azimuth| > back_deg; side otherwise. Azimuth is wrapped to
+  [-180, 180) first.
+
+  Args:
+    elevation_deg: [B] camera elevation in degrees.
+    azimuth_deg: [B] camera azimuth in degrees.
+
+  Returns:
+    [B] int32 row indices into ``VIEWS`` (0 front, 1 side, 2 back, 3 overhead).
+  """
+  az = jnp.abs(jnp.mod(jnp.asarray(azimuth_deg, jnp.float32) + 180.0, 360.0) - 180.0)
+  idx = jnp.where(az < front_deg, 0, jnp.where(az > back_deg, 2, 1))
+  return jnp.where(jnp.asarray(elevation_deg) > overhead_deg, 3, idx).astype(jnp.int32)
+
+
+def select_embeddings(table: jax.Array, elevation_deg: jax.Array, azimuth_deg: jax.Array,
+                      spec: PromptSpec) -> jax.Array:
+  """Per-camera conditioning from a [V, L, D] table, inside jit.
+
+  Args:
+    table: [V, L, D] embeddings of ``view_prompts`` (V = len(VIEWS)).
+    elevation_deg, azimuth_deg: [B].
+
+  Returns:
+    [B, L, D].
+  """
+  idx = view_index(elevation_deg, azimuth_deg, overhead_deg=spec.overhead_elevation_deg,
+                   front_deg=spec.front_azimuth_deg, back_deg=spec.back_azimuth_deg)
+  return table[idx]
+
+
+def tokenize(tokenizer: Any, texts: list[str]) -> np.ndarray:
+  """Pads to the tokenizer limit; over-long prompts are truncated with a warning.
+
+  Returns:
+    [N, model_max_length] int32 token ids.
+  """
+  limit = int(tokenizer.model_max_length)
+  for t in texts:
+    n = len(tokenizer(t, truncation=False)["input_ids"])
+    if n > limit:
+      warnings.warn(f"Prompt {t!r} has {n} tokens, over the text encoder's limit of {limit}; "
+                    "it is truncated.", stacklevel=2)
+  ids = tokenizer(texts, padding="max_length", max_length=limit, truncation=True,
+                  return_tensors="np")["input_ids"]
+  return np.asarray(ids, np.int32)
+
+
+def clip_text_encoder(tokenizer: Any, model: Any, params: Any) -> Callable[[list[str]], jax.Array]:
+  """Text -> embeddings with a CLIPTokenizer + FlaxCLIPTextModel.
+
+  Returns:
+    fn(texts: list[str]) -> [N, L, D] float32 ``last_hidden_state`` (the
+    conditioning Stable Diffusion uses).
+  """
+  @jax.jit
+  def run(ids):
+    return model(ids, params=params).last_hidden_state
+
+  def encode(texts):
+    return run(jnp.asarray(tokenize(tokenizer, list(texts)))).astype(jnp.float32)
+  return encode
+
+
+def embedding_table(encode: Callable[[list[str]], jax.Array], spec: PromptSpec) -> dict[str, jax.Array]:
+  """Encodes every (prompt x view) and the empty prompt once per scene.
+
+  Args:
+    encode: texts -> [N, L, D] (e.g. ``clip_text_encoder``).
+    spec: prompt settings.
+
+  Returns:
+    {"human", "head", "object", "interaction": [V, L, D], "uncond": [L, D]},
+    frozen (stop-gradient) arrays to pass as pytree arguments.
+  """
+  base = scene_prompts(spec)
+  names = list(base)
+  texts = [t for n in names for t in view_prompts(base[n], spec)] + [""]
+  emb = jax.lax.stop_gradient(jnp.asarray(encode(texts)))
+  v = len(VIEWS)
+  table = {n: emb[i * v:(i + 1) * v] for i, n in enumerate(names)}
+  table["uncond"] = emb[-1]
+  return table

@@ -1,0 +1,115 @@
+"""Tiny random diffusion models saved in the real diffusers on-disk format.
+
+Reusable by any test that needs "a guidance model directory":
+
+* ``make_flax_guidance_dir(path, kind)`` -- no torch; Flax msgpack weights
+  (``diffusion_flax_model.msgpack`` / ``flax_model.msgpack``).
+* ``make_torch_guidance_dir(path, kind)`` -- needs torch; PyTorch
+  safetensors via ``save_pretrained`` (``diffusion_pytorch_model.safetensors``).
+
+``kind`` is "latent" (4-channel UNet + VAE) or "pixel" (3-channel in,
+6-channel learned-variance out, IF-style). Both also write a tiny CLIP text
+encoder, a CLIP tokenizer from a hand-written char-level vocab, and a DDPM
+``scheduler_config.json``.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import string
+
+TEXT_DIM = 32
+MAX_TOKENS = 24
+UNET_SAMPLE = 8
+VAE_RES = 16  # 2 VAE blocks -> factor 2 -> 8x8 latents = UNET_SAMPLE
+
+SCHEDULER = {"_class_name": "DDPMScheduler", "beta_schedule": "scaled_linear",
+             "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
+
+
+def unet_kwargs(kind: str) -> dict:
+  c = 4 if kind == "latent" else 3
+  return dict(sample_size=UNET_SAMPLE, in_channels=c, out_channels=c if kind == "latent" else 2 * c,
+              layers_per_block=1, block_out_channels=(32, 64),
+              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+              cross_attention_dim=TEXT_DIM, attention_head_dim=4)
+
+
+def vae_kwargs(n_blocks: int = 2) -> dict:
+  return dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n_blocks,
+              up_block_types=("UpDecoderBlock2D",) * n_blocks,
+              block_out_channels=(32, 32, 64, 64)[:n_blocks], latent_channels=4,
+              layers_per_block=1, norm_num_groups=32, sample_size=VAE_RES)
+
+
+def text_kwargs(vocab_size: int) -> dict:
+  return dict(vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=37,
+              num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+              bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+
+
+def write_tokenizer(folder: pathlib.Path) -> int:
+  """A char-level CLIP BPE vocab (no merges) written by hand; returns vocab size."""
+  folder.mkdir(parents=True, exist_ok=True)
+  chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+  tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+  (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+  (folder / "merges.txt").write_text("#version: 0.2\n")
+  from transformers import CLIPTokenizer
+  tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                      model_max_length=MAX_TOKENS, pad_token="<|endoftext|>")
+  tok.save_pretrained(str(folder))
+  return len(tokens)
+
+
+def _write_scheduler(root: pathlib.Path) -> None:
+  (root / "scheduler").mkdir(parents=True, exist_ok=True)
+  (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER))
+
+
+def make_torch_guidance_dir(path, kind: str = "latent", seed: int = 0) -> pathlib.Path:
+  """Tiny random PyTorch models saved with ``save_pretrained`` (safetensors)."""
+  import torch
+  from diffusers import AutoencoderKL, UNet2DConditionModel
+  from transformers import CLIPTextConfig, CLIPTextModel
+  root = pathlib.Path(path)
+  torch.manual_seed(seed)
+  vocab = write_tokenizer(root / "tokenizer")
+  unet = UNet2DConditionModel(**unet_kwargs(kind))
+  _randomize(unet, torch)
+  unet.save_pretrained(str(root / "unet"), safe_serialization=True)
+  if kind == "latent":
+    vae = AutoencoderKL(**vae_kwargs())
+    _randomize(vae, torch)
+    vae.save_pretrained(str(root / "vae"), safe_serialization=True)
+  CLIPTextModel(CLIPTextConfig(**text_kwargs(vocab))).save_pretrained(
+      str(root / "text_encoder"), safe_serialization=True)
+  _write_scheduler(root)
+  return root
+
+
+def _randomize(model, torch) -> None:
+  """diffusers zero-inits some output convs; randomize so every weight matters."""
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+
+
+def make_flax_guidance_dir(path, kind: str = "latent", seed: int = 0) -> pathlib.Path:
+  """Tiny random Flax models saved with ``save_pretrained`` (msgpack); no torch."""
+  import jax
+  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+  from transformers import CLIPTextConfig, FlaxCLIPTextModel
+  root = pathlib.Path(path)
+  key = jax.random.PRNGKey(seed)
+  vocab = write_tokenizer(root / "tokenizer")
+  unet = FlaxUNet2DConditionModel(**unet_kwargs(kind))
+  unet.save_pretrained(str(root / "unet"), params=jax.jit(unet.init_weights)(key))
+  if kind == "latent":
+    vae = FlaxAutoencoderKL(**vae_kwargs())
+    vae.save_pretrained(str(root / "vae"), params=jax.jit(vae.init_weights)(key))
+  FlaxCLIPTextModel(CLIPTextConfig(**text_kwargs(vocab)), seed=seed).save_pretrained(
+      str(root / "text_encoder"))
+  _write_scheduler(root)
+  return root
