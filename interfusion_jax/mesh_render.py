@@ -104,10 +104,16 @@ def world_to_camera(points: np.ndarray, c2w: np.ndarray) -> np.ndarray:
   Returns:
     [..., P, 3] camera-space points: x right, y up, z backward.
   """
-  rot = c2w[..., :3, :3]
-  pos = c2w[..., None, :3, 3]
-  # p_cam = R^T (p - t); with row vectors: p @ R - t @ R.
-  return np.einsum("...pi,...ij->...pj", points, rot) - np.matmul(pos, rot)
+  points, c2w = np.asarray(points), np.asarray(c2w)
+  lead = np.broadcast_shapes(points.shape[:-2], c2w.shape[:-2])
+  pts = np.broadcast_to(points, lead + points.shape[-2:]).reshape(
+      (-1,) + points.shape[-2:])
+  cams = np.broadcast_to(c2w, lead + (4, 4)).reshape(-1, 4, 4)
+  # p_cam = R^T (p - t); with row vectors: p @ R - t @ R. A loop of 2D
+  # matmuls is much faster than a batched [3, 3] matmul or einsum.
+  out = np.stack([p @ c[:3, :3] - c[:3, 3] @ c[:3, :3]
+                  for p, c in zip(pts, cams)])
+  return out.reshape(lead + points.shape[-2:])
 
 
 def project_to_pixels(points_cam: np.ndarray, focal: float, height: int,
@@ -203,31 +209,24 @@ def _max3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
   return np.maximum(np.maximum(a, b), c)
 
 
-def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
-                        spec: RasterSpec) -> Dict[str, np.ndarray]:
-  """Z-buffer rasterisation of N views at once; returns visible fragments.
-
-  One vectorised pass over the N * F (view, triangle) pairs: every pixel
-  centre inside a triangle's bounding box is enumerated with ``np.repeat``,
-  tested with screen-space barycentrics (edges inclusive) and resolved with a
-  packed ``(depth bits << 32) | triangle`` int64 key and ``np.minimum.at``.
+def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
+                    spec: RasterSpec) -> Dict[str, np.ndarray]:
+  """Projects every (view, face) triangle and keeps those covering a pixel.
 
   Args:
     points_cam: [N, V, 3] camera-space vertices, one vertex set per view.
-    faces: [F, 3] int vertex indices shared by all views.
+    faces: [F, 3] int.
     spec: static settings.
 
   Returns:
-    dict of the P covered pixels (sorted by ``pixel``):
-      pixel [P] int64 flat index into [N, H, W],
-      face [P] int64 face index,
-      bary [P, 3] float64 perspective-correct barycentrics (sum to 1),
-      depth [P] float32 camera z-depth,
-      back [P] bool, True where the visible triangle is back-facing.
+    dict over the T = N * F (view, face) triangles: bx0, by0, bw, bh [T]
+    int64 bounding box of covered pixel centres (bw = 0 for dropped ones);
+    ox, oy [T] offset of the first box pixel centre from vertex 0; a0, b0,
+    a1, b1 [T] screen gradients of the barycentrics l0, l1 (l0 = 1, l1 = 0 at
+    vertex 0); iz [3, T] inverse vertex z-depths; back [T] bool.
   """
   n, nv = points_cam.shape[:2]
   h, w = spec.height, spec.width
-  nf = faces.shape[0]
   xy, z = project_to_pixels(points_cam.reshape(-1, 3), spec.focal, h, w)
   xs = np.ascontiguousarray(xy[:, 0])
   ys = np.ascontiguousarray(xy[:, 1])
@@ -242,78 +241,140 @@ def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
   bx1 = np.minimum(np.floor(_max3(x0, x1, x2) - 0.5), w - 1.0)
   by0 = np.maximum(np.ceil(_min3(y0, y1, y2) - 0.5), 0.0)
   by1 = np.minimum(np.floor(_max3(y0, y1, y2) - 0.5), h - 1.0)
-  keep = (bx1 >= bx0) & (by1 >= by0)
-  keep &= (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
-  tri = np.flatnonzero(keep)
-  g = g[:, tri]
   z0, z1, z2 = z[g[0]], z[g[1]], z[g[2]]
-  front = _min3(z0, z1, z2) > spec.near
-  if not front.all():
-    tri, g = tri[front], g[:, front]
-    z0, z1, z2 = z0[front], z1[front], z2[front]
-  x0, x1, x2, y0, y1, y2, area2 = (
-      a[tri] for a in (x0, x1, x2, y0, y1, y2, area2))
-  bx0 = bx0[tri].astype(np.int64)
-  by0 = by0[tri].astype(np.int64)
-  bw = bx1[tri].astype(np.int64) - bx0 + 1
-  bh = by1[tri].astype(np.int64) - by0 + 1
-  coef = _barycentric_coefficients(x0, x1, x2, y0, y1, y2, area2)
-  iz = (1.0 / z0, 1.0 / z1, 1.0 / z2)
-
-  # Enumerate every candidate pixel (bounding box) of every triangle.
-  counts = bw * bh
-  cand = np.repeat(np.arange(tri.size), counts)
-  local = np.arange(cand.size) - np.repeat(np.cumsum(counts) - counts, counts)
-  row, col = np.divmod(local, bw[cand])
-  px = bx0[cand] + col
-  py = by0[cand] + row
-  b0, b1, b2 = _eval_barycentrics(coef, cand, px + 0.5, py + 0.5)
-  inside = np.flatnonzero((b0 >= 0.0) & (b1 >= 0.0) & (b2 >= 0.0))
-  cand, b0, b1, b2 = cand[inside], b0[inside], b1[inside], b2[inside]
-  depth = perspective_depth((b0, b1, b2), tuple(a[cand] for a in iz))
-  pixel = ((tri[cand] // nf) * h + py[inside]) * w + px[inside]
-
-  key = np.full(n * h * w, _EMPTY_KEY, dtype=np.int64)
-  packed = (depth.astype(np.float32).view(np.int32).astype(np.int64) << 32)
-  np.minimum.at(key, pixel, packed | cand)
-
-  # Resolve the winners and recompute their attributes at the pixel centres.
-  pixel = np.flatnonzero(key != _EMPTY_KEY)
-  win = key[pixel] & 0xFFFFFFFF
-  py, px = np.divmod(pixel % (h * w), w)
-  b0, b1, b2 = _eval_barycentrics(coef, win, px + 0.5, py + 0.5)
-  b0, b1, b2 = b0 * iz[0][win], b1 * iz[1][win], b2 * iz[2][win]
-  inv_depth = b0 + b1 + b2
-  bary = np.stack([b0, b1, b2], axis=-1) / inv_depth[:, None]
-  return dict(pixel=pixel, face=tri[win] % nf, bary=bary,
-              depth=(1.0 / inv_depth).astype(np.float32),
-              back=area2[win] > 0.0)
+  keep = (bx1 >= bx0) & (by1 >= by0) & (_min3(z0, z1, z2) > spec.near)
+  keep &= (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
+  # Most triangles are kept, so nothing is compacted: dropped triangles just
+  # get an empty box (bw = 0) and are never enumerated.
+  inv = 1.0 / np.where(keep, area2, 1.0)
+  return dict(
+      bx0=bx0.astype(np.int64),
+      by0=by0.astype(np.int64),
+      bw=np.where(keep, bx1 - bx0 + 1.0, 0.0).astype(np.int64),
+      bh=(by1 - by0).astype(np.int64) + 1,
+      ox=bx0 + 0.5 - x0, oy=by0 + 0.5 - y0,
+      a0=(y1 - y2) * inv, b0=(x2 - x1) * inv,
+      a1=(y2 - y0) * inv, b1=(x0 - x2) * inv,
+      iz=1.0 / np.where(keep, np.stack([z0, z1, z2]), 1.0), back=area2 > 0.0)
 
 
-def _barycentric_coefficients(x0, x1, x2, y0, y1, y2, area2
-                              ) -> Tuple[np.ndarray, ...]:
-  """Affine screen-space barycentrics b_k(x, y) = a_k x + b_k y + c_k.
+def _inside_window(t: Dict[str, np.ndarray], sel, col: np.ndarray,
+                   row: np.ndarray):
+  """Barycentric inside test of triangles ``sel`` at box offsets (col, row).
 
   Args:
-    x0, x1, x2, y0, y1, y2: [T] triangle vertex pixel coordinates.
-    area2: [T] twice the signed area (non-zero).
+    t: output of ``_triangle_setup``.
+    sel: slice or [G] index array selecting triangles.
+    col, row: [G, K] or [K] integer pixel offsets inside each box.
 
   Returns:
-    (a0, b0, c0, a1, b1, c1), each [T]: coefficients of b_0 (opposite edge
-    v1 v2) and b_1 (opposite edge v2 v0); b_2 = 1 - b_0 - b_1.
+    (g [P] positions in ``sel`` of inside fragments, k [P] their offset
+    index, l0 [P], l1 [P] screen-space barycentrics).
   """
-  inv = 1.0 / area2
-  return ((y1 - y2) * inv, (x2 - x1) * inv, (x1 * y2 - x2 * y1) * inv,
-          (y2 - y0) * inv, (x0 - x2) * inv, (x2 * y0 - x0 * y2) * inv)
+  dx = t["ox"][sel][:, None] + col
+  dy = t["oy"][sel][:, None] + row
+  l0 = 1.0 + t["a0"][sel][:, None] * dx + t["b0"][sel][:, None] * dy
+  l1 = t["a1"][sel][:, None] * dx + t["b1"][sel][:, None] * dy
+  inside = (l0 >= 0.0) & (l1 >= 0.0) & (l0 + l1 <= 1.0)
+  g, k = np.nonzero(inside)
+  return g, k, l0[g, k], l1[g, k]
 
 
-def _eval_barycentrics(coef, idx: np.ndarray, cx: np.ndarray, cy: np.ndarray
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Screen-space barycentrics of points (cx, cy) [P] in triangles idx [P]."""
-  a0, b0, c0, a1, b1, c1 = coef
-  l0 = a0[idx] * cx + b0[idx] * cy + c0[idx]
-  l1 = a1[idx] * cx + b1[idx] * cy + c1[idx]
-  return l0, l1, 1.0 - l0 - l1
+def _enumerate_fragments(t: Dict[str, np.ndarray], max_window: int = 16):
+  """Every (triangle, pixel centre) pair with the centre inside the triangle.
+
+  Triangles whose bounding box has at most ``max_window`` pixels are grouped
+  by box shape and tested with broadcasting (no per-candidate gathers);
+  larger ones enumerate their boxes with ``np.repeat``.
+
+  Args:
+    t: output of ``_triangle_setup`` (T triangles).
+    max_window: largest box (in pixels) handled by the grouped path.
+
+  Returns:
+    (idx [P] triangle index into t, px [P], py [P] pixel column/row,
+    l0 [P], l1 [P] screen-space barycentrics).
+  """
+  if not 1 <= max_window <= 128:
+    raise MeshRenderError(f"max_window = {max_window}: must be in [1, 128].")
+  bw, bh = t["bw"], t["bh"]
+  counts = bw * bh
+  small = np.flatnonzero((counts <= max_window) & (counts > 0))
+  # int16 codes: numpy's stable sort is then an O(n) radix sort.
+  code = (bw[small] * (max_window + 1) + bh[small]).astype(np.int16)
+  order = np.argsort(code, kind="stable")
+  small, code = small[order], code[order]
+  # Triangle attributes in group order, so that each group is a slice.
+  ts = {k: t[k][small] for k in ("ox", "oy", "a0", "b0", "a1", "b1")}
+  starts = np.flatnonzero(np.diff(code, prepend=-1))
+  ends = np.append(starts[1:], code.size)
+  parts = []
+  for s, e in zip(starts, ends):
+    gw, gh = divmod(int(code[s]), max_window + 1)
+    col = np.tile(np.arange(gw), gh)
+    row = np.repeat(np.arange(gh), gw)
+    g, k, l0, l1 = _inside_window(ts, slice(s, e), col, row)
+    parts.append((small[s + g], col[k], row[k], l0, l1))
+  big = np.flatnonzero(counts > max_window)
+  if big.size:
+    c = counts[big]
+    rep = np.repeat(np.arange(big.size), c)
+    local = np.arange(rep.size) - np.repeat(np.cumsum(c) - c, c)
+    row, col = np.divmod(local, bw[big][rep])
+    idx = big[rep]
+    g, k, l0, l1 = _inside_window(t, idx, col[:, None], row[:, None])
+    parts.append((idx[g], col[g], row[g], l0, l1))
+  if not parts:
+    empty = np.zeros(0, np.int64)
+    return empty, empty, empty, np.zeros(0), np.zeros(0)
+  idx, col, row, l0, l1 = (np.concatenate(p) for p in zip(*parts))
+  return idx, t["bx0"][idx] + col, t["by0"][idx] + row, l0, l1
+
+
+def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
+                        spec: RasterSpec) -> Dict[str, np.ndarray]:
+  """Z-buffer rasterisation of N views at once; returns visible fragments.
+
+  One vectorised pass over the N * F (view, triangle) pairs: the pixel
+  centres inside each triangle's bounding box are tested with screen-space
+  barycentrics (edges inclusive), and the nearest fragment per pixel is found
+  with a packed ``(float32 depth bits << 32) | fragment`` int64 key and
+  ``np.minimum.at`` (positive float bit patterns sort like the floats).
+
+  Args:
+    points_cam: [N, V, 3] camera-space vertices, one vertex set per view.
+    faces: [F, 3] int vertex indices shared by all views.
+    spec: static settings.
+
+  Returns:
+    dict of the P covered pixels (sorted by ``pixel``):
+      pixel [P] int64 flat index into [N, H, W],
+      face [P] int64 face index,
+      bary [P, 3] float64 perspective-correct barycentrics (sum to 1),
+      depth [P] float32 camera z-depth,
+      back [P] bool, True where the visible triangle is back-facing.
+  """
+  n = points_cam.shape[0]
+  h, w = spec.height, spec.width
+  nf = faces.shape[0]
+  t = _triangle_setup(points_cam, faces, spec)
+  idx, px, py, l0, l1 = _enumerate_fragments(t)
+  iz = t["iz"][:, idx]  # [3, P]
+  depth = perspective_depth((l0, l1, 1.0 - l0 - l1), iz)
+  pixel = ((idx // nf) * h + py) * w + px
+
+  key = np.full(n * h * w, _EMPTY_KEY, dtype=np.int64)
+  packed = depth.astype(np.float32).view(np.int32).astype(np.int64) << 32
+  np.minimum.at(key, pixel, packed | np.arange(idx.size))
+
+  pixel = np.flatnonzero(key != _EMPTY_KEY)
+  win = key[pixel] & 0xFFFFFFFF
+  b = np.stack([l0[win], l1[win], 1.0 - l0[win] - l1[win]], axis=-1)
+  b *= iz[:, win].T
+  inv_depth = b.sum(axis=-1)
+  tri = idx[win]
+  return dict(pixel=pixel, face=tri % nf, bary=b / inv_depth[:, None],
+              depth=(1.0 / inv_depth).astype(np.float32), back=t["back"][tri])
 
 
 def perspective_depth(bary_screen, inv_z) -> np.ndarray:

@@ -124,8 +124,9 @@ def _hull_area(points):
   def half(seq):
     out = []
     for p in seq:
-      while len(out) >= 2 and np.cross(np.subtract(out[-1], out[-2]),
-                                        np.subtract(p, out[-2])) <= 0:
+      while len(out) >= 2 and (
+          (out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+          - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
         out.pop()
       out.append(p)
     return out[:-1]
