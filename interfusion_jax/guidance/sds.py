@@ -91,7 +91,9 @@ def sds_loss(x: jax.Array, grad: jax.Array) -> jax.Array:
     grad: [B, ...] SDS gradient (treated as a constant).
 
   Returns:
-    scalar loss whose ``jax.grad`` with respect to ``x`` is exactly ``grad``.
+    scalar loss. Its ``jax.grad`` with respect to ``x`` is ``grad / B``: each
+    sample receives exactly its SDS gradient, averaged over the batch like
+    threestudio (exactly ``grad`` for B = 1).
   """
   grad = jax.lax.stop_gradient(grad.astype(x.dtype))
   target = jax.lax.stop_gradient(x - grad)

@@ -1,0 +1,117 @@
+"""SDS math: CFG, weighting, gradient, loss form, timesteps, annealing, schedule."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from interfusion_jax.guidance import schedule, sds
+
+
+def _abar(T=1000):
+  betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T) ** 2
+  return np.cumprod(1 - betas).astype(np.float32)
+
+
+def _np_weight(abar_t, kind):
+  return {"uniform": np.ones_like(abar_t), "sds": 1 - abar_t,
+          "fantasia3d": np.sqrt(abar_t) * (1 - abar_t)}[kind]
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "sds", "fantasia3d"])
+@pytest.mark.parametrize("scale", [0.0, 7.5, 20.0, 100.0])
+def test_sds_gradient_matches_formula(weighting, scale):
+  rng = np.random.default_rng(int(scale) + len(weighting))
+  ec, eu, n = (rng.standard_normal((3, 4, 5, 2)).astype(np.float32) for _ in range(3))
+  t = np.array([20, 500, 979])
+  abar = _abar()
+  got = sds.sds_gradient(ec, eu, n, t, abar, guidance_scale=scale, weighting=weighting)
+  w = _np_weight(abar[t], weighting)[:, None, None, None]
+  want = w * ((1 + scale) * ec - scale * eu - n)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_sds_gradient_nonfinite_and_clip():
+  ec = np.array([[np.nan, 1.0, np.inf, 3.0]], np.float32)
+  eu = np.zeros_like(ec)
+  n = np.zeros_like(ec)
+  g = sds.sds_gradient(ec, eu, n, np.array([3]), _abar(), guidance_scale=1.0, weighting="uniform")
+  np.testing.assert_allclose(g, [[0.0, 2.0, 0.0, 6.0]])
+  g = sds.sds_gradient(ec, eu, n, np.array([3]), _abar(), guidance_scale=1.0,
+                       weighting="uniform", clip=2.5)
+  np.testing.assert_allclose(g, [[0.0, 2.0, 0.0, 2.5]])
+  with pytest.raises(ValueError, match="weighting"):
+    sds.sds_weight(np.array([1]), _abar(), "bogus")
+
+
+def test_sds_loss_gradient_is_exactly_grad():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 8, 8, 4)), jnp.float32)
+  g = jnp.asarray(rng.standard_normal((3, 8, 8, 4)), jnp.float32)
+  # threestudio divides the summed loss by the batch: each sample's gradient is
+  # its g, the batch-mean loss has gradient g / B (exactly g for B = 1).
+  np.testing.assert_allclose(jax.grad(sds.sds_loss)(x, g), g / 3, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.grad(sds.sds_loss)(x[:1], g[:1]), g[:1], rtol=1e-5, atol=1e-6)
+  # value: 0.5 ||g||^2 / B
+  np.testing.assert_allclose(sds.sds_loss(x, g), 0.5 * np.sum(np.square(g)) / 3, rtol=1e-5)
+
+
+def test_classifier_free_guidance_two_forms():
+  rng = np.random.default_rng(1)
+  ec, eu = rng.standard_normal((2, 10))
+  np.testing.assert_allclose(sds.classifier_free_guidance(ec, eu, 20.0), 21 * ec - 20 * eu,
+                             rtol=1e-6)
+
+
+def test_add_noise_closed_form():
+  rng = np.random.default_rng(2)
+  x, n = rng.standard_normal((2, 2, 3, 3, 1)).astype(np.float32)
+  abar = _abar()
+  t = np.array([0, 999])
+  a = abar[t][:, None, None, None]
+  np.testing.assert_allclose(sds.add_noise(x, n, t, abar), np.sqrt(a) * x + np.sqrt(1 - a) * n,
+                             rtol=1e-6)
+
+
+def test_sample_timesteps_range_and_uniformity():
+  t = jax.jit(sds.sample_timesteps, static_argnums=(1, 4))(jax.random.PRNGKey(0), 20000, 0.02,
+                                                            0.98, 1000)
+  t = np.asarray(t)
+  assert t.min() == 20 and t.max() == 980
+  counts = np.bincount(t - 20, minlength=961)
+  assert counts.min() > 0 and abs(t.mean() - 500) < 5
+  # traced t_max (annealing) respected
+  f = jax.jit(lambda k, hi: sds.sample_timesteps(k, 4096, 0.02, hi, 1000))
+  t2 = np.asarray(f(jax.random.PRNGKey(1), jnp.float32(0.5)))
+  assert t2.min() >= 20 and t2.max() == 500
+
+
+@pytest.mark.parametrize("kind", ["none", "linear", "hifa_sqrt"])
+def test_anneal_t_max(kind):
+  steps = np.array([0, 250, 1000, 5000])
+  got = np.array([float(sds.anneal_t_max(s, 1000, 0.98, 0.5, kind)) for s in steps])
+  r = np.clip(steps / 1000, 0, 1)
+  want = {"none": np.full(4, 0.98), "linear": 0.98 - 0.48 * r,
+          "hifa_sqrt": 0.98 - 0.48 * np.sqrt(r)}[kind]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_schedule_closed_forms():
+  cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+         "num_train_timesteps": 1000}
+  np.testing.assert_allclose(schedule.alphas_cumprod_from_config(cfg), _abar(), rtol=1e-6)
+  lin = schedule.alphas_cumprod_from_config({"beta_schedule": "linear", "beta_start": 1e-4,
+                                             "beta_end": 0.02, "num_train_timesteps": 10})
+  np.testing.assert_allclose(lin, np.cumprod(1 - np.linspace(1e-4, 0.02, 10)), rtol=1e-6)
+  with pytest.raises(ValueError, match="beta_schedule"):
+    schedule.alphas_cumprod_from_config({"beta_schedule": "sigmoid"})
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["scaled_linear", "linear", "squaredcos_cap_v2"])
+def test_schedule_matches_diffusers(name):
+  pytest.importorskip("torch")
+  from diffusers import DDPMScheduler
+  ref = DDPMScheduler(beta_schedule=name, beta_start=0.00085, beta_end=0.012).alphas_cumprod
+  got = schedule.alphas_cumprod_from_config(
+      {"beta_schedule": name, "beta_start": 0.00085, "beta_end": 0.012})
+  np.testing.assert_allclose(got, ref.numpy(), rtol=2e-5, atol=1e-7)
