@@ -96,6 +96,49 @@ def codebook_cameras(distance=2.7):
                    for a in np.radians([0.0, 90.0, 180.0, 270.0])])
 
 
+def torus(major=0.6, minor=0.25, n_major=96, n_minor=48):
+  """Torus around the z axis: (vertices [V, 3], faces [F, 3]) outward CCW."""
+  u, v = np.meshgrid(np.linspace(0, 2 * np.pi, n_major, endpoint=False),
+                     np.linspace(0, 2 * np.pi, n_minor, endpoint=False),
+                     indexing="ij")
+  r = major + minor * np.cos(v)
+  verts = np.stack([r * np.cos(u), r * np.sin(u), minor * np.sin(v)],
+                   -1).reshape(-1, 3)
+  i, j = np.meshgrid(np.arange(n_major), np.arange(n_minor), indexing="ij")
+  a = i * n_minor + j
+  b = ((i + 1) % n_major) * n_minor + j
+  c = ((i + 1) % n_major) * n_minor + (j + 1) % n_minor
+  d = i * n_minor + (j + 1) % n_minor
+  faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3),
+                          np.stack([a, c, d], -1).reshape(-1, 3)])
+  return verts, faces
+
+
+def write_example(path):
+  """Shaded torus + icosphere from 4 azimuths, written as a 2x2 PNG grid."""
+  import imageio.v3 as iio
+  tv, tf = torus()
+  sv, sf = icosphere(4)
+  sv = sv * 0.35 + np.array([0.0, 0.0, 0.55])
+  verts = np.concatenate([tv, sv])
+  faces = np.concatenate([tf, sf + tv.shape[0]])
+  hue = np.arctan2(verts[:, 1], verts[:, 0])
+  colors = 0.5 + 0.45 * np.stack([np.cos(hue), np.cos(hue - 2.1),
+                                  np.cos(hue + 2.1)], -1)
+  colors[tv.shape[0]:] = (0.85, 0.85, 0.8)
+  cams = np.stack([look_at([2.4 * math.cos(a), 2.4 * math.sin(a), 1.2],
+                           [0.0, 0.0, 0.1]) for a in np.radians(
+                               [30.0, 120.0, 210.0, 300.0])])
+  out = mr.render_mesh_batch(verts, faces, cams, 45.0, 256, 256,
+                             vertex_colors=colors,
+                             light_dir=(0.4, -0.3, 1.0),
+                             background=(0.95, 0.95, 1.0))
+  img = out["rgb"].reshape(2, 2, 256, 256, 3).transpose(0, 2, 1, 3, 4)
+  img = (np.clip(img.reshape(512, 512, 3), 0, 1) * 255).astype(np.uint8)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  iio.imwrite(path, img)
+
+
 def naive_render(verts, faces, c2w, fovy_deg, h, w):
   """Reference: Python loop over triangles, bbox pixel test, z-buffer.
 
@@ -187,6 +230,9 @@ def timeit(fn, min_time=2.0, min_reps=3):
 
 
 def main():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  write_example(os.path.join(root, "docs", "images",
+                             "mesh_render_example.png"))
   verts, faces = body_proxy()
   h = w = 224
   cams = codebook_cameras()

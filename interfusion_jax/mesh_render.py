@@ -32,6 +32,7 @@ Conventions (same as ``interfusion_jax/camera.py``):
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 from typing import Dict, Optional, Sequence, Tuple
@@ -546,7 +547,8 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
                       background: Sequence[float] = (1.0, 1.0, 1.0),
                       smooth_normals: bool = True,
                       cull_backfaces: bool = False, near: float = 1e-3,
-                      max_views_per_pass: int = 16) -> Dict[str, np.ndarray]:
+                      max_views_per_pass: int = 16,
+                      num_threads: int = 1) -> Dict[str, np.ndarray]:
   """Renders many views of one mesh, or of B meshes sharing their faces.
 
   Args:
@@ -569,6 +571,8 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
     near: triangles with a vertex at z-depth <= near are dropped.
     max_views_per_pass: views rasterised together in one vectorised pass
       (bounds memory; more amortises Python overhead).
+    num_threads: render passes concurrently in this many threads (NumPy
+      releases the GIL, so 2 threads use both cores of a 2-core CPU).
 
   Returns:
     dict with leading axes L = [N] for a [V, 3] mesh, [B, N] for [B, V, 3]:
@@ -617,6 +621,8 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
       raise MeshRenderError(
           f"light_dir = {light_dir!r}: expected a non-zero finite [3] vector.")
     ld = ld / norm
+  if num_threads < 1:
+    raise MeshRenderError(f"num_threads = {num_threads}: must be >= 1.")
   if max_views_per_pass < 1:
     raise MeshRenderError(
         f"max_views_per_pass = {max_views_per_pass}: must be >= 1.")
@@ -630,7 +636,8 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
   rgb[...] = bg
   depth = np.full((total, h * w), np.inf, np.float32)
   face_id = np.full((total, h * w), -1, np.int32)
-  for start in range(0, total, max_views_per_pass):
+
+  def render_pass(start: int) -> None:
     sl = slice(start, min(start + max_views_per_pass, total))
     meshes, local_mesh = np.unique(mesh_of[sl], return_inverse=True)
     pts = world_to_camera(vb[mesh_of[sl]], cams[sl])
@@ -648,6 +655,15 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
     rgb[sl].reshape(-1, 3)[pix] = colors
     depth[sl].reshape(-1)[pix] = frag["depth"]
     face_id[sl].reshape(-1)[pix] = frag["face"]
+
+  starts = range(0, total, max_views_per_pass)
+  if num_threads > 1 and len(starts) > 1:
+    # NumPy releases the GIL inside its kernels, so passes overlap.
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+      list(pool.map(render_pass, starts))
+  else:
+    for start in starts:
+      render_pass(start)
   lead = (n_meshes, n_views) if batched else (n_views,)
   return dict(rgb=rgb.reshape(lead + (h, w, 3)),
               mask=(face_id >= 0).reshape(lead + (h, w)),

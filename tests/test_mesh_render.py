@@ -374,6 +374,10 @@ def test_batch_equals_per_view_loop():
                            **kw)
       for name in ("rgb", "mask", "depth", "face_id"):
         np.testing.assert_array_equal(out[name][b, k], one[name], err_msg=name)
+  threaded = mr.render_mesh_batch(poses, faces, c2ws, vertex_colors=colors,
+                                  max_views_per_pass=3, num_threads=2, **kw)
+  for name in ("rgb", "depth", "face_id"):
+    np.testing.assert_array_equal(threaded[name], out[name], err_msg=name)
   # One mesh, many views; per-mesh cameras [B, N, 4, 4].
   single = mr.render_mesh_batch(poses[1], faces, c2ws, **kw)
   assert single["mask"].shape == (4, 20, 28)
