@@ -138,6 +138,37 @@ def project_to_pixels(points_cam: np.ndarray, focal: float, height: int,
   return np.stack([x, y], axis=-1), depth
 
 
+def _corner_indices(faces: np.ndarray, n_meshes: int, n_verts: int
+                    ) -> np.ndarray:
+  """[3, M * F] indices of every face corner into M stacked vertex sets."""
+  offset = (np.arange(n_meshes) * n_verts)[None, :, None]
+  return (faces.T[:, None, :] + offset).reshape(3, -1)
+
+
+def _area_normals(vt: np.ndarray, corners: np.ndarray) -> np.ndarray:
+  """Cross products (v1 - v0) x (v2 - v0), component-major.
+
+  Args:
+    vt: [3, P] vertex coordinates (x, y, z rows).
+    corners: [3, T] corner indices into P.
+
+  Returns:
+    [3, T] face normals with length = 2 * area.
+  """
+  vt = np.ascontiguousarray(vt)
+  v0, v1, v2 = (np.take(vt, c, axis=1) for c in corners)  # fast 2D gather
+  ax, ay, az = v1 - v0
+  bx, by, bz = v2 - v0
+  return np.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx])
+
+
+def _unit_columns(n: np.ndarray) -> np.ndarray:
+  """[3, T] vectors scaled to unit length (zero stays zero), as [T, 3]."""
+  inv = 1.0 / np.maximum(np.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]),
+                         1e-20)
+  return (n * inv).T
+
+
 def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
   """Unit face normals by the right-hand rule (counter-clockwise = front).
 
@@ -148,11 +179,11 @@ def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
   Returns:
     [..., F, 3] unit normals (zero for degenerate faces).
   """
-  v0 = vertices[..., faces[:, 0], :]
-  n = np.cross(vertices[..., faces[:, 1], :] - v0,
-               vertices[..., faces[:, 2], :] - v0)
-  norm = np.linalg.norm(n, axis=-1, keepdims=True)
-  return n / np.maximum(norm, 1e-20)
+  lead, nv = vertices.shape[:-2], vertices.shape[-2]
+  vt = np.asarray(vertices, np.float64).reshape(-1, 3).T
+  m = vt.shape[1] // max(nv, 1)
+  n = _area_normals(vt, _corner_indices(faces, m, nv))
+  return _unit_columns(n).reshape(lead + (faces.shape[0], 3))
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -166,16 +197,15 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     [..., V, 3] unit normals (zero for unreferenced vertices).
   """
   lead, nv = vertices.shape[:-2], vertices.shape[-2]
-  flat = vertices.reshape((-1, nv, 3))
-  m = flat.shape[0]
-  v0 = flat[:, faces[:, 0]]
-  n = np.cross(flat[:, faces[:, 1]] - v0, flat[:, faces[:, 2]] - v0)  # [M,F,3]
-  # Scatter-add each face normal to its 3 corners with one bincount per axis.
-  idx = (faces[None, :, :] + (np.arange(m) * nv)[:, None, None]).ravel()
-  acc = np.stack([np.bincount(idx, weights=np.repeat(n[..., c].ravel(), 3),
-                              minlength=m * nv) for c in range(3)], axis=-1)
-  norm = np.linalg.norm(acc, axis=-1, keepdims=True)
-  return (acc / np.maximum(norm, 1e-20)).reshape(lead + (nv, 3))
+  vt = np.asarray(vertices, np.float64).reshape(-1, 3).T
+  m = vt.shape[1] // max(nv, 1)
+  corners = _corner_indices(faces, m, nv)
+  n = _area_normals(vt, corners)
+  # Scatter-add each face normal to its 3 corners: one bincount per axis.
+  idx = corners.ravel()
+  acc = np.stack([np.bincount(idx, weights=np.tile(n[c], 3), minlength=m * nv)
+                  for c in range(3)])
+  return _unit_columns(acc).reshape(lead + (nv, 3))
 
 
 def lambert_shade(albedo: np.ndarray, normals: np.ndarray,
@@ -232,7 +262,7 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
   xs = np.ascontiguousarray(xy[:, 0])
   ys = np.ascontiguousarray(xy[:, 1])
   # Global vertex indices of every (view, face) corner: [3, N * F].
-  g = (faces.T[:, None, :] + (np.arange(n) * nv)[None, :, None]).reshape(3, -1)
+  g = _corner_indices(faces, n, nv)
   x0, x1, x2 = xs[g[0]], xs[g[1]], xs[g[2]]
   y0, y1, y2 = ys[g[0]], ys[g[1]], ys[g[2]]
   # Twice the signed area in (column, row-down) coordinates: a counter-
@@ -360,7 +390,7 @@ def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
   nf = faces.shape[0]
   t = _triangle_setup(points_cam, faces, spec)
   idx, px, py, l0, l1 = _enumerate_fragments(t)
-  iz = t["iz"][:, idx]  # [3, P]
+  iz = np.take(t["iz"], idx, axis=1)  # [3, P]
   depth = perspective_depth((l0, l1, 1.0 - l0 - l1), iz)
   pixel = ((idx // nf) * h + py) * w + px
 
@@ -370,9 +400,9 @@ def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
 
   pixel = np.flatnonzero(key != _EMPTY_KEY)
   win = key[pixel] & 0xFFFFFFFF
-  b = np.stack([l0[win], l1[win], 1.0 - l0[win] - l1[win]], axis=-1)
-  b *= iz[:, win].T
-  inv_depth = b.sum(axis=-1)
+  l0, l1 = l0[win], l1[win]
+  b = np.stack([l0, l1, 1.0 - l0 - l1], axis=-1) * np.take(iz, win, axis=1).T
+  inv_depth = b[:, 0] + b[:, 1] + b[:, 2]
   tri = idx[win]
   return dict(pixel=pixel, face=tri % nf, bary=b / inv_depth[:, None],
               depth=(1.0 / inv_depth).astype(np.float32), back=t["back"][tri])
@@ -527,7 +557,7 @@ def shade_fragments(frag: Dict[str, np.ndarray], verts: np.ndarray,
   if smooth_normals:
     nrm = _interpolate(vertex_normals(verts, faces).reshape(-1, 3), corners,
                        frag["bary"])
-    nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-20)
+    nrm = _unit_columns(nrm.T)
   else:
     nrm = face_normals(verts, faces).reshape(-1, 3)[gface]
   nrm = np.where(frag["back"][:, None], -nrm, nrm)
@@ -547,7 +577,7 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
                       background: Sequence[float] = (1.0, 1.0, 1.0),
                       smooth_normals: bool = True,
                       cull_backfaces: bool = False, near: float = 1e-3,
-                      max_views_per_pass: int = 16,
+                      max_views_per_pass: int = 4,
                       num_threads: int = 1) -> Dict[str, np.ndarray]:
   """Renders many views of one mesh, or of B meshes sharing their faces.
 
