@@ -20,7 +20,7 @@ Body joint order (index into the 21-joint body pose, SMPL-X joint id - 1):
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -85,13 +85,13 @@ def _euler(deg: Sequence[float]) -> Rotation:
   return Rotation.from_euler("xyz", np.asarray(deg, dtype=np.float64), degrees=True)
 
 
-def _limb(parent: Rotation, rest: np.ndarray, upper, lower
-          ) -> tuple[Rotation, Rotation]:
+def _limb(parent: Rotation, rest_upper: np.ndarray, rest_lower: np.ndarray, upper,
+          lower) -> tuple[Rotation, Rotation]:
   """Local rotations of a 2-segment limb from body-frame segment directions.
 
   Args:
     parent: global rotation of the limb's parent frame.
-    rest: [3] rest direction of both segments in the parent frame.
+    rest_upper, rest_lower: [3] rest directions of the two segments.
     upper, lower: [3] target body-frame directions (lower defaults to upper).
 
   Returns:
@@ -99,8 +99,8 @@ def _limb(parent: Rotation, rest: np.ndarray, upper, lower
   """
   du = parent.inv().apply(_unit(upper))
   dl = parent.inv().apply(_unit(lower if lower is not None else upper))
-  r_prox = min_rotation(rest, du)
-  r_dist_parentframe = min_rotation(du, dl)
+  r_prox = min_rotation(rest_upper, du)
+  r_dist_parentframe = min_rotation(r_prox.apply(_unit(rest_lower)), dl)
   r_dist = r_prox.inv() * r_dist_parentframe * r_prox
   return r_prox, r_dist
 
@@ -109,7 +109,8 @@ def make_pose(*, spine=(0, 0, 0), neck=(0, 0, 0), head=(0, 0, 0),
               l_thigh=(0, -1, 0), l_shin=None, r_thigh=(0, -1, 0), r_shin=None,
               l_upper=(0.25, -1, 0), l_fore=None, r_upper=(-0.25, -1, 0),
               r_fore=None, l_wrist=(0, 0, 0), r_wrist=(0, 0, 0),
-              feet_flat=True, orient=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+              feet_flat=True, orient=(0, 0, 0),
+              rest: Optional[dict] = None) -> tuple[np.ndarray, np.ndarray]:
   """Builds an SMPL-X body pose from segment directions.
 
   Args:
@@ -124,6 +125,8 @@ def make_pose(*, spine=(0, 0, 0), neck=(0, 0, 0), head=(0, 0, 0),
     l_wrist, r_wrist: wrist (x, y, z) Euler angles in degrees.
     feet_flat: turn the ankles (up to 40 deg) towards a flat foot.
     orient: global orientation Euler angles (x, y, z) in degrees.
+    rest: optional rest-pose segment directions {"l_thigh": [3], ...} of a
+      specific body (default: legs straight down, arms along +-x).
 
   Returns:
     body_pose [63] and global_orient [3], float32 axis-angle.
@@ -136,8 +139,11 @@ def make_pose(*, spine=(0, 0, 0), neck=(0, 0, 0), head=(0, 0, 0),
   rots[J["head"]] = _euler(head)
   chest = part * part * part
   ident = Rotation.identity()
+  rest = rest or {}
   for side, thigh, shin in (("L", l_thigh, l_shin), ("R", r_thigh, r_shin)):
-    hip, knee = _limb(ident, _REST_LEG, thigh, shin)
+    s = side.lower()
+    hip, knee = _limb(ident, rest.get(f"{s}_thigh", _REST_LEG),
+                      rest.get(f"{s}_shin", _REST_LEG), thigh, shin)
     rots[J[f"{side}_hip"]], rots[J[f"{side}_knee"]] = hip, knee
     if feet_flat:
       shin_global = hip * knee
@@ -145,10 +151,12 @@ def make_pose(*, spine=(0, 0, 0), neck=(0, 0, 0), head=(0, 0, 0),
       ang = np.linalg.norm(want.as_rotvec())
       frac = min(1.0, np.deg2rad(_MAX_FLAT_ANKLE_DEG) / max(ang, 1e-9))
       rots[J[f"{side}_ankle"]] = Rotation.from_rotvec(want.as_rotvec() * frac)
-  for side, rest, upper, fore, wrist in (
+  for side, rest_arm, upper, fore, wrist in (
       ("L", _REST_L_ARM, l_upper, l_fore, l_wrist),
       ("R", _REST_R_ARM, r_upper, r_fore, r_wrist)):
-    sh, el = _limb(chest, rest, upper, fore)
+    s = side.lower()
+    sh, el = _limb(chest, rest.get(f"{s}_upper", rest_arm),
+                   rest.get(f"{s}_fore", rest_arm), upper, fore)
     rots[J[f"{side}_shoulder"]], rots[J[f"{side}_elbow"]] = sh, el
     rots[J[f"{side}_wrist"]] = _euler(wrist)
   body = np.concatenate([r.as_rotvec() for r in rots]).astype(np.float32)
