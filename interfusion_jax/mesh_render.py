@@ -2,18 +2,21 @@
 
 Used to render shaded bodies and objects outside the NeRF: pose-codebook views
 (stage 1), body contact sheets and the procedural scene generator. It is plain
-NumPy on purpose: on a 2-core CPU a vectorised scan over all triangles of all
-views at once beats a jitted scatter (see benchmarks/bench_mesh_render.py).
+NumPy (no compile step, exact float64 coverage tests); see
+benchmarks/bench_mesh_render.py for its speed against a naive rasterizer and a
+jitted JAX alternative.
 
-Algorithm (one pass over every triangle of every view):
+Algorithm (one vectorised pass over every triangle of several views):
   1. vertices -> camera space -> pixel coordinates (OpenGL c2w, pinhole);
+     triangles crossing the near plane are clipped (``clip_near``);
   2. per triangle, the integer bounding box of covered pixel *centres*;
-  3. every candidate pixel of every triangle is enumerated with one
-     ``np.repeat`` (no Python loop over triangles or buckets);
+  3. triangles with small boxes are grouped by box shape and tested with
+     broadcasting over a fixed window; large boxes are enumerated with
+     ``np.repeat`` (no Python loop over triangles);
   4. barycentric inside test at pixel centres (edges inclusive);
-  5. z-buffer: a packed int64 key ``(float32 depth bits << 32) | triangle`` and
-     ``np.minimum.at``; since positive float32 bit patterns sort like the
-     floats, the minimum key is the nearest triangle (ties -> lowest index);
+  5. z-buffer: a packed int64 key ``(float32 depth bits << 32) | fragment``
+     and ``np.minimum.at``; since positive float32 bit patterns sort like the
+     floats, the minimum key is the nearest fragment (ties -> lowest index);
   6. perspective-correct barycentrics of the winners -> depth, normal, colour;
   7. Lambertian shading ``albedo * (ambient + diffuse * max(n.l, 0))``.
 
@@ -27,8 +30,8 @@ Conventions (same as ``interfusion_jax/camera.py``):
   * ``depth`` is the camera-space z-depth (distance along the viewing axis,
     not along the ray), ``inf`` where nothing is hit.
   * Shading is two-sided: a back-facing triangle's normal is flipped towards
-    the camera. Triangles with a vertex closer than ``near`` to the camera
-    plane are dropped (no clipping), as are degenerate (zero-area) ones.
+    the camera. Geometry closer than ``near`` (z-depth) is clipped away;
+    degenerate (zero-area) triangles are skipped.
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ class RasterSpec:
     height: image height in pixels.
     width: image width in pixels.
     fovy_deg: vertical field of view in degrees, in (0, 180).
-    near: triangles with any vertex at z-depth <= near are dropped.
+    near: near clipping depth: geometry at z-depth <= near is clipped away
+      (triangles are cut at 2 * near).
     cull_backfaces: drop triangles whose front (counter-clockwise winding,
       right-hand normal) faces away from the camera. Faster for closed,
       consistently wound meshes; leave False for open or badly wound meshes.
@@ -240,6 +244,50 @@ def _max3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
   return np.maximum(np.maximum(a, b), c)
 
 
+def clip_near(corners: np.ndarray, near: float
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Clips camera-space triangles against the plane z-depth = near.
+
+  Every triangle must have at least one vertex in front (depth > near) and
+  one not. The kept part is a triangle (two vertices behind) or a quad split
+  into two triangles (one vertex behind); winding is preserved.
+
+  Args:
+    corners: [S, 3, 3] camera-space corners (looking along -z).
+    near: clipping depth.
+
+  Returns:
+    (sub [S2, 3, 3] camera-space corners of the kept triangles,
+     parent [S2] index into S,
+     bmap [S2, 3, 3]: row k = barycentrics of sub-corner k in its parent).
+  """
+  s = corners.shape[0]
+  depth = -corners[..., 2]  # [S, 3]
+  behind = depth <= near
+  one = behind.sum(axis=1) == 1
+  # The "odd" corner: the only one behind (one) or the only one in front.
+  k = np.where(one, np.argmax(behind, axis=1), np.argmin(behind, axis=1))
+  rows = np.arange(s)
+  ia, ib, ic = k, (k + 1) % 3, (k + 2) % 3
+  a, b, c = corners[rows, ia], corners[rows, ib], corners[rows, ic]
+  da, db, dc = depth[rows, ia], depth[rows, ib], depth[rows, ic]
+  eye = np.eye(3)
+  ea, eb, ec = eye[ia], eye[ib], eye[ic]
+  sab = ((near - da) / (db - da))[:, None]
+  sac = ((near - da) / (dc - da))[:, None]
+  p, q = a + sab * (b - a), a + sac * (c - a)
+  bp, bq = ea + sab * (eb - ea), ea + sac * (ec - ea)
+  o = np.flatnonzero(one)  # quad p, b, c, q -> (p, b, c), (p, c, q)
+  t = np.flatnonzero(~one)  # triangle a, p, q
+  sub = np.concatenate([np.stack([p[o], b[o], c[o]], 1),
+                        np.stack([p[o], c[o], q[o]], 1),
+                        np.stack([a[t], p[t], q[t]], 1)])
+  bmap = np.concatenate([np.stack([bp[o], eb[o], ec[o]], 1),
+                         np.stack([bp[o], ec[o], bq[o]], 1),
+                         np.stack([ea[t], bp[t], bq[t]], 1)])
+  return sub, np.concatenate([o, o, t]), bmap
+
+
 def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
                     spec: RasterSpec) -> Dict[str, np.ndarray]:
   """Projects every (view, face) triangle and keeps those covering a pixel.
@@ -250,21 +298,44 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
     spec: static settings.
 
   Returns:
-    dict over the T = N * F (view, face) triangles: bx0, by0, bw, bh [T]
+    dict over the T >= N * F (view, face) triangles: bx0, by0, bw, bh [T]
     int64 bounding box of covered pixel centres (bw = 0 for dropped ones);
     ox, oy [T] offset of the first box pixel centre from vertex 0; a0, b0,
     a1, b1 [T] screen gradients of the barycentrics l0, l1 (l0 = 1, l1 = 0 at
-    vertex 0); iz [3, T] inverse vertex z-depths; back [T] bool.
+    vertex 0); iz [3, T] inverse vertex z-depths; back [T] bool. Triangles
+    crossing the near plane are dropped and their clipped parts appended:
+    T = n_base + S2, parent [S2] (index < n_base) and bmap [S2, 3, 3] (see
+    ``clip_near``), both None when nothing was clipped.
   """
   n, nv = points_cam.shape[:2]
   h, w = spec.height, spec.width
-  xy, z = project_to_pixels(points_cam.reshape(-1, 3), spec.focal, h, w)
+  pts = points_cam.reshape(-1, 3)
+  xy, z = project_to_pixels(pts, spec.focal, h, w)
   xs = np.ascontiguousarray(xy[:, 0])
   ys = np.ascontiguousarray(xy[:, 1])
   # Global vertex indices of every (view, face) corner: [3, N * F].
   g = _corner_indices(faces, n, nv)
   x0, x1, x2 = xs[g[0]], xs[g[1]], xs[g[2]]
   y0, y1, y2 = ys[g[0]], ys[g[1]], ys[g[2]]
+  z0, z1, z2 = z[g[0]], z[g[1]], z[g[2]]
+  # Triangles crossing the near plane are replaced by their clipped parts
+  # (clipped at 2 * near so the parts pass the depth > near test below),
+  # appended after the N * F originals.
+  zmin = _min3(z0, z1, z2)
+  crossing = np.flatnonzero((zmin <= spec.near)
+                            & (_max3(z0, z1, z2) > 2.0 * spec.near))
+  parent = bmap = None
+  if crossing.size:
+    sub, parent, bmap = clip_near(
+        np.stack([pts[g[k, crossing]] for k in range(3)], 1), 2.0 * spec.near)
+    parent = crossing[parent]
+    sxy, sz = project_to_pixels(sub, spec.focal, h, w)  # [S2, 3, 2], [S2, 3]
+    x0, x1, x2, y0, y1, y2, z0, z1, z2 = (
+        np.concatenate([a, extra]) for a, extra in zip(
+            (x0, x1, x2, y0, y1, y2, z0, z1, z2),
+            (sxy[:, 0, 0], sxy[:, 1, 0], sxy[:, 2, 0], sxy[:, 0, 1],
+             sxy[:, 1, 1], sxy[:, 2, 1], sz[:, 0], sz[:, 1], sz[:, 2])))
+    zmin = _min3(z0, z1, z2)
   # Twice the signed area in (column, row-down) coordinates: a counter-
   # clockwise (front) face seen from the camera has a negative area.
   area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
@@ -272,8 +343,7 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
   bx1 = np.minimum(np.floor(_max3(x0, x1, x2) - 0.5), w - 1.0)
   by0 = np.maximum(np.ceil(_min3(y0, y1, y2) - 0.5), 0.0)
   by1 = np.minimum(np.floor(_max3(y0, y1, y2) - 0.5), h - 1.0)
-  z0, z1, z2 = z[g[0]], z[g[1]], z[g[2]]
-  keep = (bx1 >= bx0) & (by1 >= by0) & (_min3(z0, z1, z2) > spec.near)
+  keep = (bx1 >= bx0) & (by1 >= by0) & (zmin > spec.near)
   keep &= (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
   # Most triangles are kept, so nothing is compacted: dropped triangles just
   # get an empty box (bw = 0) and are never enumerated.
@@ -286,7 +356,8 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
       ox=bx0 + 0.5 - x0, oy=by0 + 0.5 - y0,
       a0=(y1 - y2) * inv, b0=(x2 - x1) * inv,
       a1=(y2 - y0) * inv, b1=(x0 - x2) * inv,
-      iz=1.0 / np.where(keep, np.stack([z0, z1, z2]), 1.0), back=area2 > 0.0)
+      iz=1.0 / np.where(keep, np.stack([z0, z1, z2]), 1.0), back=area2 > 0.0,
+      n_base=g.shape[1], parent=parent, bmap=bmap)
 
 
 def _inside_window(t: Dict[str, np.ndarray], sel, col: np.ndarray,
@@ -392,7 +463,12 @@ def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
   idx, px, py, l0, l1 = _enumerate_fragments(t)
   iz = np.take(t["iz"], idx, axis=1)  # [3, P]
   depth = perspective_depth((l0, l1, 1.0 - l0 - l1), iz)
-  pixel = ((idx // nf) * h + py) * w + px
+  owner = idx  # the (view, face) pair each fragment belongs to
+  if t["parent"] is not None:
+    clipped = idx >= t["n_base"]
+    owner = idx.copy()
+    owner[clipped] = t["parent"][idx[clipped] - t["n_base"]]
+  pixel = ((owner // nf) * h + py) * w + px
 
   key = np.full(n * h * w, _EMPTY_KEY, dtype=np.int64)
   packed = depth.astype(np.float32).view(np.int32).astype(np.int64) << 32
@@ -403,8 +479,13 @@ def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
   l0, l1 = l0[win], l1[win]
   b = np.stack([l0, l1, 1.0 - l0 - l1], axis=-1) * np.take(iz, win, axis=1).T
   inv_depth = b[:, 0] + b[:, 1] + b[:, 2]
+  b /= inv_depth[:, None]
   tri = idx[win]
-  return dict(pixel=pixel, face=tri % nf, bary=b / inv_depth[:, None],
+  if t["parent"] is not None:
+    sub = np.flatnonzero(tri >= t["n_base"])
+    b[sub] = np.einsum("pk,pkj->pj", b[sub],
+                       t["bmap"][tri[sub] - t["n_base"]])
+  return dict(pixel=pixel, face=owner[win] % nf, bary=b,
               depth=(1.0 / inv_depth).astype(np.float32), back=t["back"][tri])
 
 
@@ -598,7 +679,7 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
     smooth_normals: interpolate area-weighted vertex normals, else flat.
     cull_backfaces: see RasterSpec (off by default; on is ~2x faster for
       closed consistently wound meshes).
-    near: triangles with a vertex at z-depth <= near are dropped.
+    near: near clipping depth (see RasterSpec).
     max_views_per_pass: views rasterised together in one vectorised pass
       (bounds memory; more amortises Python overhead).
     num_threads: render passes concurrently in this many threads (NumPy

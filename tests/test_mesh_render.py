@@ -274,12 +274,67 @@ def test_backface_culling_drops_triangle_seen_from_behind():
   assert mr.render_mesh(tri, faces_cw, np.eye(4), **kw)["mask"].sum() == 0
 
 
-def test_triangle_behind_camera_or_crossing_near_plane_is_dropped():
+def test_triangle_behind_camera_is_dropped():
   behind = np.array([[-1.0, -1.0, 2.0], [1.0, -1.0, 2.0], [0.0, 1.0, 2.0]])
-  crossing = np.array([[-1.0, -1.0, -2.0], [1.0, -1.0, -2.0], [0.0, 1.0, 1.0]])
-  for tri in (behind, crossing):
-    out = mr.render_mesh(tri, np.array([[0, 1, 2]]), np.eye(4), 60.0, 16, 16)
-    assert not out["mask"].any()
+  out = mr.render_mesh(behind, np.array([[0, 1, 2]]), np.eye(4), 60.0, 16, 16)
+  assert not out["mask"].any()
+
+
+def test_ground_plane_through_camera_plane_is_clipped_exactly():
+  # A 10 m ground square under a camera standing on it: both triangles have
+  # corners behind the camera (one with 1, one with 2 behind).
+  verts = np.array([[-5.0, -5.0, 0.0], [5.0, -5.0, 0.0], [5.0, 5.0, 0.0],
+                    [-5.0, 5.0, 0.0]])
+  faces = np.array([[0, 1, 2], [0, 2, 3]])
+  colors = np.stack([(verts[:, 0] + 5) / 10, (verts[:, 1] + 5) / 10,
+                     np.full(4, 0.5)], -1)
+  h, w, fovy = 40, 48, 90.0
+  c2w = _look_at([0.3, 0.2, 1.0], [3.0, 0.5, 0.0])
+  out = mr.render_mesh(verts, faces, c2w, fovy, h, w, vertex_colors=colors,
+                       ambient=1.0, diffuse=0.0)
+  ref_f, ref_z, ambiguous = _raycast_reference(verts, faces, c2w, fovy, h, w)
+  clear = ~ambiguous
+  assert (ref_f >= 0).mean() > 0.3 and (ref_f < 0).mean() > 0.1
+  np.testing.assert_array_equal(out["face_id"][clear], ref_f[clear])
+  m = out["mask"]
+  np.testing.assert_allclose(out["depth"][m], ref_z[m], rtol=1e-5)
+  # Colours are affine in the world hit point (checks the clipped parts'
+  # barycentric mapping back to the original faces).
+  dirs = _pixel_rays(c2w, fovy, h, w)
+  hit = c2w[:3, 3] + (-c2w[2, 3] / dirs[..., 2])[..., None] * dirs
+  expect = np.stack([(hit[..., 0] + 5) / 10, (hit[..., 1] + 5) / 10,
+                     np.full((h, w), 0.5)], -1)
+  np.testing.assert_allclose(out["rgb"][m], expect[m], atol=1e-5)
+
+
+def test_clip_near_keeps_the_front_part_and_maps_barycentrics():
+  rng = np.random.default_rng(5)
+  tris = rng.normal(size=(200, 3, 3)) * 2.0
+  depth = -tris[..., 2]
+  near = 0.1
+  crossing = (depth.min(1) <= near) & (depth.max(1) > near)
+  tris = tris[crossing]
+  sub, parent, bmap = mr.clip_near(tris, near)
+  # Sub-corners are in front (up to rounding) and equal bmap @ parent.
+  assert np.all(-sub[..., 2] >= near - 1e-9)
+  np.testing.assert_allclose(np.einsum("skj,sjc->skc", bmap, tris[parent]),
+                             sub, atol=1e-9)
+  np.testing.assert_allclose(bmap.sum(-1), 1.0, atol=1e-12)
+  # The kept area equals the front part's area (Monte Carlo over barycentrics).
+  u = rng.dirichlet(np.ones(3), size=4000)
+  for i in range(0, tris.shape[0], 17):
+    pts = u @ tris[i]
+    front = np.mean(-pts[:, 2] > near)
+    full = np.linalg.norm(np.cross(tris[i, 1] - tris[i, 0],
+                                   tris[i, 2] - tris[i, 0]))
+    kept = sum(np.linalg.norm(np.cross(s[1] - s[0], s[2] - s[0]))
+               for s in sub[parent == i])
+    assert abs(kept / full - front) < 0.04
+    # Same winding as the parent.
+    for s in sub[parent == i]:
+      n_sub = np.cross(s[1] - s[0], s[2] - s[0])
+      n_par = np.cross(tris[i, 1] - tris[i, 0], tris[i, 2] - tris[i, 0])
+      assert n_sub @ n_par > 0
 
 
 # ----------------------------------------------------------------------------
