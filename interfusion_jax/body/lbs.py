@@ -166,8 +166,10 @@ def skin(body: BodyModel, pose: jax.Array, betas: Optional[jax.Array] = None,
   v_shaped = shaped_template(body, betas)
   joints_rest = body.j_regressor @ v_shaped
   rot = axis_angle_to_matrix(pose)                                  # [J, 3, 3]
-  pose_feature = (rot[1:] - jnp.eye(3)).reshape(-1)
-  v_posed = v_shaped + (pose_feature @ body.posedirs).reshape(-1, 3)
+  v_posed = v_shaped
+  if body.posedirs.shape[0]:
+    pose_feature = (rot[1:] - jnp.eye(3)).reshape(-1)
+    v_posed = v_shaped + (pose_feature @ body.posedirs).reshape(-1, 3)
   joints, a = rigid_transforms(rot, joints_rest, body.parents)
   t = jnp.einsum("vj,jab->vab", body.lbs_weights, a)                # [V, 4, 4]
   verts = jnp.einsum("vab,vb->va", t[:, :3, :3], v_posed) + t[:, :3, 3]

@@ -49,7 +49,8 @@ class BodyModel:
   Attributes (V vertices, J joints, B shape coefficients, P = 9 (J - 1)):
     v_template: [V, 3] rest template (y-up, metres).
     shapedirs: [V, 3, B] shape blendshapes.
-    posedirs: [P, 3 V] pose-corrective blendshapes (smplx's layout).
+    posedirs: [P, 3 V] pose-corrective blendshapes (smplx's layout); P = 0
+      when the file has none (the default body).
     j_regressor: [J, V] joint regressor.
     lbs_weights: [V, J] skinning weights.
     hands_mean: [90] left then right hand mean pose (zeros if absent).
@@ -180,13 +181,17 @@ def body_model_from_arrays(raw: Mapping[str, Any], *, name: str = "<arrays>") ->
     num_shape = min(10, shapedirs.shape[-1]) if shapedirs.shape[-1] < 300 else 300
   shapedirs = shapedirs[:, :, :num_shape]
   posedirs = arr["posedirs"].astype(np.float32)
-  posedirs = posedirs.reshape(-1, posedirs.shape[-1]).T   # [P, 3V]
+  if posedirs.shape[-1] == 0:                              # no pose correctives
+    posedirs = np.zeros((0, 3 * num_verts), np.float32)
+  else:
+    posedirs = posedirs.reshape(-1, posedirs.shape[-1]).T  # [P, 3V]
   j_regressor = arr["J_regressor"].astype(np.float32)
   weights = arr["weights"].astype(np.float32)
   faces = arr["f"].astype(np.int64)
   expect = {
       "shapedirs": (shapedirs.shape[:2], (num_verts, 3)),
-      "posedirs": (posedirs.shape, (9 * (num_joints - 1), 3 * num_verts)),
+      "posedirs": (posedirs.shape, ((9 * (num_joints - 1) if posedirs.shape[0] else 0),
+                                    3 * num_verts)),
       "J_regressor": (j_regressor.shape, (num_joints, num_verts)),
       "weights": (weights.shape, (num_verts, num_joints)),
   }
