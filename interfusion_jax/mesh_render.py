@@ -609,7 +609,9 @@ def shade_fragments(frag: Dict[str, np.ndarray], verts: np.ndarray,
                     faces: np.ndarray, mesh_of_view: np.ndarray,
                     view_light: np.ndarray, albedo_table: Optional[np.ndarray],
                     per_vertex: bool, ambient: float, diffuse: float,
-                    smooth_normals: bool, hw: int) -> np.ndarray:
+                    smooth_normals: bool, hw: int,
+                    light_position: Optional[np.ndarray] = None
+                    ) -> np.ndarray:
   """Lambertian colours of rasterised fragments.
 
   Args:
@@ -617,13 +619,15 @@ def shade_fragments(frag: Dict[str, np.ndarray], verts: np.ndarray,
     verts: [M, V, 3] world vertices of the meshes these views show.
     faces: [F, 3].
     mesh_of_view: [n] int, which of the M meshes each view shows.
-    view_light: [n, 3] unit direction towards the light, per view.
+    view_light: [n, 3] unit direction towards a directional light, per view
+      (ignored when light_position is given).
     albedo_table: [M, V, 3] (per_vertex) or [M, F, 3] colours, or None for
       DEFAULT_ALBEDO.
     per_vertex: whether albedo_table is indexed by vertex.
     ambient, diffuse: shading weights.
     smooth_normals: interpolate vertex normals (else flat face normals).
     hw: H * W, to recover each fragment's view from its flat pixel index.
+    light_position: [3] world position of a point light, or None.
 
   Returns:
     [P, 3] float64 colours in [0, 1].
@@ -648,12 +652,18 @@ def shade_fragments(frag: Dict[str, np.ndarray], verts: np.ndarray,
     albedo = _interpolate(albedo_table.reshape(-1, 3), corners, frag["bary"])
   else:
     albedo = albedo_table.reshape(-1, 3)[gface]
-  return lambert_shade(albedo, nrm, view_light[view], ambient, diffuse)
+  if light_position is None:
+    light = view_light[view]
+  else:
+    surface = _interpolate(verts.reshape(-1, 3), corners, frag["bary"])
+    light = _unit_columns((light_position - surface).T)
+  return lambert_shade(albedo, nrm, light, ambient, diffuse)
 
 
 def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
                       width: int, *, vertex_colors=None, face_colors=None,
-                      light_dir=None, ambient: float = 0.3,
+                      light_dir=None, light_position=None,
+                      ambient: float = 0.3,
                       diffuse: float = 0.7,
                       background: Sequence[float] = (1.0, 1.0, 1.0),
                       smooth_normals: bool = True,
@@ -674,6 +684,8 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
       the default albedo is DEFAULT_ALBEDO.
     light_dir: [3] world direction TOWARDS a directional light; default: each
       view's backward axis c2w[:3, 2] (light at the camera).
+    light_position: [3] world position of a point light instead (the
+      NeRF material's light); at most one of light_dir / light_position.
     ambient, diffuse: Lambert weights, rgb = albedo (ambient + diffuse n.l+).
     background: [3] colour of empty pixels.
     smooth_normals: interpolate area-weighted vertex normals, else flat.
@@ -734,6 +746,14 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
     ld = ld / norm
   if num_threads < 1:
     raise MeshRenderError(f"num_threads = {num_threads}: must be >= 1.")
+  lp = None
+  if light_position is not None:
+    if light_dir is not None:
+      raise MeshRenderError("pass light_dir or light_position, not both.")
+    lp = np.asarray(light_position, dtype=np.float64)
+    if lp.shape != (3,) or not np.all(np.isfinite(lp)):
+      raise MeshRenderError(f"light_position = {light_position!r}: expected "
+                            "a finite [3] world position.")
   if max_views_per_pass < 1:
     raise MeshRenderError(
         f"max_views_per_pass = {max_views_per_pass}: must be >= 1.")
@@ -761,7 +781,7 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
     colors = shade_fragments(
         frag, vb[meshes], f, local_mesh, light,
         None if table is None else table[meshes], per_vertex, ambient,
-        diffuse, smooth_normals, h * w)
+        diffuse, smooth_normals, h * w, lp)
     pix = frag["pixel"]
     rgb[sl].reshape(-1, 3)[pix] = colors
     depth[sl].reshape(-1)[pix] = frag["depth"]
@@ -792,7 +812,8 @@ def render_mesh(vertices, faces, c2w, fovy_deg: float, height: int,
     c2w: [4, 4] OpenGL camera-to-world matrix.
     fovy_deg: vertical field of view in degrees.
     height, width: image size.
-    **kwargs: vertex_colors [V, 3], face_colors [F, 3], light_dir [3],
+    **kwargs: vertex_colors [V, 3], face_colors [F, 3], light_dir [3] or
+      light_position [3],
       ambient, diffuse, background [3], smooth_normals, cull_backfaces, near.
 
   Returns:

@@ -379,6 +379,21 @@ def test_default_light_is_at_camera_and_shading_is_two_sided():
   np.testing.assert_allclose(front["rgb"][~front["mask"]], 1.0)
 
 
+def test_point_light_matches_n_dot_l_per_pixel():
+  v, f = _quad_facing_camera(z=-2.0, s=1.0)
+  light = np.array([0.7, -0.4, -0.5])
+  out = mr.render_mesh(v, f, np.eye(4), 60.0, 32, 32, light_position=light,
+                       ambient=0.2, diffuse=0.7)
+  m = out["mask"]
+  dirs = _pixel_rays(np.eye(4), 60.0, 32, 32)
+  hit = dirs * (-2.0 / dirs[..., 2:3])  # points on the plane z = -2
+  to_light = light - hit
+  cos = to_light[..., 2] / np.linalg.norm(to_light, axis=-1)  # normal = +z
+  expect = np.asarray(mr.DEFAULT_ALBEDO) * (0.2 + 0.7 * cos[..., None])
+  assert np.ptp(cos[m]) > 0.2  # the light really varies across the quad
+  np.testing.assert_allclose(out["rgb"][m], expect[m], atol=1e-5)
+
+
 def test_vertex_colors_are_interpolated_perspective_correctly():
   # A slanted quad coloured by world x: colour must be linear in world x.
   v = np.array([[-1.0, -1.0, -1.5], [1.0, -1.0, -3.5], [1.0, 1.0, -3.5],
@@ -461,6 +476,8 @@ def test_batch_equals_per_view_loop():
     (dict(vertex_colors=np.ones((3, 3)), face_colors=np.ones((1, 3))),
      "not both"),
     (dict(light_dir=np.zeros(3)), "light_dir"),
+    (dict(light_dir=np.ones(3), light_position=np.ones(3)), "not both"),
+    (dict(light_position=np.ones(2)), "light_position"),
 ])
 def test_bad_input_raises_clear_error(kwargs, match):
   args = dict(vertices=np.array([[0.0, 0, -2], [1, 0, -2], [0, 1, -2]]),
