@@ -47,6 +47,11 @@ CLOTHING_WORDS = ("shirt", "t-shirt", "tshirt", "tee", "jacket", "coat",
                   "top", "vest", "hat", "cap", "shoes", "costume", "robe")
 
 
+# Words that end a colour's noun phrase ("a man in red holding a ball").
+_BREAKS = frozenset(("with", "on", "in", "at", "and", "while", "near", "by", "of",
+                     "under", "behind", "beside", "next", "to", "from", "into"))
+
+
 class ColorError(ValueError):
   """An unknown colour name was requested."""
 
@@ -80,8 +85,9 @@ def color_rgb(name: str) -> np.ndarray:
 def parse_colors(text: str, object_words: Sequence[str] = ()) -> dict:
   """Assigns the colour words of a prompt to the human's clothing or the object.
 
-  Rule: a colour word belongs to the first noun after it (within 4 tokens)
-  that is an object word (-> object) or a clothing/human word (-> human); a
+  Rule: a colour word belongs to the first noun after it (within 4 tokens,
+  not crossing a preposition or an -ing verb) that is an object word
+  (-> object) or a clothing/human word (-> human); a
   colour right after a clothing/human word with no noun after it ("a man in
   red") goes to the human; otherwise to the object if the prompt names an
   object, else to the human.
@@ -107,6 +113,8 @@ def parse_colors(text: str, object_words: Sequence[str] = ()) -> dict:
     for nxt in toks[i + 1:i + 5]:
       if canonical_color(nxt) is not None:
         continue
+      if nxt in _BREAKS or nxt.endswith("ing"):
+        break
       if is_obj(nxt):
         role = "object"
         break

@@ -295,12 +295,15 @@ def bed() -> Mesh:
 
 
 def skateboard() -> Mesh:
-  """Skateboard along x; anchor = deck top centre (deck 0.1 m above ground)."""
-  parts = [box((0, 0, -0.01), (0.8, 0.21, 0.02))]
-  for x in (-0.28, 0.28):
-    parts.append(box((x, 0, -0.04), (0.05, 0.16, 0.04)))
-    for y in (-0.08, 0.08):
-      parts.append(cylinder((x, y - 0.02, -0.075), (x, y + 0.02, -0.075), 0.028, 10))
+  """Skateboard along y (riders stand sideways); anchor = deck top centre.
+
+  The deck is 0.1 m above the ground.
+  """
+  parts = [box((0, 0, -0.01), (0.21, 0.8, 0.02))]
+  for y in (-0.28, 0.28):
+    parts.append(box((0, y, -0.04), (0.16, 0.05, 0.04)))
+    for x in (-0.08, 0.08):
+      parts.append(cylinder((x - 0.02, y, -0.075), (x + 0.02, y, -0.075), 0.028, 10))
   return concat(parts)
 
 

@@ -203,13 +203,22 @@ def occupancy(vertices: np.ndarray, faces: np.ndarray, resolution: int = 96,
   """
   from interfusion_jax.body import anchor  # NumPy-only helper
   v = np.asarray(vertices, np.float64)
+  f = np.asarray(faces)
   lo, hi = v.min(0), v.max(0)
   centre = 0.5 * (lo + hi)
   radius = float(0.5 * (hi - lo).max() + margin)
-  coords = np.linspace(-radius, radius, resolution)
+  h = 2.0 * radius / (resolution - 1)
   grid = np.zeros((resolution,) * 3, bool)
-  for comp in components(faces, len(v)):
-    grid |= anchor.occupancy_grid(v - centre, np.asarray(faces)[comp], coords)
+  local = v - centre + radius                       # node i sits at i * h
+  for comp in components(f, len(v)):
+    cv = local[np.unique(f[comp])]
+    i0 = np.maximum(np.floor(cv.min(0) / h).astype(int) - 1, 0)
+    i1 = np.minimum(np.ceil(cv.max(0) / h).astype(int) + 1, resolution - 1)
+    n = int((i1 - i0).max()) + 1
+    # Each component is voxelised on its own small cube of nodes.
+    sub = anchor.occupancy_grid(local - i0 * h, f[comp], h * np.arange(n))
+    ext = i1 - i0 + 1
+    grid[i0[0]:i1[0] + 1, i0[1]:i1[1] + 1, i0[2]:i1[2] + 1] |= sub[:ext[0], :ext[1], :ext[2]]
   return Occupancy(grid, centre, radius)
 
 
@@ -321,13 +330,13 @@ def place_object(mesh: objects.Mesh, rule: str, vertices: np.ndarray,
 
 
 def penetration_fraction(placed: objects.Mesh, vertices: np.ndarray, faces: np.ndarray,
-                         resolution: int = 64) -> float:
+                         resolution: int = 64, max_points: int = 2000) -> float:
   """Fraction of the placed object's volume (grid nodes) inside the body.
 
   Exact winding-number inside test of the object's occupied voxels against
   the body mesh (slow; for checks and tests).
   """
-  pts = interior_points(occupancy(placed.vertices, placed.faces, resolution), 4000)
+  pts = interior_points(occupancy(placed.vertices, placed.faces, resolution), max_points)
   pts = np.concatenate([pts, surface_samples(placed, 400, seed=1)])
   return float(inside_mesh(pts, vertices, faces).mean())
 

@@ -1,0 +1,226 @@
+"""Deterministic build, shipping and caching of the built-in prior's image bank.
+
+``build_bank`` renders a factorial set of procedural scenes (``scenes.py``):
+every colour word on the clothing (human and head renders), every object in
+every colour (object renders) and every object with every clothing colour
+and cycled object colours (interaction renders), each from cameras of the
+training distribution, captioned exactly as the trainer captions its renders.
+The result is a small uint8 ``.npz`` (images, attributes, captions).
+
+``load_default_bank`` looks for the shipped file
+``interfusion_jax/assets/prior_bank.npz``, then a cached build under
+``~/.cache/interfusion_jax/prior/``; if neither exists it builds the bank
+once (with a progress bar) and caches it. ``tools/build_prior.py`` rebuilds
+the shipped file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from interfusion_jax.prior import colors, denoiser, objects, placement, scenes
+
+BANK_VERSION = 1
+ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_PATH = ASSETS_DIR / "prior_bank.npz"
+
+
+class BankError(ValueError):
+  """A bank file is missing or malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BankSpec:
+  """What goes into the bank (all counts per factor combination).
+
+  Attributes:
+    resolution: image size R.
+    objects: object generator names.
+    colors: colour words (clothing and objects).
+    human_views: human renders per (clothing colour, pose).
+    head_views: head renders per clothing colour.
+    object_views: object renders per (object, colour).
+    interaction_views: interaction renders per (object, clothing colour).
+    seed: camera seed.
+    placement_resolution: voxel grid size of the body inside test.
+    body: "default" (the package's default body, falling back to the
+      mannequin if its file is missing) or "mannequin".
+  """
+  resolution: int = 32
+  objects: tuple[str, ...] = objects.OBJECT_NAMES
+  colors: tuple[str, ...] = colors.COLOR_NAMES
+  human_views: int = 2
+  head_views: int = 6
+  object_views: int = 4
+  interaction_views: int = 2
+  seed: int = 0
+  placement_resolution: int = 128
+  body: str = "default"
+
+  def digest(self) -> str:
+    """Short hash of the spec (cache file name)."""
+    blob = json.dumps(dict(dataclasses.asdict(self), version=BANK_VERSION), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _body_model(which: str):
+  """The default BodyModel, or None for the mannequin (also if the file is missing)."""
+  if which == "mannequin":
+    return None
+  try:
+    from interfusion_jax.body import model
+    return model.load_body_model("default")
+  except (FileNotFoundError, ImportError):
+    return None
+
+
+def _library_pose(label: str) -> tuple[np.ndarray, np.ndarray]:
+  from interfusion_jax.pose import library
+  poses, orients, labels, _ = library.library_arrays()
+  if label not in labels:
+    raise BankError(f"Pose {label!r} is missing from the pose library.")
+  i = labels.index(label)
+  return poses[i], orients[i]
+
+
+def _plan(spec: BankSpec) -> list[tuple[str, str, str, str, int]]:
+  """Every render of the bank: (kind, object, clothing colour, object colour, views)."""
+  cols, objs = spec.colors, spec.objects
+  plan = []
+  for ci, c in enumerate(cols):
+    for obj in objs:
+      plan.append(("human", obj, c, c, spec.human_views))
+    plan.append(("head", objs[ci % len(objs)], c, c, spec.head_views))
+  for obj in objs:
+    for c in cols:
+      plan.append(("object", obj, c, c, spec.object_views))
+  for oi, obj in enumerate(objs):
+    for ci, c in enumerate(cols):
+      oc = cols[(ci + 1 + 5 * oi) % len(cols)]
+      plan.append(("interaction", obj, c, oc, spec.interaction_views))
+  return plan
+
+
+def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpec] = None,
+               progress: bool = True) -> dict:
+  """Renders the bank deterministically.
+
+  Args:
+    spec: BankSpec.
+    scene_spec: render settings (default ``scenes.SceneSpec`` at spec.resolution).
+    progress: show a tqdm progress bar.
+
+  Returns:
+    dict(images [N, R, R, 3] uint8, attrs [N, F] int32, captions [N] str,
+    meta: JSON string).
+  """
+  scene_spec = scene_spec or scenes.SceneSpec(resolution=spec.resolution)
+  if scene_spec.resolution != spec.resolution:
+    scene_spec = dataclasses.replace(scene_spec, resolution=spec.resolution)
+  body_model = _body_model(spec.body)
+  plan = _plan(spec)
+  total = sum(p[-1] for p in plan)
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc="building the built-in prior bank", unit="img")
+  placed: dict[str, tuple] = {}
+  images, attrs, captions = [], [], []
+  for n, (kind, obj, hcol, ocol, views) in enumerate(plan):
+    if obj not in placed:
+      pose, orient = _library_pose(scenes.INTERACTIONS[obj][0])
+      body = scenes.posed_body(body_model, pose, orient)
+      query = placement.body_query(body.vertices, body.faces, spec.placement_resolution)
+      pl = placement.place_object(objects.make_object(obj), placement.default_rule(obj),
+                                  body.vertices, body.faces, body.joints, query=query)
+      placed[obj] = (body, pl)
+    body, pl = placed[obj]
+    scene = scenes.make_scene(scene_spec, body, obj, hcol, ocol, placed=pl)
+    key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), n)
+    cams = scenes.sample_cameras(key, views, scene_spec)
+    imgs = scenes.render(scene, kind, cams, scene_spec)
+    for img, view in zip(imgs, scenes.view_names(cams, scene_spec)):
+      cap = scenes.caption(scene, kind, view, scene_spec)
+      truth = dict(kind=kind, view=view if scene_spec.prompts.view_dependent else None,
+                   human_color=hcol if kind != "object" else None,
+                   object=obj if kind in ("object", "interaction") else None,
+                   object_color=ocol if kind in ("object", "interaction") else None)
+      parsed = denoiser.parse_caption(cap)
+      # The interaction text T_H + T_I need not name the object colour.
+      if any(v is not None and v != truth[k] for k, v in parsed.items()) or (
+          parsed["kind"] != kind):
+        raise BankError(f"Caption {cap!r} parses to {parsed}, expected {truth}; "
+                        "the caption parser and the scene generator disagree.")
+      images.append(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8))
+      attrs.append(denoiser.attributes_of(truth))
+      captions.append(cap)
+    if bar is not None:
+      bar.update(views)
+  if bar is not None:
+    bar.close()
+  meta = json.dumps(dict(version=BANK_VERSION, spec=dataclasses.asdict(spec),
+                         body="mannequin" if body_model is None else "default"))
+  return dict(images=np.stack(images), attrs=np.stack(attrs).astype(np.int32),
+              captions=np.asarray(captions), meta=np.asarray(meta))
+
+
+def save_bank(path: str | os.PathLike, bank: dict) -> pathlib.Path:
+  """Writes a bank to a compressed .npz (atomically). Returns the path."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez_compressed(tmp, **bank)
+  os.replace(tmp, path)
+  return path
+
+
+def load_bank(path: str | os.PathLike) -> dict:
+  """Reads and checks a bank .npz written by ``save_bank``.
+
+  Raises:
+    FileNotFoundError / BankError with what to do.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"Prior bank {path} does not exist; build it with "
+                            "`python tools/build_prior.py`.")
+  with np.load(path, allow_pickle=False) as z:
+    bank = {k: z[k] for k in z.files}
+  missing = {"images", "attrs", "captions", "meta"} - set(bank)
+  if missing:
+    raise BankError(f"Prior bank {path} lacks {sorted(missing)}; rebuild it with "
+                    "`python tools/build_prior.py`.")
+  if json.loads(str(bank["meta"])).get("version") != BANK_VERSION:
+    raise BankError(f"Prior bank {path} has an old format; rebuild it with "
+                    "`python tools/build_prior.py`.")
+  return bank
+
+
+def cache_dir() -> pathlib.Path:
+  """~/.cache/interfusion_jax/prior (or $XDG_CACHE_HOME/...)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(base) / "interfusion_jax" / "prior"
+
+
+def load_default_bank(spec: BankSpec = BankSpec(), progress: bool = True) -> dict:
+  """The shipped bank, else the cached build, else build once and cache it."""
+  if spec == BankSpec() and SHIPPED_PATH.exists():
+    return load_bank(SHIPPED_PATH)
+  cached = cache_dir() / f"bank-{spec.digest()}.npz"
+  if cached.exists():
+    return load_bank(cached)
+  bank = build_bank(spec, progress=progress)
+  save_bank(cached, bank)
+  return bank
+
+
+def prior_params(bank: dict, prior_spec: denoiser.PriorSpec = denoiser.PriorSpec()) -> dict:
+  """The guidance params pytree of a bank (see ``denoiser.make_params``)."""
+  return denoiser.make_params(bank["images"], bank["attrs"], prior_spec)
