@@ -8,13 +8,18 @@ threestudio:
   occ_c   <- max(ema_decay * occ_c, sigma(x_c) * render_step)   (x_c jittered in cell c)
   bit_c   <- occ_c > min(threshold, mean(occ))
 
-with every cell occupied while ``step < warmup_steps``. The density function is
-the SUMMED density of both fields (human + object). The state is a pytree so it
-can live inside the train state, be pmapped, and be checkpointed.
+The density function is the SUMMED density of both fields (human + object).
+The state is a pytree so it can live inside the train state, be pmapped, and
+be checkpointed.
 
-Differences to nerfacc (documented in docs/rendering.md): every update
-re-evaluates all G^3 cells (32^3 = 32k points, cheap) instead of a random
-quarter after warm-up.
+Warm-up: in nerfacc (the official code) "warm-up" means that updates during
+the first ``warmup_steps`` evaluate every cell, afterwards a random quarter.
+Here EVERY update evaluates all G^3 cells (32^3 = 32k points, cheap), so the
+official warm-up is always on. ``init_occupancy`` starts with all cells
+occupied until the first update (call it at step 0). Optionally
+(``occupied_during_warmup=True``) all cells stay occupied while
+step < warmup_steps; this is NOT the official behaviour, and with a
+sample budget it can truncate rays (see docs/rendering.md).
 """
 import dataclasses
 import math
@@ -43,6 +48,7 @@ class OccupancySpec:
   warmup_steps: int = 256
   update_every: int = 16
   render_step: float = math.sqrt(3.0) * 4.0 / 512
+  occupied_during_warmup: bool = False
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> "OccupancySpec":
@@ -95,7 +101,9 @@ def update_occupancy(grid: OccupancyGrid, density_fn: DensityFn, key, step,
   occ = jax.lax.stop_gradient(density_fn(x)).reshape(g, g, g) * spec.render_step
   density = jnp.maximum(grid.density * spec.ema_decay, occ)
   thresh = jnp.minimum(spec.threshold, jnp.mean(density))
-  bitfield = jnp.logical_or(density > thresh, step < spec.warmup_steps)
+  bitfield = density > thresh
+  if spec.occupied_during_warmup:
+    bitfield = jnp.logical_or(bitfield, step < spec.warmup_steps)
   return OccupancyGrid(density=density, bitfield=bitfield)
 
 

@@ -14,8 +14,8 @@ is a plain (static) callable, so tests can pass closed-form analytic fields.
 Empty-space skipping (see docs/rendering.md): every ray gets N stratified
 samples at step sqrt(3) * 2r / N inside the box; samples in occupied grid cells
 are packed, across the WHOLE ray batch, into a fixed budget of R * B slots
-(``jnp.nonzero(..., size=R * B)``), ordered by sample depth so that on overflow
-the deepest samples are dropped first. The fields are evaluated only on those
+(``jnp.nonzero(..., size=R * B)``); on overflow a per-ray water-filling rule
+drops each ray's deepest occupied samples first (``compact_indices``). The fields are evaluated only on those
 R * B points, and the results are scattered back to the dense [R, N] layout
 for volume rendering (which is cheap). Without an occupancy grid (or with
 ``skip_empty=False``) all R * N samples are evaluated.
@@ -263,28 +263,53 @@ def sample_points(rays_o, rays_d, t) -> jnp.ndarray:
   return rays_o[:, None, :] + t[..., None] * rays_d[:, None, :]
 
 
+def water_fill_level(counts, num_samples: int, budget_total: int):
+  """Largest J <= N with sum_r min(n_r, J) <= M, and the slots left at that level.
+
+  Args:
+    counts: [R] int occupied samples per ray (each <= N).
+    num_samples: N (static).
+    budget_total: M.
+
+  Returns:
+    (J scalar int32, extra scalar int32 = M - sum_r min(n_r, J)).
+  """
+  r = counts.shape[0]
+  hist = jnp.zeros((num_samples + 1,), jnp.int32).at[counts].add(1)
+  rays_above = r - jnp.cumsum(hist)[:-1]                   # [N]: #rays with n_r > j
+  used = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(rays_above)])  # C(J)
+  level = jnp.sum(used <= budget_total).astype(jnp.int32) - 1
+  return level, (budget_total - used[level]).astype(jnp.int32)
+
+
 def compact_indices(mask, budget_total: int):
   """Packs the True entries of ``mask`` [R, N] into ``budget_total`` slots.
 
-  Slots are filled in order of sample index k (all rays' first samples, then
-  the second ones, ...), so when more than ``budget_total`` samples are
-  occupied the DEEPEST ones are dropped.
+  Per-ray water filling: every ray keeps its first J occupied samples, with J
+  the largest level that fits (the remaining slots go to the (J+1)-th
+  occupied sample of the first rays), so when the batch has more than M
+  occupied samples each ray loses only its DEEPEST ones, and rays with few
+  occupied samples give their share to the others.
 
   Args:
     mask: [R, N] bool.
     budget_total: M (static).
 
   Returns:
-    (flat [M] int32 indices into the row-major R * N layout, valid [M] bool,
-    dropped scalar int32: occupied samples that did not fit).
+    (flat [M] int32 indices into the row-major R * N layout (sorted),
+    valid [M] bool, dropped scalar int32: occupied samples that did not fit).
   """
-  r, n = mask.shape
-  mt = mask.T.reshape(-1)  # depth-major order
-  (src,) = jnp.nonzero(mt, size=budget_total, fill_value=0)
-  count = jnp.sum(mt.astype(jnp.int32))
-  valid = jnp.arange(budget_total) < count
-  flat = (src % r) * n + (src // r)
-  return flat.astype(jnp.int32), valid, jnp.maximum(count - budget_total, 0)
+  m = mask.astype(jnp.int32)
+  rank = jnp.cumsum(m, axis=-1) - 1                     # rank among the ray's occupied
+  counts = jnp.sum(m, axis=-1)
+  level, extra = water_fill_level(counts, mask.shape[1], budget_total)
+  at_level = mask & (rank == level)
+  extra_rank = jnp.cumsum(at_level.reshape(-1).astype(jnp.int32)).reshape(mask.shape)
+  keep = mask & ((rank < level) | (at_level & (extra_rank <= extra)))
+  (flat,) = jnp.nonzero(keep.reshape(-1), size=budget_total, fill_value=0)
+  total = jnp.sum(counts)
+  valid = jnp.arange(budget_total) < jnp.minimum(total, budget_total)
+  return flat.astype(jnp.int32), valid, jnp.maximum(total - budget_total, 0)
 
 
 def _scatter(values, flat, valid, total: int):

@@ -323,13 +323,20 @@ def test_skipped_render_equals_dense_render():
   np.testing.assert_allclose(skip.points, dense.points, atol=1e-6)
 
 
+def _np_water_fill(mask, budget):
+  """Reference: occupied samples ordered by (rank within ray, ray), first M kept."""
+  rays, ks = np.nonzero(mask)
+  rank = np.cumsum(mask, axis=1)[rays, ks] - 1
+  order = np.lexsort((rays, rank))[:budget]
+  return np.sort(rays[order] * mask.shape[1] + ks[order])
+
+
 def test_compact_indices_matches_numpy():
   rng = np.random.default_rng(7)
-  mask = rng.uniform(size=(5, 9)) < 0.4
-  for budget in (3, 12, 45):
+  mask = rng.uniform(size=(6, 9)) < rng.uniform(0.1, 0.9, (6, 1))
+  for budget in (3, 7, 13, 20, 54):
     flat, valid, dropped = render.compact_indices(jnp.asarray(mask), budget)
-    ks, rs = np.nonzero(mask.T)               # depth-major order
-    want = (rs * 9 + ks)[:budget]
+    want = _np_water_fill(mask, budget)
     n = len(want)
     np.testing.assert_array_equal(np.asarray(flat)[:n], want)
     np.testing.assert_array_equal(np.asarray(valid), np.arange(budget) < n)
