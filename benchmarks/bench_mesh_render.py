@@ -134,7 +134,7 @@ def write_example(path):
   out = mr.render_mesh_batch(verts, faces, cams, 45.0, 256, 256,
                              vertex_colors=colors,
                              light_dir=(0.4, -0.3, 1.0),
-                             background=(0.95, 0.95, 1.0))
+                             background=(0.95, 0.95, 1.0), supersample=2)
   img = out["rgb"].reshape(2, 2, 256, 256, 3).transpose(0, 2, 1, 3, 4)
   img = (np.clip(img.reshape(512, 512, 3), 0, 1) * 255).astype(np.uint8)
   os.makedirs(os.path.dirname(path), exist_ok=True)

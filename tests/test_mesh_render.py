@@ -249,6 +249,31 @@ def test_sphere_silhouette_area_matches_closed_form():
   assert abs(out["mask"].sum() / area - 1.0) < 0.02
 
 
+def test_supersampling_averages_subpixels_and_reduces_area_error():
+  verts, faces = _icosphere(4)
+  h = w = 48
+  fovy, dist, radius = 40.0, 3.0, 0.8
+  c2w = _look_at([dist, 0.1, 0.05], [0.0, 0.0, 0.0])
+  kw = dict(ambient=1.0, diffuse=0.0, background=(0.0, 0.0, 0.0),
+            face_colors=np.ones((faces.shape[0], 3)))
+  s = 4
+  aa = mr.render_mesh(verts * radius, faces, c2w, fovy, h, w, supersample=s,
+                      **kw)
+  big = mr.render_mesh(verts * radius, faces, c2w, fovy, s * h, s * w, **kw)
+  block = big["rgb"].reshape(h, s, w, s, 3).mean(axis=(1, 3))
+  np.testing.assert_allclose(aa["rgb"], block, atol=1e-6)
+  np.testing.assert_array_equal(
+      aa["mask"], big["mask"].reshape(h, s, w, s).mean(axis=(1, 3)) >= 0.5)
+  np.testing.assert_allclose(
+      aa["depth"], big["depth"].reshape(h, s, w, s).min(axis=(1, 3)))
+  hit = aa["face_id"] >= 0
+  np.testing.assert_array_equal(hit, np.isfinite(aa["depth"]))
+  # Fractional coverage measures the silhouette area (closed form) closely.
+  f = 0.5 * h / math.tan(math.radians(fovy) / 2)
+  area = math.pi * f ** 2 * radius ** 2 / (dist ** 2 - radius ** 2)
+  assert abs(aa["rgb"][..., 0].sum() / area - 1.0) < 0.01
+
+
 @pytest.mark.parametrize("cull", [False, True])
 def test_cube_silhouette_area_matches_projected_hull(cull):
   verts, faces = _cube()
@@ -472,6 +497,7 @@ def test_batch_equals_per_view_loop():
     (dict(c2w=np.eye(3)), "camera"),
     (dict(fovy_deg=190.0), "fovy"),
     (dict(height=0), "height"),
+    (dict(supersample=0), "supersample"),
     (dict(face_colors=np.ones((2, 3))), "face_colors"),
     (dict(vertex_colors=np.ones((3, 3)), face_colors=np.ones((1, 3))),
      "not both"),
