@@ -188,8 +188,8 @@ def _entries() -> list[tuple[tuple[str, ...], dict]]:
       **_WALK, l_upper=(0.15, -1, -0.3), r_upper=(-0.15, -1, 0.35),
       r_fore=(-0.1, -1, 0.6))
   add(["running", "jogging", "sprinting"],
-      l_thigh=(0, -0.4, 1), l_shin=(0, -1, -0.6), r_thigh=(0, -1, -0.5),
-      r_shin=(0, -0.5, -1), spine=(15, 0, 0), l_upper=(0.1, -1, -0.6),
+      l_thigh=(0, -0.6, 0.8), l_shin=(0, -1, -0.2), r_thigh=(0, -1, -0.4),
+      r_shin=(0, -0.25, -1), spine=(12, 0, 0), l_upper=(0.1, -1, -0.6),
       l_fore=(0, 0.4, 1), r_upper=(-0.1, -1, 0.6), r_fore=(0, 1, 0.6))
   add(["jumping", "jumping in the air", "jumping on a trampoline"],
       l_thigh=(0.1, -0.5, 1), l_shin=(0, -1, -0.4), r_thigh=(-0.1, -0.5, 1),
@@ -487,6 +487,8 @@ def augment(body_pose: np.ndarray, num: int, seed: int, sigma: float = 0.06,
       joint_scale[J[n]] = 0.5
   rng = np.random.default_rng(seed)
   noise = rng.normal(size=(num, NUM_BODY_JOINTS, 3)) * sigma * joint_scale[None, :, None]
-  base = Rotation.from_rotvec(np.broadcast_to(body_pose, (num, NUM_BODY_JOINTS, 3)).reshape(-1, 3))
+  if num == 0:
+    return np.zeros((0, POSE_DIM), np.float32)
+  base = Rotation.from_rotvec(np.tile(body_pose, (num, 1)))
   pert = Rotation.from_rotvec(noise.reshape(-1, 3)) * base
   return pert.as_rotvec().reshape(num, POSE_DIM).astype(np.float32)

@@ -31,6 +31,7 @@ class PoseRenderSpec:
   fovy_deg: float = 40.0
   height: int = 224
   width: int = 224
+  max_faces: int = 8000  # vertex-clustering decimation for speed; 0 = full mesh
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -44,6 +45,57 @@ def view_cameras(spec: PoseRenderSpec) -> np.ndarray:
       [np.cos(el) * np.sin(az), np.full_like(az, np.sin(el)), np.cos(el) * np.cos(az)], -1)
   return np.stack([np.asarray(camera_lib.look_at(e, np.zeros(3), up=(0.0, 1.0, 0.0)))
                    for e in eye])
+
+
+def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Vertex-clustering decimation of the rest mesh (for fast codebook renders).
+
+  Vertices are snapped to a cubic grid; each occupied cell keeps the vertex
+  nearest its mean, faces are re-indexed and degenerate / duplicate faces
+  dropped. The cell size is bisected so that at most ``max_faces`` remain.
+
+  Args:
+    vertices: [V, 3] rest vertices; faces: [F, 3] int.
+    max_faces: face budget (<= 0 or >= F: no decimation).
+
+  Returns:
+    keep [V'] indices of the kept vertices, faces [F', 3] indexing them.
+  """
+  vertices = np.asarray(vertices, np.float64)
+  faces = np.asarray(faces, np.int64)
+  if max_faces <= 0 or faces.shape[0] <= max_faces:
+    return np.arange(vertices.shape[0]), faces
+
+  def cluster(cell):
+    keys = np.floor((vertices - vertices.min(0)) / cell).astype(np.int64)
+    _, cid = np.unique(keys, axis=0, return_inverse=True)
+    cid = cid.reshape(-1)
+    f = cid[faces]
+    ok = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
+    f = f[ok]
+    _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+    return cid, f[np.sort(first)]
+
+  lo, hi = 1e-4, 0.2
+  for _ in range(18):
+    mid = np.sqrt(lo * hi)
+    if cluster(mid)[1].shape[0] > max_faces:
+      lo = mid
+    else:
+      hi = mid
+  cid, f = cluster(hi)
+  n = int(cid.max()) + 1
+  mean = np.zeros((n, 3))
+  np.add.at(mean, cid, vertices)
+  mean /= np.bincount(cid, minlength=n)[:, None]
+  dist = np.linalg.norm(vertices - mean[cid], axis=1)
+  order = np.lexsort((dist, cid))
+  rep = order[np.concatenate([[0], np.flatnonzero(np.diff(cid[order])) + 1])]
+  used = np.unique(f)
+  remap = np.full(n, -1, np.int64)
+  remap[used] = np.arange(used.size)
+  return rep[used], remap[f]
 
 
 @jax.jit
@@ -72,7 +124,8 @@ def posed_vertices(body: BodyModel, body_poses: np.ndarray,
 
 def render_poses(body: BodyModel, body_poses: np.ndarray,
                  global_orients: Optional[np.ndarray] = None,
-                 spec: PoseRenderSpec = PoseRenderSpec()) -> dict:
+                 spec: PoseRenderSpec = PoseRenderSpec(),
+                 mesh: Optional[tuple[np.ndarray, np.ndarray]] = None) -> dict:
   """Renders every pose from every view of ``spec``.
 
   Args:
@@ -80,17 +133,21 @@ def render_poses(body: BodyModel, body_poses: np.ndarray,
     body_poses: [B, 63].
     global_orients: [B, 3] or None.
     spec: the views.
+    mesh: optional precomputed ``decimate_mesh`` result (keep, faces).
 
   Returns:
     dict(rgb [B, N, H, W, 3] float32 in [0, 1] (white background),
          mask [B, N, H, W] bool).
   """
   verts = posed_vertices(body, body_poses, global_orients)
+  keep, faces = (mesh if mesh is not None else
+                 decimate_mesh(np.asarray(body.v_template), np.asarray(body.faces),
+                               spec.max_faces))
   out = mesh_render.render_mesh_batch(
-      verts, np.asarray(body.faces), view_cameras(spec), spec.fovy_deg,
+      verts[:, keep], faces, view_cameras(spec), spec.fovy_deg,
       spec.height, spec.width, face_colors=np.broadcast_to(
-          np.asarray(BODY_COLOR, np.float32), (np.asarray(body.faces).shape[0], 3)),
-      ambient=0.35, diffuse=0.65, max_views_per_pass=16)
+          np.asarray(BODY_COLOR, np.float32), (faces.shape[0], 3)),
+      ambient=0.35, diffuse=0.65)
   return dict(rgb=out["rgb"], mask=out["mask"])
 
 
