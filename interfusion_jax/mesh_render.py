@@ -298,14 +298,15 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
     spec: static settings.
 
   Returns:
-    dict over the T >= N * F (view, face) triangles: bx0, by0, bw, bh [T]
-    int64 bounding box of covered pixel centres (bw = 0 for dropped ones);
-    ox, oy [T] offset of the first box pixel centre from vertex 0; a0, b0,
-    a1, b1 [T] screen gradients of the barycentrics l0, l1 (l0 = 1, l1 = 0 at
+    dict over T candidate triangles: owner [T] int64 index of the (view,
+    face) pair (view * F + face) each comes from; bx0, by0, bw, bh [T] int64
+    bounding box of covered pixel centres (bw = 0 for dropped ones); ox, oy
+    [T] offset of the first box pixel centre from vertex 0; a0, b0, a1, b1
+    [T] screen gradients of the barycentrics l0, l1 (l0 = 1, l1 = 0 at
     vertex 0); iz [3, T] inverse vertex z-depths; back [T] bool. Triangles
-    crossing the near plane are dropped and their clipped parts appended:
-    T = n_base + S2, parent [S2] (index < n_base) and bmap [S2, 3, 3] (see
-    ``clip_near``), both None when nothing was clipped.
+    crossing the near plane are replaced by their clipped parts, appended
+    from index n_plain on, with bmap [T - n_plain, 3, 3] (see ``clip_near``;
+    None when nothing was clipped).
   """
   n, nv = points_cam.shape[:2]
   h, w = spec.height, spec.width
@@ -318,37 +319,48 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
   x0, x1, x2 = xs[g[0]], xs[g[1]], xs[g[2]]
   y0, y1, y2 = ys[g[0]], ys[g[1]], ys[g[2]]
   z0, z1, z2 = z[g[0]], z[g[1]], z[g[2]]
-  # Triangles crossing the near plane are replaced by their clipped parts
-  # (clipped at 2 * near so the parts pass the depth > near test below),
-  # appended after the N * F originals.
   zmin = _min3(z0, z1, z2)
-  crossing = np.flatnonzero((zmin <= spec.near)
-                            & (_max3(z0, z1, z2) > 2.0 * spec.near))
-  parent = bmap = None
-  if crossing.size:
-    sub, parent, bmap = clip_near(
-        np.stack([pts[g[k, crossing]] for k in range(3)], 1), 2.0 * spec.near)
-    parent = crossing[parent]
-    sxy, sz = project_to_pixels(sub, spec.focal, h, w)  # [S2, 3, 2], [S2, 3]
-    x0, x1, x2, y0, y1, y2, z0, z1, z2 = (
-        np.concatenate([a, extra]) for a, extra in zip(
-            (x0, x1, x2, y0, y1, y2, z0, z1, z2),
-            (sxy[:, 0, 0], sxy[:, 1, 0], sxy[:, 2, 0], sxy[:, 0, 1],
-             sxy[:, 1, 1], sxy[:, 2, 1], sz[:, 0], sz[:, 1], sz[:, 2])))
-    zmin = _min3(z0, z1, z2)
   # Twice the signed area in (column, row-down) coordinates: a counter-
   # clockwise (front) face seen from the camera has a negative area.
   area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+  valid = (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
+  valid &= zmin > spec.near
+  owner = np.flatnonzero(valid)
+  # Triangles crossing the near plane are replaced by their clipped parts
+  # (clipped at 2 * near so the parts pass the depth > near test below).
+  crossing = np.flatnonzero((zmin <= spec.near)
+                            & (_max3(z0, z1, z2) > 2.0 * spec.near))
+  if owner.size < 0.75 * area2.size or crossing.size:
+    # Drop invalid triangles now when that saves work (e.g. back faces).
+    x0, x1, x2, y0, y1, y2, z0, z1, z2, area2 = (
+        a[owner] for a in (x0, x1, x2, y0, y1, y2, z0, z1, z2, area2))
+  else:
+    owner = np.arange(area2.size)
+  n_plain, bmap = owner.size, None
+  if crossing.size:
+    sub, parent, bmap = clip_near(
+        np.stack([pts[g[k, crossing]] for k in range(3)], 1), 2.0 * spec.near)
+    sxy, sz = project_to_pixels(sub, spec.focal, h, w)  # [S2, 3, 2], [S2, 3]
+    sarea2 = ((sxy[:, 1, 0] - sxy[:, 0, 0]) * (sxy[:, 2, 1] - sxy[:, 0, 1])
+              - (sxy[:, 2, 0] - sxy[:, 0, 0]) * (sxy[:, 1, 1] - sxy[:, 0, 1]))
+    x0, x1, x2, y0, y1, y2, z0, z1, z2, area2 = (
+        np.concatenate([a, extra]) for a, extra in zip(
+            (x0, x1, x2, y0, y1, y2, z0, z1, z2, area2),
+            (sxy[:, 0, 0], sxy[:, 1, 0], sxy[:, 2, 0], sxy[:, 0, 1],
+             sxy[:, 1, 1], sxy[:, 2, 1], sz[:, 0], sz[:, 1], sz[:, 2],
+             sarea2)))
+    owner = np.concatenate([owner, crossing[parent]])
   bx0 = np.maximum(np.ceil(_min3(x0, x1, x2) - 0.5), 0.0)
   bx1 = np.minimum(np.floor(_max3(x0, x1, x2) - 0.5), w - 1.0)
   by0 = np.maximum(np.ceil(_min3(y0, y1, y2) - 0.5), 0.0)
   by1 = np.minimum(np.floor(_max3(y0, y1, y2) - 0.5), h - 1.0)
-  keep = (bx1 >= bx0) & (by1 >= by0) & (zmin > spec.near)
+  keep = (bx1 >= bx0) & (by1 >= by0) & (_min3(z0, z1, z2) > spec.near)
   keep &= (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
-  # Most triangles are kept, so nothing is compacted: dropped triangles just
-  # get an empty box (bw = 0) and are never enumerated.
+  # Dropped triangles are not compacted: they get an empty box (bw = 0) and
+  # are never enumerated.
   inv = 1.0 / np.where(keep, area2, 1.0)
   return dict(
+      owner=owner, n_plain=n_plain, bmap=bmap,
       bx0=bx0.astype(np.int64),
       by0=by0.astype(np.int64),
       bw=np.where(keep, bx1 - bx0 + 1.0, 0.0).astype(np.int64),
@@ -356,8 +368,7 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
       ox=bx0 + 0.5 - x0, oy=by0 + 0.5 - y0,
       a0=(y1 - y2) * inv, b0=(x2 - x1) * inv,
       a1=(y2 - y0) * inv, b1=(x0 - x2) * inv,
-      iz=1.0 / np.where(keep, np.stack([z0, z1, z2]), 1.0), back=area2 > 0.0,
-      n_base=g.shape[1], parent=parent, bmap=bmap)
+      iz=1.0 / np.where(keep, np.stack([z0, z1, z2]), 1.0), back=area2 > 0.0)
 
 
 def _inside_window(t: Dict[str, np.ndarray], sel, col: np.ndarray,
@@ -463,11 +474,7 @@ def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
   idx, px, py, l0, l1 = _enumerate_fragments(t)
   iz = np.take(t["iz"], idx, axis=1)  # [3, P]
   depth = perspective_depth((l0, l1, 1.0 - l0 - l1), iz)
-  owner = idx  # the (view, face) pair each fragment belongs to
-  if t["parent"] is not None:
-    clipped = idx >= t["n_base"]
-    owner = idx.copy()
-    owner[clipped] = t["parent"][idx[clipped] - t["n_base"]]
+  owner = t["owner"][idx]  # the (view, face) pair of each fragment
   pixel = ((owner // nf) * h + py) * w + px
 
   key = np.full(n * h * w, _EMPTY_KEY, dtype=np.int64)
@@ -481,10 +488,10 @@ def rasterize_fragments(points_cam: np.ndarray, faces: np.ndarray,
   inv_depth = b[:, 0] + b[:, 1] + b[:, 2]
   b /= inv_depth[:, None]
   tri = idx[win]
-  if t["parent"] is not None:
-    sub = np.flatnonzero(tri >= t["n_base"])
+  if t["bmap"] is not None:
+    sub = np.flatnonzero(tri >= t["n_plain"])
     b[sub] = np.einsum("pk,pkj->pj", b[sub],
-                       t["bmap"][tri[sub] - t["n_base"]])
+                       t["bmap"][tri[sub] - t["n_plain"]])
   return dict(pixel=pixel, face=owner[win] % nf, bary=b,
               depth=(1.0 / inv_depth).astype(np.float32), back=t["back"][tri])
 

@@ -303,6 +303,17 @@ def test_triangle_behind_camera_is_dropped():
   behind = np.array([[-1.0, -1.0, 2.0], [1.0, -1.0, 2.0], [0.0, 1.0, 2.0]])
   out = mr.render_mesh(behind, np.array([[0, 1, 2]]), np.eye(4), 60.0, 16, 16)
   assert not out["mask"].any()
+  # A sliver reaching behind the camera but never beyond 2 * near, among
+  # many ordinary triangles (so nothing is compacted), is dropped too.
+  sliver = np.array([[-1e-3, -1e-3, -1.5e-3], [0.5, 0.5, 1.0],
+                     [1e-3, -1e-3, -1.5e-3]])
+  far = np.array([[-1.0, -1.0, -3.0], [1.0, -1.0, -3.0], [0.0, 1.0, -3.0]])
+  verts = np.concatenate([sliver] + [far] * 5)
+  faces = np.arange(18).reshape(6, 3)
+  for order in (faces, faces[:, [1, 2, 0]], faces[:, [2, 0, 1]]):
+    out = mr.render_mesh(verts, order, np.eye(4), 60.0, 16, 16)
+    assert not np.any(out["face_id"] == 0)
+    assert np.all(out["depth"][out["mask"]] == pytest.approx(3.0))
 
 
 def test_ground_plane_through_camera_plane_is_clipped_exactly():
