@@ -509,6 +509,7 @@ def test_batch_equals_per_view_loop():
     (dict(fovy_deg=190.0), "fovy"),
     (dict(height=0), "height"),
     (dict(supersample=0), "supersample"),
+    (dict(ambient=float("nan")), "ambient"),
     (dict(face_colors=np.ones((2, 3))), "face_colors"),
     (dict(vertex_colors=np.ones((3, 3)), face_colors=np.ones((1, 3))),
      "not both"),
