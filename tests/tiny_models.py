@@ -19,7 +19,7 @@ import pathlib
 import string
 
 TEXT_DIM = 32
-MAX_TOKENS = 24
+MAX_TOKENS = 77
 UNET_SAMPLE = 8
 VAE_RES = 16  # 2 VAE blocks -> factor 2 -> 8x8 latents = UNET_SAMPLE
 
@@ -96,6 +96,20 @@ def _randomize(model, torch) -> None:
       p.add_(0.05 * torch.randn_like(p))
 
 
+def random_params(shapes, seed: int = 0, scale: float = 0.05):
+  """Random params for an ``eval_shape`` tree without compiling ``init``.
+
+  Norm scales are 1 + noise, everything else scale * N(0, 1).
+  """
+  import numpy as np
+  from flax import traverse_util
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(shapes)
+  out = {k: ((k[-1] == "scale") + scale * rng.standard_normal(v.shape)).astype(np.float32)
+         for k, v in flat.items()}
+  return traverse_util.unflatten_dict(out)
+
+
 def make_flax_guidance_dir(path, kind: str = "latent", seed: int = 0) -> pathlib.Path:
   """Tiny random Flax models saved with ``save_pretrained`` (msgpack); no torch."""
   import jax
@@ -105,11 +119,14 @@ def make_flax_guidance_dir(path, kind: str = "latent", seed: int = 0) -> pathlib
   key = jax.random.PRNGKey(seed)
   vocab = write_tokenizer(root / "tokenizer")
   unet = FlaxUNet2DConditionModel(**unet_kwargs(kind))
-  unet.save_pretrained(str(root / "unet"), params=jax.jit(unet.init_weights)(key))
+  unet.save_pretrained(str(root / "unet"),
+                       params=random_params(jax.eval_shape(unet.init_weights, key), seed))
   if kind == "latent":
     vae = FlaxAutoencoderKL(**vae_kwargs())
-    vae.save_pretrained(str(root / "vae"), params=jax.jit(vae.init_weights)(key))
-  FlaxCLIPTextModel(CLIPTextConfig(**text_kwargs(vocab)), seed=seed).save_pretrained(
-      str(root / "text_encoder"))
+    vae.save_pretrained(str(root / "vae"),
+                        params=random_params(jax.eval_shape(vae.init_weights, key), seed + 1))
+  text = FlaxCLIPTextModel(CLIPTextConfig(**text_kwargs(vocab)), _do_init=False)
+  shapes = jax.eval_shape(lambda k: text.init_weights(k, (1, 1)), key)
+  text.save_pretrained(str(root / "text_encoder"), params=random_params(shapes, seed + 2))
   _write_scheduler(root)
   return root

@@ -86,7 +86,8 @@ def missing_files(root: PathLike, components: Iterable[str]) -> list[str]:
       out.append(f"{comp}/{must}")
     if any_of and not any((root / comp / n).is_file() or (root / comp / (n + ".index.json")).is_file()
                           for n in any_of):
-      out.append(f"{comp}/<one of {', '.join(any_of)}>")
+      out.append(f"{comp}/{any_of[0]}" if len(any_of) == 1 else
+                 f"{comp}/<one of {', '.join(any_of)}>")
   return out
 
 
