@@ -328,8 +328,7 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
   # Twice the signed area in (column, row-down) coordinates: a counter-
   # clockwise (front) face seen from the camera has a negative area.
   area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-  valid = (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
-  valid &= zmin > spec.near
+  valid = _front_and_nondegenerate(area2, zmin, spec)
   owner = np.flatnonzero(valid)
   # Triangles crossing the near plane are replaced by their clipped parts
   # (clipped at 2 * near so the parts pass the depth > near test below).
@@ -339,6 +338,7 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
     # Drop invalid triangles now when that saves work (e.g. back faces).
     x0, x1, x2, y0, y1, y2, z0, z1, z2, area2 = (
         a[owner] for a in (x0, x1, x2, y0, y1, y2, z0, z1, z2, area2))
+    valid = np.ones(owner.size, bool)
   else:
     owner = np.arange(area2.size)
   n_plain, bmap = owner.size, None
@@ -348,32 +348,76 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
     sxy, sz = project_to_pixels(sub, spec.focal, h, w)  # [S2, 3, 2], [S2, 3]
     sarea2 = ((sxy[:, 1, 0] - sxy[:, 0, 0]) * (sxy[:, 2, 1] - sxy[:, 0, 1])
               - (sxy[:, 2, 0] - sxy[:, 0, 0]) * (sxy[:, 1, 1] - sxy[:, 0, 1]))
-    x0, x1, x2, y0, y1, y2, z0, z1, z2, area2 = (
+    svalid = _front_and_nondegenerate(sarea2, sz.min(axis=1), spec)
+    x0, x1, x2, y0, y1, y2, z0, z1, z2, area2, valid = (
         np.concatenate([a, extra]) for a, extra in zip(
-            (x0, x1, x2, y0, y1, y2, z0, z1, z2, area2),
+            (x0, x1, x2, y0, y1, y2, z0, z1, z2, area2, valid),
             (sxy[:, 0, 0], sxy[:, 1, 0], sxy[:, 2, 0], sxy[:, 0, 1],
              sxy[:, 1, 1], sxy[:, 2, 1], sz[:, 0], sz[:, 1], sz[:, 2],
-             sarea2)))
+             sarea2, svalid)))
     owner = np.concatenate([owner, crossing[parent]])
-  bx0 = np.maximum(np.ceil(_min3(x0, x1, x2) - 0.5), 0.0)
-  bx1 = np.minimum(np.floor(_max3(x0, x1, x2) - 0.5), w - 1.0)
-  by0 = np.maximum(np.ceil(_min3(y0, y1, y2) - 0.5), 0.0)
-  by1 = np.minimum(np.floor(_max3(y0, y1, y2) - 0.5), h - 1.0)
-  keep = (bx1 >= bx0) & (by1 >= by0) & (_min3(z0, z1, z2) > spec.near)
-  keep &= (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
+  # Bounding boxes of covered pixel centres (in place: fewer temporaries).
+  bx0 = np.minimum(x0, x1)
+  np.minimum(bx0, x2, out=bx0)
+  bx0 -= 0.5
+  np.ceil(bx0, out=bx0)
+  np.maximum(bx0, 0.0, out=bx0)
+  bx1 = np.maximum(x0, x1)
+  np.maximum(bx1, x2, out=bx1)
+  bx1 -= 0.5
+  np.floor(bx1, out=bx1)
+  np.minimum(bx1, w - 1.0, out=bx1)
+  by0 = np.minimum(y0, y1)
+  np.minimum(by0, y2, out=by0)
+  by0 -= 0.5
+  np.ceil(by0, out=by0)
+  np.maximum(by0, 0.0, out=by0)
+  by1 = np.maximum(y0, y1)
+  np.maximum(by1, y2, out=by1)
+  by1 -= 0.5
+  np.floor(by1, out=by1)
+  np.minimum(by1, h - 1.0, out=by1)
+  keep = (bx1 >= bx0) & (by1 >= by0) & valid
   # Dropped triangles are not compacted: they get an empty box (bw = 0) and
   # are never enumerated.
-  inv = 1.0 / np.where(keep, area2, 1.0)
+  inv = np.where(keep, area2, 1.0)
+  np.divide(1.0, inv, out=inv)
+  iz = np.stack([z0, z1, z2])
+  iz[:, ~keep] = 1.0
+  np.divide(1.0, iz, out=iz)
+  bw = bx1 - bx0
+  bw += 1.0
+  bw[~keep] = 0.0
+  bh = by1 - by0
+  bh += 1.0
+  ox = bx0 + 0.5
+  ox -= x0
+  oy = by0 + 0.5
+  oy -= y0
   return dict(
       owner=owner, n_plain=n_plain, bmap=bmap,
-      bx0=bx0.astype(np.int64),
-      by0=by0.astype(np.int64),
-      bw=np.where(keep, bx1 - bx0 + 1.0, 0.0).astype(np.int64),
-      bh=(by1 - by0).astype(np.int64) + 1,
-      ox=bx0 + 0.5 - x0, oy=by0 + 0.5 - y0,
-      a0=(y1 - y2) * inv, b0=(x2 - x1) * inv,
-      a1=(y2 - y0) * inv, b1=(x0 - x2) * inv,
-      iz=1.0 / np.where(keep, np.stack([z0, z1, z2]), 1.0), back=area2 > 0.0)
+      bx0=bx0.astype(np.int64), by0=by0.astype(np.int64),
+      bw=bw.astype(np.int64), bh=bh.astype(np.int64), ox=ox, oy=oy,
+      a0=_scaled_difference(y1, y2, inv), b0=_scaled_difference(x2, x1, inv),
+      a1=_scaled_difference(y2, y0, inv), b1=_scaled_difference(x0, x2, inv),
+      iz=iz, back=area2 > 0.0)
+
+
+def _front_and_nondegenerate(area2: np.ndarray, zmin: np.ndarray,
+                             spec: RasterSpec) -> np.ndarray:
+  """[T] bool: in front of the near plane, non-degenerate (and front-facing
+  when culling back faces)."""
+  valid = (area2 < 0.0) if spec.cull_backfaces else (area2 != 0.0)
+  valid &= zmin > spec.near
+  return valid
+
+
+def _scaled_difference(a: np.ndarray, b: np.ndarray, s: np.ndarray
+                       ) -> np.ndarray:
+  """(a - b) * s with one temporary."""
+  out = a - b
+  out *= s
+  return out
 
 
 def _inside_window(t: Dict[str, np.ndarray], sel, col: np.ndarray,
