@@ -69,7 +69,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.render.batch_size = 1               # cameras per step (global batch)
   c.render.num_samples = 512            # samples per ray; step = sqrt(3)*2r/N
   c.render.skip_empty = True            # occupancy-grid empty-space skipping
-  c.render.sample_budget = 0            # 0 = automatic (num_samples // 4)
+  c.render.sample_budget = 0            # avg field evals per ray; 0 = automatic (num_samples // 8)
   c.render.alpha_mode = "sum_clamped"   # sum_clamped (official) | union
   c.render.stop_human_grad = True       # Eq. 6 gradient truncation
   c.render.composite_eps = 1e-6
@@ -80,6 +80,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.occupancy.ema_decay = 0.95
   c.occupancy.threshold = 0.01
   c.occupancy.warmup_steps = 256
+  c.occupancy.dilate = 0                # cells; 1 keeps low-density fringes (not official)
 
   # --- Shading. ----------------------------------------------------------
   c.shading = ml_collections.ConfigDict()

@@ -100,6 +100,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "occupancy.ema_decay": (_prob, "must be in [0, 1]"),
     "occupancy.threshold": (_nonneg, "must be a non-negative number"),
     "occupancy.warmup_steps": (_nonneg_int, "must be a non-negative integer"),
+    "occupancy.dilate": (_nonneg_int, "must be a non-negative integer (cells)"),
     "shading.ambient_only_steps": (_nonneg_int, "must be a non-negative integer"),
     "shading.textureless_prob": (_prob, "must be in [0, 1]"),
     "background.random_white_prob": (_prob, "must be in [0, 1]"),
