@@ -161,45 +161,49 @@ def _level_cells(x01: jax.Array, res: int) -> tuple[jax.Array, jax.Array]:
   return cell.astype(jnp.int32), frac
 
 
-def _corner_bits() -> np.ndarray:
-  """[8, 3] corner offsets; corner c has offset ((c>>0)&1, (c>>1)&1, (c>>2)&1)."""
-  c = np.arange(8)
-  return np.stack([c & 1, (c >> 1) & 1, (c >> 2) & 1], axis=-1).astype(np.int32)
+def corner_bits(c: int) -> tuple[int, int, int]:
+  """Offset (bx, by, bz) of corner c in 0..7: bit d of c is the offset on axis d."""
+  return (c & 1, (c >> 1) & 1, (c >> 2) & 1)
 
 
-def _level_corner_rows(cell: jax.Array, res: int, dense: bool,
-                       spec: HashGridSpec) -> jax.Array:
-  """Table rows (within the level) of the 8 corners of each cell.
+def level_corners(x01: jax.Array, level: int, spec: HashGridSpec
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Table rows (within the level) and trilinear weights of the 8 corners.
+
+  Per-axis terms are computed once and combined per corner (the hash is
+  ``h = (i P0) ^ (j P1) ^ (k P2) mod T`` in uint32, the dense index
+  ``i + j S + k S^2`` with S = R + 1); the trilinear weight of corner
+  (bx, by, bz) is prod_d (b_d ? f_d : 1 - f_d).
 
   Args:
-    cell: [N, 3] int32 cell coordinates.
+    x01: [N, 3] positions in [0, 1] (clamped).
+    level: level index.
+    spec: the grid.
 
   Returns:
-    [N, 8] int32 rows in [0, level_rows).
+    (rows [N, 8] int32 in [0, level_rows), weights [N, 8] float32 summing to 1),
+    corner order of ``corner_bits``.
   """
-  corners = cell[:, None, :] + jnp.asarray(_corner_bits())[None]  # [N, 8, 3]
+  res, dense = spec.resolutions[level], spec.dense[level]
+  cell, frac = _level_cells(x01, res)
+  ws = [(1.0 - frac[:, d], frac[:, d]) for d in range(3)]
   if dense:
-    stride = res + 1
-    return corners[..., 0] + corners[..., 1] * stride + corners[..., 2] * stride**2
-  c = corners.astype(jnp.uint32)
-  h = (c[..., 0] * jnp.uint32(HASH_PRIMES[0])) ^ (
-      c[..., 1] * jnp.uint32(HASH_PRIMES[1])) ^ (
-          c[..., 2] * jnp.uint32(HASH_PRIMES[2]))
-  return (h & jnp.uint32(spec.hashmap_size - 1)).astype(jnp.int32)
-
-
-def _trilinear_weights(frac: jax.Array) -> jax.Array:
-  """Trilinear corner weights prod_d (b_d ? f_d : 1 - f_d).
-
-  Args:
-    frac: [N, 3] in-cell fractions.
-
-  Returns:
-    [N, 8] weights (corner order of ``_corner_bits``), summing to 1.
-  """
-  bits = jnp.asarray(_corner_bits(), frac.dtype)  # [8, 3]
-  per_axis = jnp.where(bits[None] > 0, frac[:, None, :], 1.0 - frac[:, None, :])
-  return jnp.prod(per_axis, axis=-1)
+    s = res + 1
+    terms = [(cell[:, d] * s**d, (cell[:, d] + 1) * s**d) for d in range(3)]
+    combine = lambda a, b, c: a + b + c
+  else:
+    u = cell.astype(jnp.uint32)
+    terms = [(u[:, d] * jnp.uint32(HASH_PRIMES[d]),
+              (u[:, d] + jnp.uint32(1)) * jnp.uint32(HASH_PRIMES[d]))
+             for d in range(3)]
+    mask = jnp.uint32(spec.hashmap_size - 1)
+    combine = lambda a, b, c: ((a ^ b ^ c) & mask).astype(jnp.int32)
+  rows, weights = [], []
+  for c in range(8):
+    bx, by, bz = corner_bits(c)
+    rows.append(combine(terms[0][bx], terms[1][by], terms[2][bz]))
+    weights.append(ws[0][bx] * ws[1][by] * ws[2][bz])
+  return jnp.stack(rows, axis=1), jnp.stack(weights, axis=1)
 
 
 def _trilinear_weight_grads(frac: jax.Array) -> jax.Array:
@@ -209,36 +213,19 @@ def _trilinear_weight_grads(frac: jax.Array) -> jax.Array:
     frac: [N, 3].
 
   Returns:
-    [N, 8, 3].
+    [N, 8, 3], corner order of ``corner_bits``.
   """
-  bits = jnp.asarray(_corner_bits(), frac.dtype)  # [8, 3]
-  per_axis = jnp.where(bits[None] > 0, frac[:, None, :], 1.0 - frac[:, None, :])
-  sign = 2.0 * bits - 1.0  # d(per_axis_d)/d frac_d
+  ws = [(1.0 - frac[:, d], frac[:, d]) for d in range(3)]
   out = []
-  for d in range(3):
-    others = [per_axis[..., e] for e in range(3) if e != d]
-    out.append(sign[None, :, d] * others[0] * others[1])
-  return jnp.stack(out, axis=-1)
-
-
-def corner_rows_and_weights(x01: jax.Array, spec: HashGridSpec
-                            ) -> tuple[jax.Array, jax.Array]:
-  """Global table rows and trilinear weights of all corners of all levels.
-
-  Args:
-    x01: [N, 3] positions in [0, 1] (clamped).
-    spec: the grid.
-
-  Returns:
-    (rows [L, N, 8] int32 into the flat table, weights [L, N, 8] float32).
-    Level-major order keeps one level's table hot in cache at a time.
-  """
-  rows, weights = [], []
-  for res, dense, off in zip(spec.resolutions, spec.dense, spec.level_offsets):
-    cell, frac = _level_cells(x01, res)
-    rows.append(_level_corner_rows(cell, res, dense, spec) + off)
-    weights.append(_trilinear_weights(frac))
-  return jnp.stack(rows), jnp.stack(weights)
+  for c in range(8):
+    b = corner_bits(c)
+    per = []
+    for d in range(3):
+      sign = 1.0 if b[d] else -1.0
+      e1, e2 = [e for e in range(3) if e != d]
+      per.append(sign * ws[e1][b[e1]] * ws[e2][b[e2]])
+    out.append(jnp.stack(per, axis=-1))
+  return jnp.stack(out, axis=1)
 
 
 # --------------------------------------------------------------------------
@@ -261,32 +248,42 @@ def _encode_reference(table: jax.Array, x01: jax.Array, spec: HashGridSpec
                       ) -> jax.Array:
   """The encoding as plain jnp (autodiff would scatter-add); [N, L*F].
 
-  Written per level so that XLA fuses index computation, gather and the
-  weighted sum into one loop per level (nothing [N, 8]-sized materialises).
+  One 1-D gather per corner and level, so that XLA fuses index computation,
+  gather and weighted sum into one loop per level (nothing [N, 8] sized
+  materialises).
   """
   feats = []
-  for res, dense, off in zip(spec.resolutions, spec.dense, spec.level_offsets):
-    cell, frac = _level_cells(x01, res)
-    rows = _level_corner_rows(cell, res, dense, spec) + off  # [N, 8]
-    w = _trilinear_weights(frac)  # [N, 8]
-    feats.append(jnp.sum(w[..., None] * _gather(table, rows), axis=1))
+  for l, off in enumerate(spec.level_offsets):
+    rows, w = level_corners(x01, l, spec)
+    acc = 0.0
+    for c in range(8):
+      acc = acc + w[:, c:c + 1] * _gather(table, rows[:, c] + off)
+    feats.append(acc)
   return jnp.concatenate(feats, axis=-1)
 
 
-def _table_grad(g: jax.Array, rows: jax.Array, weights: jax.Array,
-                spec: HashGridSpec) -> jax.Array:
-  """Gradient of sum(g * encode) w.r.t. the flat table.
+def _table_grad(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+  """Gradient of sum(g * encode) w.r.t. the flat table (the trilinear splat).
+
+  Per level, rows and weighted updates are materialised first (an
+  optimisation barrier keeps XLA from fusing the hash into the scatter loop,
+  which is several times slower on CPU) and scattered into that level's own
+  small buffer, which stays cache-resident; the buffers are concatenated.
 
   Args:
     g: [N, L, F] output cotangent.
-    rows, weights: [L, N, 8] from ``corner_rows_and_weights``.
+    x01: [N, 3] positions.
 
   Returns:
     [total_rows, F].
   """
-  upd = weights[..., None] * jnp.transpose(g, (1, 0, 2))[:, :, None, :]
-  return jnp.zeros((spec.total_rows, spec.n_features_per_level), g.dtype).at[
-      rows].add(upd, mode="promise_in_bounds")
+  out = []
+  for l, n_rows in enumerate(spec.level_rows):
+    rows, w = level_corners(x01, l, spec)
+    rows, upd = jax.lax.optimization_barrier((rows, w[:, :, None] * g[:, l, None, :]))
+    out.append(jnp.zeros((n_rows, g.shape[-1]), g.dtype).at[rows].add(
+        upd, mode="promise_in_bounds"))
+  return jnp.concatenate(out, axis=0)
 
 
 def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
@@ -300,13 +297,13 @@ def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
     [N, 3] (zero where a coordinate was clamped).
   """
   out = jnp.zeros(x01.shape, jnp.float32)
-  for l, (res, dense, off) in enumerate(
-      zip(spec.resolutions, spec.dense, spec.level_offsets)):
-    cell, frac = _level_cells(x01, res)
-    rows = _level_corner_rows(cell, res, dense, spec) + off
-    vals = _gather(table, rows)  # [N, 8, F]
-    gv = jnp.einsum("ncf,nf->nc", vals, g[:, l])
-    out = out + res * jnp.einsum("nc,ncd->nd", gv, _trilinear_weight_grads(frac))
+  for l, (res, off) in enumerate(zip(spec.resolutions, spec.level_offsets)):
+    rows, _ = level_corners(x01, l, spec)
+    _, frac = _level_cells(x01, res)
+    dw = _trilinear_weight_grads(frac)  # [N, 8, 3]
+    for c in range(8):
+      gv = jnp.sum(_gather(table, rows[:, c] + off) * g[:, l], axis=-1)  # [N]
+      out = out + (res * gv)[:, None] * dw[:, c]
   inside = (x01 >= 0.0) & (x01 <= 1.0)
   return jnp.where(inside, out, 0.0).astype(x01.dtype)
 
@@ -324,8 +321,7 @@ def _encode_bwd(spec, res, g):
   table, x01 = res
   n = x01.shape[0]
   g = g.reshape(n, spec.n_levels, spec.n_features_per_level).astype(jnp.float32)
-  rows, weights = corner_rows_and_weights(x01, spec)
-  return (_table_grad(g, rows, weights, spec).astype(table.dtype),
+  return (_table_grad(g, x01, spec).astype(table.dtype),
           _position_grad(table, g, x01, spec))
 
 

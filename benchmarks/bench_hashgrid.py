@@ -1,0 +1,130 @@
+"""Hash-encoding throughput: ours vs the naive jnp reference, in one run.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=. python benchmarks/bench_hashgrid.py [--points 262144] [--reps 7]
+
+Measures points/s at the default spec (configs/hoi.py "paper" field) for
+forward and forward+backward (gradient of sum(encode^2) w.r.t. the tables),
+for ``interfusion_jax.hashgrid.hash_encode`` and
+``benchmarks/naive_hashgrid.naive_hash_encode``; plus a breakdown of ours
+(index+weights, gather, backward scatter). Variants are timed interleaved
+(round-robin, best of ``reps``) so that load from other processes hits all of
+them alike; ratios are what to read. Writes benchmarks/results/hashgrid.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.naive_hashgrid import naive_hash_encode  # noqa: E402
+from interfusion_jax import hashgrid  # noqa: E402
+
+
+def _interleaved_best(fns: dict, args: dict, reps: int) -> dict:
+  """Best wall time (s) of each jitted fn, timed round-robin."""
+  for k, f in fns.items():
+    jax.block_until_ready(f(*args[k]))  # compile + warm
+  times = {k: [] for k in fns}
+  for _ in range(reps):
+    for k, f in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(f(*args[k]))
+      times[k].append(time.perf_counter() - t)
+  return {k: (min(v), float(np.median(v))) for k, v in times.items()}
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--points", type=int, default=2**18)
+  ap.add_argument("--reps", type=int, default=7)
+  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__),
+                                                "results", "hashgrid.json"))
+  a = ap.parse_args(argv)
+
+  spec = hashgrid.HashGridSpec()  # official defaults
+  n = a.points
+  params = hashgrid.init_hashgrid(jax.random.PRNGKey(0), spec)
+  params = {"table": params["table"] * 1e3}  # non-trivial values
+  x = jax.random.uniform(jax.random.PRNGKey(1), (n, 3), jnp.float32)
+  g = jax.random.normal(jax.random.PRNGKey(2), (n, spec.n_levels, spec.n_features_per_level))
+
+  def loss(enc):
+    return lambda p, x: jnp.sum(enc(p, x, spec) ** 2)
+
+  def index_weights(x):
+    acc = 0.0
+    for l in range(spec.n_levels):
+      rows, w = hashgrid.level_corners(x, l, spec)
+      acc = acc + jnp.sum(rows.astype(jnp.float32) * w, axis=1)
+    return acc
+
+  fns = {
+      "naive_fwd": jax.jit(lambda p, x: naive_hash_encode(p, x, spec)),
+      "ours_fwd": jax.jit(lambda p, x: hashgrid.hash_encode(p, x, spec)),
+      "naive_fwd_bwd": jax.jit(jax.value_and_grad(loss(naive_hash_encode))),
+      "ours_fwd_bwd": jax.jit(jax.value_and_grad(loss(hashgrid.hash_encode))),
+      "ours_index_weights": jax.jit(index_weights),
+      "ours_table_grad_scatter": jax.jit(
+          lambda g, x: hashgrid._table_grad(g, x, spec)),  # pylint: disable=protected-access
+  }
+  args = {k: (params, x) for k in fns}
+  args["ours_index_weights"] = (x,)
+  args["ours_table_grad_scatter"] = (g, x)
+
+  # Correctness in the same run (values and table gradient).
+  f_ours = np.asarray(fns["ours_fwd"](params, x))
+  f_naive = np.asarray(fns["naive_fwd"](params, x))
+  g_ours = np.asarray(fns["ours_fwd_bwd"](params, x)[1]["table"])
+  g_naive = np.asarray(fns["naive_fwd_bwd"](params, x)[1]["table"])
+
+  t = _interleaved_best(fns, args, a.reps)
+  best = {k: v[0] for k, v in t.items()}
+  pts = lambda k: n / best[k]
+  res = {
+      "spec": {"n_levels": spec.n_levels, "F": spec.n_features_per_level,
+               "log2_hashmap_size": spec.log2_hashmap_size,
+               "base_resolution": spec.base_resolution,
+               "per_level_scale": spec.per_level_scale,
+               "dense_levels": int(sum(spec.dense))},
+      "points": n,
+      "reps": a.reps,
+      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                  "loadavg_1min": os.getloadavg()[0], "jax": jax.__version__},
+      "points_per_s": {k: pts(k) for k in ("naive_fwd", "ours_fwd",
+                                           "naive_fwd_bwd", "ours_fwd_bwd")},
+      "ratio_fwd": best["naive_fwd"] / best["ours_fwd"],
+      "ratio_fwd_bwd": best["naive_fwd_bwd"] / best["ours_fwd_bwd"],
+      "breakdown_ms": {
+          "ours_fwd_total": 1e3 * best["ours_fwd"],
+          "index_weights": 1e3 * best["ours_index_weights"],
+          "gather_interp (fwd - index)": 1e3 * (best["ours_fwd"] - best["ours_index_weights"]),
+          "table_grad_scatter (incl. index recompute)": 1e3 * best["ours_table_grad_scatter"],
+          "ours_fwd_bwd_total": 1e3 * best["ours_fwd_bwd"],
+          "naive_fwd_total": 1e3 * best["naive_fwd"],
+          "naive_fwd_bwd_total": 1e3 * best["naive_fwd_bwd"],
+      },
+      "median_ms": {k: 1e3 * v[1] for k, v in t.items()},
+      "max_abs_diff": {"fwd": float(np.abs(f_ours - f_naive).max()),
+                       "table_grad": float(np.abs(g_ours - g_naive).max()),
+                       "table_grad_scale": float(np.abs(g_naive).max())},
+  }
+  os.makedirs(os.path.dirname(a.out), exist_ok=True)
+  with open(a.out, "w") as f:
+    json.dump(res, f, indent=2)
+  print(json.dumps(res, indent=2))
+  return res
+
+
+if __name__ == "__main__":
+  main()
