@@ -442,7 +442,14 @@ def _inside_window(t: Dict[str, np.ndarray], sel, col: np.ndarray,
   return g, k, l0[g, k], l1[g, k]
 
 
-def _enumerate_fragments(t: Dict[str, np.ndarray], max_window: int = 16):
+def _runs(sorted_keys: np.ndarray):
+  """(start, end) of each run of equal values in a sorted [n] array."""
+  starts = np.flatnonzero(np.diff(sorted_keys, prepend=-1))
+  return zip(starts, np.append(starts[1:], sorted_keys.size))
+
+
+def _enumerate_fragments(t: Dict[str, np.ndarray], max_window: int = 16,
+                         max_candidates: int = 1 << 22):
   """Every (triangle, pixel centre) pair with the centre inside the triangle.
 
   Triangles whose bounding box has at most ``max_window`` pixels are grouped
@@ -452,6 +459,8 @@ def _enumerate_fragments(t: Dict[str, np.ndarray], max_window: int = 16):
   Args:
     t: output of ``_triangle_setup`` (T triangles).
     max_window: largest box (in pixels) handled by the grouped path.
+    max_candidates: large boxes are enumerated in chunks of about this many
+      pixels (one box may exceed it).
 
   Returns:
     (idx [P] triangle index into t, px [P], py [P] pixel column/row,
@@ -468,23 +477,24 @@ def _enumerate_fragments(t: Dict[str, np.ndarray], max_window: int = 16):
   small, code = small[order], code[order]
   # Triangle attributes in group order, so that each group is a slice.
   ts = {k: t[k][small] for k in ("ox", "oy", "a0", "b0", "a1", "b1")}
-  starts = np.flatnonzero(np.diff(code, prepend=-1))
-  ends = np.append(starts[1:], code.size)
   parts = []
-  for s, e in zip(starts, ends):
+  for s, e in _runs(code):
     gw, gh = divmod(int(code[s]), max_window + 1)
     col = np.tile(np.arange(gw), gh)
     row = np.repeat(np.arange(gh), gw)
     g, k, l0, l1 = _inside_window(ts, slice(s, e), col, row)
     parts.append((small[s + g], col[k], row[k], l0, l1))
   big = np.flatnonzero(counts > max_window)
-  if big.size:
-    c = counts[big]
-    rep = np.repeat(np.arange(big.size), c)
+  # Large boxes in chunks of about max_candidates pixels (bounded memory).
+  chunk = np.cumsum(counts[big]) // max_candidates
+  for lo, hi in _runs(chunk):
+    sel = big[lo:hi]
+    c = counts[sel]
+    rep = np.repeat(np.arange(sel.size), c)
     local = np.arange(rep.size) - np.repeat(np.cumsum(c) - c, c)
-    row, col = np.divmod(local, bw[big][rep])
-    idx = big[rep]
-    g, k, l0, l1 = _inside_window(t, idx, col[:, None], row[:, None])
+    row, col = np.divmod(local, bw[sel][rep])
+    idx = sel[rep]
+    g, _, l0, l1 = _inside_window(t, idx, col[:, None], row[:, None])
     parts.append((idx[g], col[g], row[g], l0, l1))
   if not parts:
     empty = np.zeros(0, np.int64)

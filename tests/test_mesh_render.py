@@ -216,6 +216,34 @@ def test_zbuffer_keeps_nearest_of_two_overlapping_triangles():
     np.testing.assert_allclose(out["depth"][overlap], 2.0, rtol=1e-6)
 
 
+def test_large_triangles_enumerated_in_chunks_match_unchunked():
+  # Many overlapping screen-filling triangles at random depths.
+  rng = np.random.default_rng(7)
+  n = 12
+  z = -rng.uniform(1.5, 3.0, size=n)
+  verts = np.concatenate([np.array([[-4.0, -4.0, d], [4.0, -4.0, d],
+                                    [0.0, 4.0, d + 0.3]]) for d in z])
+  faces = np.arange(3 * n).reshape(n, 3)
+  spec = mr.RasterSpec(height=40, width=40, fovy_deg=60.0)
+  pts = mr.world_to_camera(verts, np.eye(4))[None]
+  t = mr._triangle_setup(pts, faces, spec)
+  whole = mr._enumerate_fragments(t)
+  chunked = mr._enumerate_fragments(t, max_candidates=1000)
+  for a, b in zip(whole, chunked):
+    np.testing.assert_array_equal(a, b)
+  out = mr.render_mesh(verts, faces, np.eye(4), 60.0, 40, 40)
+  # Nearest plane everywhere: depth of plane k at pixel = ray-plane hit.
+  dirs = _pixel_rays(np.eye(4), 60.0, 40, 40)
+  best = np.full((40, 40), np.inf)
+  for k in range(n):
+    tri = verts[3 * k:3 * k + 3]
+    nrm = np.cross(tri[1] - tri[0], tri[2] - tri[0])
+    tk = (tri[0] @ nrm) / (dirs @ nrm)
+    zk = tk * -dirs[..., 2]
+    best = np.minimum(best, np.where(out["mask"], zk, np.inf))
+  np.testing.assert_allclose(out["depth"], best, rtol=1e-5)
+
+
 def test_matches_bruteforce_ray_casting_on_a_sphere():
   verts, faces = _icosphere(2)
   verts = verts * np.array([0.7, 0.5, 0.9]) + 0.1
