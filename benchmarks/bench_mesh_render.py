@@ -81,6 +81,7 @@ def body_proxy():
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)):
+  """OpenGL c2w [4, 4] (independent of interfusion_jax.camera, by hand)."""
   eye = np.asarray(eye, float)
   back = eye - np.asarray(target, float)
   back /= np.linalg.norm(back)
@@ -93,6 +94,7 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)):
 
 
 def codebook_cameras(distance=2.7):
+  """[4, 4, 4] c2w at azimuths 0/90/180/270 deg, elevation 0, z-up."""
   return np.stack([look_at([distance * math.cos(a), distance * math.sin(a),
                             0.0], [0.0, 0.0, 0.0])
                    for a in np.radians([0.0, 90.0, 180.0, 270.0])])

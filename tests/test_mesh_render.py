@@ -425,8 +425,8 @@ def test_lambert_shading_matches_n_dot_l(smooth):
     expect = np.clip(albedo * (0.25 + 0.6 * ndotl), 0, 1)
     m = out["mask"]
     assert m.sum() > 100
-    np.testing.assert_allclose(out["rgb"][m], np.broadcast_to(expect, (m.sum(), 3)),
-                               atol=1e-5)
+    np.testing.assert_allclose(out["rgb"][m],
+                               np.broadcast_to(expect, (m.sum(), 3)), atol=1e-5)
 
 
 def test_default_light_is_at_camera_and_shading_is_two_sided():
