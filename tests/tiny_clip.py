@@ -58,8 +58,26 @@ def make_tiny_clip(path, image_size: int = 32, projection_dim: int = 16, seed: i
       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, image_size=image_size, patch_size=8),
       projection_dim=projection_dim)
-  model = FlaxCLIPModel(cfg, seed=seed)
-  model.save_pretrained(str(path))
+  # Random parameters filled in NumPy from the traced shapes (running the
+  # Flax initialiser compiles for ~40 s on a loaded CPU).
+  import jax
+  import numpy as np
+  model = FlaxCLIPModel(cfg, _do_init=False)
+  shapes = jax.eval_shape(lambda k: model.init_weights(k, model.input_shape),
+                          jax.random.PRNGKey(seed))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "logit_scale":
+      return np.full(leaf.shape, np.log(1 / 0.07), np.float32)
+    if name == "scale":
+      return np.ones(leaf.shape, np.float32)
+    if name == "bias":
+      return np.zeros(leaf.shape, np.float32)
+    return (rng.normal(size=leaf.shape) * 0.05).astype(np.float32)
+  params = jax.tree_util.tree_map_with_path(fill, shapes)
+  model.save_pretrained(str(path), params=params)
   (path / "preprocessor_config.json").write_text(json.dumps({
       "image_mean": [0.48145466, 0.4578275, 0.40821073],
       "image_std": [0.26862954, 0.26130258, 0.27577711], "crop_size": image_size}))

@@ -90,7 +90,7 @@ def load_anchor(path: str | os.PathLike) -> AnchorPose:
 def find_anchor(cb: codebook_lib.Codebook, interaction: str, *, clip=None, body=None,
                 top_k: int = 7, method: str = "best", rank: int = 0, seed: int = 0,
                 use_dedup: bool = False, template: str = retrieval.DEFAULT_TEMPLATE,
-                scene_prompt: str = "", codebook_name: str = "builtin"
+                scene_prompt: str = "", codebook_name: str = "builtin", spec=None
                 ) -> tuple[AnchorPose, retrieval.Candidates]:
   """Retrieval + choice (PAPER.md "Stage 1", steps 4-5).
 
@@ -100,12 +100,13 @@ def find_anchor(cb: codebook_lib.Codebook, interaction: str, *, clip=None, body=
     body: BodyModel for renders (clip_rerank / on-the-fly embedding).
     top_k, method, rank, seed, use_dedup, template: see retrieval / choose.
     scene_prompt: full scene prompt for clip_rerank (default: interaction).
+    spec: PoseRenderSpec of the renders (default: the official 4 views).
 
   Returns:
     (AnchorPose, the Candidates).
   """
   cands = retrieval.retrieve(cb, interaction, clip=clip, k=top_k, use_dedup=use_dedup,
-                             template=template, body=body)
+                             template=template, body=body, spec=spec)
   rer = None
   if method == "clip_rerank":
     if clip is None:
@@ -117,7 +118,7 @@ def find_anchor(cb: codebook_lib.Codebook, interaction: str, *, clip=None, body=
       body = body_model.load_body_model("default")
     idx = cands.indices
     rer = choose_lib.clip_rerank_scores(clip, body, cb.poses[idx], cb.global_orients[idx],
-                                        scene_prompt or interaction)
+                                        scene_prompt or interaction, spec)
   ch = choose_lib.choose(cb, cands, method, rank=rank, seed=seed, rerank_scores=rer)
   labels = [(cb.phrases(int(i)) or [""])[0] for i in cands.indices]
   label = labels[ch.position]

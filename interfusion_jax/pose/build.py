@@ -172,13 +172,17 @@ def embed_poses(body, clip, poses: np.ndarray, orients: np.ndarray, spec,
   if cache_dir:
     cdir = pathlib.Path(cache_dir) / _cache_key(poses, orients, clip, body, spec, chunk)
     cdir.mkdir(parents=True, exist_ok=True)
-  out, t0 = [], time.time()
-  for i, s in enumerate(range(0, n, chunk)):
+  out, t0, mesh = [], time.time(), None
+  for s in range(0, n, chunk):
     f = cdir / f"emb_{s:09d}.npy" if cdir else None
     if f is not None and f.is_file():
       out.append(np.load(f))
       continue
-    views = render_lib.render_poses(body, poses[s:s + chunk], orients[s:s + chunk], spec)["rgb"]
+    if mesh is None:  # decimate once per build
+      mesh = render_lib.decimate_mesh(np.asarray(body.v_template), np.asarray(body.faces),
+                                      spec.max_faces)
+    views = render_lib.render_poses(body, poses[s:s + chunk], orients[s:s + chunk], spec,
+                                    mesh)["rgb"]
     b, v = views.shape[:2]
     feats = clip_lib.image_features(clip, views.reshape((b * v,) + views.shape[2:]))
     emb = _unit(feats.reshape(b, v, -1).mean(1)).astype(np.float32)

@@ -36,18 +36,22 @@ class ClipBundle:
   """A loaded CLIP model.
 
   Attributes:
-    model: transformers.FlaxCLIPModel (module + params).
+    model: transformers.FlaxCLIPModel (loaded with _do_init=False).
+    params: its parameters (pytree).
     tokenizer: the matching CLIP tokenizer.
     image_size: model input resolution (pixels).
     mean, std: [3] image normalisation.
     name: the directory it was loaded from.
   """
   model: Any
+  params: Any
   tokenizer: Any
   image_size: int
   mean: tuple
   std: tuple
   name: str
+  image_fn: Any = None  # jit(params, pixel_values [N,3,S,S]) -> [N, D]
+  text_fn: Any = None   # jit(params, input_ids, attention_mask) -> [T, D]
 
   @property
   def dim(self) -> int:
@@ -79,10 +83,9 @@ def load_clip(clip_dir: str | os.PathLike) -> ClipBundle:
     raise ClipDirError(f"CLIP directory {str(d)!r} has no tokenizer "
                        "(tokenizer.json or vocab.json + merges.txt).")
   from transformers import AutoTokenizer, FlaxCLIPModel  # pylint: disable=g-import-not-at-top
-  if weights[0] == "flax_model.msgpack":
-    model = FlaxCLIPModel.from_pretrained(str(d), local_files_only=True)
-  else:
-    model = FlaxCLIPModel.from_pretrained(str(d), local_files_only=True, from_pt=True)
+  model, params = FlaxCLIPModel.from_pretrained(
+      str(d), local_files_only=True, _do_init=False,
+      from_pt=weights[0] != "flax_model.msgpack")
   tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
   mean, std = _OPENAI_MEAN, _OPENAI_STD
   pp = d / "preprocessor_config.json"
@@ -90,9 +93,12 @@ def load_clip(clip_dir: str | os.PathLike) -> ClipBundle:
     cfg = json.loads(pp.read_text())
     mean = tuple(cfg.get("image_mean", mean))
     std = tuple(cfg.get("image_std", std))
-  return ClipBundle(model=model, tokenizer=tok,
+  image_fn = jax.jit(lambda p, x: model.get_image_features(pixel_values=x, params=p))
+  text_fn = jax.jit(lambda p, i, m: model.get_text_features(input_ids=i, attention_mask=m,
+                                                            params=p))
+  return ClipBundle(model=model, params=params, tokenizer=tok,
                     image_size=int(model.config.vision_config.image_size),
-                    mean=mean, std=std, name=str(d))
+                    mean=mean, std=std, name=str(d), image_fn=image_fn, text_fn=text_fn)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -112,8 +118,7 @@ def text_features(clip: ClipBundle, texts: Sequence[str]) -> np.ndarray:
   max_len = int(clip.model.config.text_config.max_position_embeddings)
   enc = clip.tokenizer(list(texts), padding="max_length", truncation=True,
                        max_length=max_len, return_tensors="np")
-  feats = clip.model.get_text_features(input_ids=enc["input_ids"],
-                                       attention_mask=enc["attention_mask"])
+  feats = clip.text_fn(clip.params, enc["input_ids"], enc["attention_mask"])
   return _unit(np.asarray(feats, np.float32))
 
 
@@ -141,8 +146,14 @@ def image_features(clip: ClipBundle, images: np.ndarray, batch: int = 32) -> np.
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images has shape {images.shape}, expected [N, H, W, 3].")
+  n = images.shape[0]
+  bs = min(batch, 1 << max(n - 1, 0).bit_length())  # few distinct shapes -> few compiles
   out = []
-  for i in range(0, images.shape[0], batch):
-    px = preprocess_images(clip, images[i:i + batch])
-    out.append(np.asarray(clip.model.get_image_features(pixel_values=px), np.float32))
+  for i in range(0, n, bs):
+    chunk = images[i:i + bs]
+    m = chunk.shape[0]
+    if m < bs:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, 0)], 0)
+    px = preprocess_images(clip, chunk)
+    out.append(np.asarray(clip.image_fn(clip.params, px), np.float32)[:m])
   return _unit(np.concatenate(out, 0)) if out else np.zeros((0, clip.dim), np.float32)

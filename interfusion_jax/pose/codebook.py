@@ -117,7 +117,8 @@ def make_codebook(poses, global_orients, embeddings, member_offsets,
       member_orients=np.asarray(member_orients, np.float32),
       member_phrases=np.asarray([str(p) for p in member_phrases], dtype=np.str_),
       cluster_phrases=np.asarray([str(p) for p in cluster_phrases], dtype=np.str_),
-      metadata={"version": FORMAT_VERSION, **dict(metadata)})
+      # JSON round trip: the in-memory metadata equals what load() returns.
+      metadata=json.loads(json.dumps({"version": FORMAT_VERSION, **dict(metadata)})))
   return validate(cb)
 
 

@@ -123,7 +123,7 @@ def codebook_clip_embeddings(cb: codebook_lib.Codebook, clip, body=None,
 
 def retrieve(cb: codebook_lib.Codebook, interaction: str, *, clip=None, k: int = 7,
              use_dedup: bool = False, template: str = DEFAULT_TEMPLATE,
-             body=None) -> Candidates:
+             body=None, spec=None) -> Candidates:
   """Top-k codebook clusters for an interaction text.
 
   Args:
@@ -134,6 +134,7 @@ def retrieve(cb: codebook_lib.Codebook, interaction: str, *, clip=None, k: int =
     use_dedup: AvatarCLIP de-duplication before the top-k.
     template: CLIP query template.
     body: BodyModel used if the codebook must be embedded on the fly.
+    spec: PoseRenderSpec for that (default: the official 4 views).
 
   Returns:
     Candidates (indices [k'], scores [k'], k' = min(k, K after de-dup)).
@@ -146,7 +147,7 @@ def retrieve(cb: codebook_lib.Codebook, interaction: str, *, clip=None, k: int =
     from interfusion_jax.pose import clip as clip_lib  # pylint: disable=g-import-not-at-top
     q = query_text(template, interaction)
     scores = clip_scores(clip_lib.text_features(clip, [q])[0],
-                         codebook_clip_embeddings(cb, clip, body))
+                         codebook_clip_embeddings(cb, clip, body, spec))
     backend = "clip"
   else:
     q = interaction.strip()
