@@ -50,12 +50,13 @@ class RenderSpec:
   """
   radius: float = 2.0
   num_samples: int = 512
-  sample_budget: int = 128
+  sample_budget: int = 64
   skip_empty: bool = True
   alpha_mode: str = "sum_clamped"
   stop_human_grad: bool = True
   composite_eps: float = 1e-6
   near: float = 0.0
+  field_chunks: int = 1
 
   def __post_init__(self):
     if self.alpha_mode not in ALPHA_MODES:
@@ -66,6 +67,9 @@ class RenderSpec:
       raise RenderConfigError(
           f"sample_budget={self.sample_budget} must be in [1, num_samples="
           f"{self.num_samples}] (config.render.sample_budget; 0 = automatic).")
+    if self.field_chunks < 1:
+      raise RenderConfigError(
+          f"field_chunks={self.field_chunks} must be >= 1 (config.render.field_chunks).")
     if self.radius <= 0:
       raise RenderConfigError(f"radius={self.radius} must be positive (config.field.radius).")
 
@@ -76,15 +80,16 @@ class RenderSpec:
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> "RenderSpec":
-    """Reads cfg.render and cfg.field.radius; sample_budget 0 -> num_samples // 4."""
+    """Reads cfg.render and cfg.field.radius; sample_budget 0 -> num_samples // 8."""
     r = cfg.render
     n = int(r.num_samples)
-    budget = int(r.get("sample_budget", 0)) or max(1, n // 4)
+    budget = int(r.get("sample_budget", 0)) or max(1, n // 8)
     return cls(radius=float(cfg.field.radius), num_samples=n,
                sample_budget=budget, skip_empty=bool(r.get("skip_empty", True)),
                alpha_mode=str(r.get("alpha_mode", "sum_clamped")),
                stop_human_grad=bool(r.get("stop_human_grad", True)),
-               composite_eps=float(r.get("composite_eps", 1e-6)))
+               composite_eps=float(r.get("composite_eps", 1e-6)),
+               field_chunks=int(r.get("field_chunks", 1)))
 
 
 # ----------------------------------------------------------------------------
@@ -324,20 +329,39 @@ class _Evaluated(NamedTuple):
   normals: jnp.ndarray  # [R, N, 3]
 
 
-def _evaluate_fields(field_fns, params, points, eval_plan):
+def call_field_chunked(field_fn: FieldFn, params, x, chunks: int):
+  """field_fn on x [M, 3] in ``chunks`` rematerialised pieces (lax.map + checkpoint).
+
+  With chunks > 1 the backward pass keeps only one chunk's field
+  intermediates alive at a time (peak memory / chunks, ~1 extra forward).
+
+  Returns:
+    (sigma [M], albedo [M, 3], normals [M, 3]).
+  """
+  if chunks <= 1:
+    return field_fn(params, x)
+  m = x.shape[0]
+  size = -(-m // chunks)
+  xp = jnp.pad(x, ((0, size * chunks - m), (0, 0))).reshape(chunks, size, 3)
+  body = jax.checkpoint(lambda xc: field_fn(params, xc))
+  s, a, n = jax.lax.map(body, xp)
+  return s.reshape(-1)[:m], a.reshape(-1, 3)[:m], n.reshape(-1, 3)[:m]
+
+
+def _evaluate_fields(field_fns, params, points, eval_plan, chunks: int = 1):
   """Evaluates each field densely or on the packed slots; returns [R, N] layouts."""
   r, n, _ = points.shape
   flat_points = points.reshape(-1, 3)
   outs = []
   if eval_plan is None:
     for fn, p in zip(field_fns, params):
-      s, a, nr = fn(p, flat_points)
+      s, a, nr = call_field_chunked(fn, p, flat_points, chunks)
       outs.append(_Evaluated(s.reshape(r, n), a.reshape(r, n, 3), nr.reshape(r, n, 3)))
     return outs
   flat, valid = eval_plan
   x = flat_points[flat]
   for fn, p in zip(field_fns, params):
-    s, a, nr = fn(p, x)
+    s, a, nr = call_field_chunked(fn, p, x, chunks)
     outs.append(_Evaluated(_scatter(s, flat, valid, r * n).reshape(r, n),
                            _scatter(a, flat, valid, r * n).reshape(r, n, 3),
                            _scatter(nr, flat, valid, r * n).reshape(r, n, 3)))
@@ -496,7 +520,7 @@ def render_rays(field_fn: FieldFn, params, rays_o, rays_d, background,
   shading = albedo_shading() if shading is None else shading
   rays_d, samples, points, mask, plan, n_eval, dropped = _march(
       rays_o, rays_d, spec, occupancy, key)
-  (ev,) = _evaluate_fields((field_fn,), (params,), points, plan)
+  (ev,) = _evaluate_fields((field_fn,), (params,), points, plan, spec.field_chunks)
   sigma = jnp.where(mask, ev.sigma, 0.0)
   alpha = density_to_alpha(sigma, samples.delta)
   rgb = shade(ev.albedo, ev.normals, points, _light(shading, points.shape[0]), shading)
@@ -528,7 +552,7 @@ def render_two_fields(field_fn_h: FieldFn, params_h, field_fn_o: FieldFn, params
   rays_d, samples, points, mask, plan, n_eval, dropped = _march(
       rays_o, rays_d, spec, occupancy, key)
   ev_h, ev_o = _evaluate_fields((field_fn_h, field_fn_o), (params_h, params_o),
-                                points, plan)
+                                points, plan, spec.field_chunks)
   light = _light(shading, points.shape[0])
   sig_h = jnp.where(mask, ev_h.sigma, 0.0)
   sig_o = jnp.where(mask, ev_o.sigma, 0.0)

@@ -202,8 +202,8 @@ def test_composite_stop_gradient_switch():
 
 @pytest.mark.parametrize("mode", ["sum_clamped", "union"])
 def test_two_fields_with_empty_object_equal_single_field(mode):
-  spec = render.RenderSpec(num_samples=96, sample_budget=96, alpha_mode=mode)
-  o, d = _camera_rays(8, 8)
+  spec = render.RenderSpec(num_samples=48, sample_budget=48, alpha_mode=mode)
+  o, d = _camera_rays(6, 6)
   p = _blob_params(amp=15.0)
   bg = jnp.array([0.1, 0.2, 0.3])
   sh = render.Shading(jnp.array([2.0, 1.0, 2.0]), jnp.float32(0.3), jnp.float32(0.7),
@@ -239,17 +239,18 @@ def test_union_mode_equals_summed_density():
 
 
 def test_two_field_render_stop_human_grad():
-  o, d = _camera_rays(6, 6)
+  o, d = _camera_rays(4, 4)
   ph = _blob_params(centre=(0.0, 0.0, 0.0), seed=1)
   po = _blob_params(centre=(0.3, 0.2, 0.0), seed=2)
 
   def loss(ph, po, stop):
-    spec = render.RenderSpec(num_samples=64, sample_budget=64, stop_human_grad=stop)
-    out = _render2(blob_field, ph, blob_field, po, o, d, jnp.ones(3), spec)
+    spec = render.RenderSpec(num_samples=32, sample_budget=32, stop_human_grad=stop)
+    out = render.render_two_fields(blob_field, ph, blob_field, po, o, d, jnp.ones(3), spec)
     return jnp.sum(out.rgb * jnp.array([0.3, -0.5, 0.8]))
 
-  gh_on, go_on = jax.grad(loss, argnums=(0, 1))(ph, po, True)
-  gh_off, _ = jax.grad(loss, argnums=(0, 1))(ph, po, False)
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+  gh_on, go_on = grad(ph, po, True)
+  gh_off, _ = grad(ph, po, False)
   norm = lambda g: sum(float(jnp.abs(v).sum()) for v in jax.tree.leaves(g))
   assert norm(gh_on) == 0.0
   assert norm(go_on) > 1e-4
@@ -291,6 +292,7 @@ def test_gradients_match_finite_differences():
 # ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _sparse_scene():
   p = _blob_params(centre=(0.4, -0.3, 0.2), amp=60.0, scale=0.4, seed=6)
   density = lambda x: ball_field(p, x)[0]
@@ -356,6 +358,25 @@ def test_budget_overflow_drops_deepest_samples():
   for i in range(16):  # kept samples are a front prefix of the in-box samples
     k = m[i].sum()
     np.testing.assert_array_equal(m[i], inbox[i] & (np.cumsum(inbox[i]) <= k))
+
+
+def test_field_chunks_match_unchunked_values_and_grads():
+  o, d = _camera_rays(4, 4)
+  p = _blob_params(seed=9)
+  grid = occ.init_occupancy(occ.OccupancySpec(resolution=8))
+
+  def loss(p, chunks):
+    spec = render.RenderSpec(num_samples=32, sample_budget=8, field_chunks=chunks)
+    out = render.render_rays(blob_field, p, o, d, jnp.ones(3), spec, occupancy=grid)
+    return jnp.sum(out.rgb * jnp.array([1.0, -2.0, 0.5])) + jnp.sum(out.depth), out.rgb
+
+  f = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (l1, rgb1), g1 = f(p, 1)
+  (l3, rgb3), g3 = f(p, 3)   # 128 points in 3 chunks: exercises the padding
+  np.testing.assert_allclose(rgb3, rgb1, atol=1e-6)
+  for k in g1:
+    np.testing.assert_allclose(g3[k], g1[k], rtol=1e-4, atol=1e-6)
+  assert float(jnp.abs(g1["amp"])) > 0
 
 
 # ----------------------------------------------------------------------------
@@ -452,13 +473,16 @@ def test_pmap_over_devices_matches_single_device():
 def test_spec_from_config_and_errors():
   cfg = hoi.get_config()
   spec = render.RenderSpec.from_config(cfg)
-  assert spec.num_samples == 512 and spec.sample_budget == 128 and spec.radius == 2.0
+  assert spec.num_samples == 512 and spec.sample_budget == 64 and spec.radius == 2.0
+  assert spec.field_chunks == 1
   assert spec.step == pytest.approx(math.sqrt(3) * 4 / 512)
   assert spec.alpha_mode == "sum_clamped" and spec.stop_human_grad
   with pytest.raises(ValueError, match="alpha_mode"):
     render.RenderSpec(alpha_mode="max")
   with pytest.raises(ValueError, match="sample_budget"):
     render.RenderSpec(num_samples=32, sample_budget=64)
+  with pytest.raises(ValueError, match="field_chunks"):
+    render.RenderSpec(field_chunks=0)
 
 
 def test_real_field_two_field_render_smoke():
