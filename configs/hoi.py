@@ -73,6 +73,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.render.alpha_mode = "sum_clamped"   # sum_clamped (official) | union
   c.render.stop_human_grad = True       # Eq. 6 gradient truncation
   c.render.composite_eps = 1e-6
+  c.render.field_chunks = 1             # >1: evaluate fields in rematerialised chunks (less memory)
 
   c.occupancy = ml_collections.ConfigDict()
   c.occupancy.resolution = 32

@@ -95,6 +95,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "render.batch_size": (_positive_int, "must be a positive integer"),
     "render.num_samples": (_positive_int, "must be a positive integer"),
     "render.sample_budget": (_nonneg_int, "must be a non-negative integer (0 = automatic)"),
+    "render.field_chunks": (_positive_int, "must be a positive integer"),
     "occupancy.resolution": (_positive_int, "must be a positive integer"),
     "occupancy.update_every": (_positive_int, "must be a positive integer"),
     "occupancy.ema_decay": (_prob, "must be in [0, 1]"),
