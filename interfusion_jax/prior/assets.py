@@ -16,6 +16,7 @@ the shipped file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -81,9 +82,14 @@ def _body_model(which: str):
     return None
 
 
-def _library_pose(label: str) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _library():
   from interfusion_jax.pose import library
-  poses, orients, labels, _ = library.library_arrays()
+  return library.library_arrays()
+
+
+def _library_pose(label: str) -> tuple[np.ndarray, np.ndarray]:
+  poses, orients, labels, _ = _library()
   if label not in labels:
     raise BankError(f"Pose {label!r} is missing from the pose library.")
   i = labels.index(label)
@@ -133,7 +139,10 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
     bar = tqdm(total=total, desc="building the built-in prior bank", unit="img")
   placed: dict[str, tuple] = {}
   images, attrs, captions = [], [], []
-  for n, (kind, obj, hcol, ocol, views) in enumerate(plan):
+  # All cameras in one call (one compilation), then sliced per render.
+  all_cams = scenes.sample_cameras(jax.random.PRNGKey(spec.seed), total, scene_spec)
+  first = 0
+  for kind, obj, hcol, ocol, views in plan:
     if obj not in placed:
       pose, orient = _library_pose(scenes.INTERACTIONS[obj][0])
       body = scenes.posed_body(body_model, pose, orient)
@@ -143,8 +152,8 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
       placed[obj] = (body, pl)
     body, pl = placed[obj]
     scene = scenes.make_scene(scene_spec, body, obj, hcol, ocol, placed=pl)
-    key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), n)
-    cams = scenes.sample_cameras(key, views, scene_spec)
+    cams = jax.tree_util.tree_map(lambda a: a[first:first + views], all_cams)
+    first += views
     imgs = scenes.render(scene, kind, cams, scene_spec)
     for img, view in zip(imgs, scenes.view_names(cams, scene_spec)):
       cap = scenes.caption(scene, kind, view, scene_spec)
@@ -224,3 +233,47 @@ def load_default_bank(spec: BankSpec = BankSpec(), progress: bool = True) -> dic
 def prior_params(bank: dict, prior_spec: denoiser.PriorSpec = denoiser.PriorSpec()) -> dict:
   """The guidance params pytree of a bank (see ``denoiser.make_params``)."""
   return denoiser.make_params(bank["images"], bank["attrs"], prior_spec)
+
+
+NOTICE = (
+    "Guidance: the BUILT-IN offline prior (a closed-form denoiser over {n} procedural "
+    "32x32 renders of 14 primitive objects, 12 colours and a stand-in body). It is "
+    "LOW FIDELITY: it knows colours, the listed objects and coarse silhouettes, "
+    "nothing else. For paper quality set --config.guidance.weights_dir=/path/to/"
+    "a local diffusers model (see docs/prior.md).")
+
+
+def load_builtin_guidance(config, progress: bool = True):
+  """(GuidanceSpec, params, embedding table) of the built-in prior for the trainer.
+
+  The prompt table is built by the trainer's own ``prompts.embedding_table``
+  with ``denoiser.embed_captions`` as the text encoder, so every view-dependent
+  caption maps to its factorised conditioning.
+
+  Args:
+    config: the full ConfigDict (reads config.guidance and config.prompt).
+    progress: progress bar if the bank has to be built.
+
+  Returns:
+    (spec, params, table) like ``train.load_guidance_and_text``.
+  """
+  import jax.numpy as jnp
+  from interfusion_jax.guidance import core, prompts
+  if "builtin" not in core.BACKENDS:
+    raise BankError("guidance/core.py does not register the 'builtin' backend; add "
+                    "BACKENDS['builtin'] = (prior.denoiser.encode, prior.denoiser.predict_eps).")
+  g = config.guidance
+  pspec = denoiser.PriorSpec()
+  bank = load_default_bank(progress=progress)
+  params = prior_params(bank, pspec)
+  spec = core.GuidanceSpec(
+      kind="builtin",
+      guidance_scale=(float(g.guidance_scale) if g.guidance_scale >= 0
+                      else denoiser.DEFAULT_GUIDANCE_SCALE),
+      weighting=g.weighting or denoiser.DEFAULT_WEIGHTING,
+      t_min=float(g.t_min), t_max=float(g.t_max),
+      num_train_timesteps=pspec.num_train_timesteps, grad_clip=float(g.grad_clip),
+      resolution=int(bank["images"].shape[1]))
+  table = prompts.embedding_table(lambda texts: jnp.asarray(denoiser.embed_captions(texts)),
+                                  prompts.PromptSpec.from_config(config))
+  return spec, params, table

@@ -21,6 +21,7 @@ most factors. The embedding is a plain [1, D] float vector; the trainer
 builds it offline with ``embed_caption`` for any prompt.
 
 Backend protocol (``guidance/core.py``): ``encode`` and ``predict_eps``.
+Recommended guidance scale: ``DEFAULT_GUIDANCE_SCALE`` with "uniform" weighting.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ FACTORS: tuple[tuple[str, tuple[str, ...]], ...] = (
 FACTOR_SIZES = tuple(len(v) for _, v in FACTORS)
 EMBED_DIM = int(sum(FACTOR_SIZES))
 NOT_APPLICABLE = -1   # attribute value of e.g. the object colour of a human render
+DEFAULT_GUIDANCE_SCALE = 10.0
+DEFAULT_WEIGHTING = "uniform"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,21 +57,29 @@ class PriorSpec:
   Attributes:
     smoothing: s, std of the Gaussian around each bank image ([-1, 1] units).
     temperature: tau >= 1 divides the likelihood term of the posterior over
-      bank images (tau = 1: the exact posterior of the smoothed model).
+      bank images (tau = 1: the exact posterior of the smoothed model). In
+      D = 3072 pixel dimensions the exact posterior is a hard nearest
+      neighbour that ignores the caption; tau = 100 lets the caption weights
+      compete with the image distance (measured: SDS then reaches the
+      requested hue, see tests/test_prior_denoiser.py).
     mix: the per-factor floor of the caption weights (0 = hard matching).
+    view_mix: the floor of the view factor (views are coarse and the bank
+      has few images per (colour, view), so the view only tilts the weights).
     beta_schedule / beta_start / beta_end / num_train_timesteps: the DDPM
       schedule whose abar_t the denoiser (and SDS) use.
   """
   smoothing: float = 0.05
-  temperature: float = 1.0
-  mix: float = 0.05
+  temperature: float = 100.0
+  mix: float = 0.01
+  view_mix: float = 0.5
   beta_schedule: str = "linear"
   beta_start: float = 1e-4
   beta_end: float = 0.02
   num_train_timesteps: int = 1000
 
   def __post_init__(self):
-    if self.smoothing < 0 or self.temperature < 1.0 or not 0.0 <= self.mix <= 1.0:
+    if (self.smoothing < 0 or self.temperature < 1.0 or not 0.0 <= self.mix <= 1.0
+        or not 0.0 <= self.view_mix <= 1.0):
       raise ValueError(
           f"PriorSpec(smoothing={self.smoothing}, temperature={self.temperature}, "
           f"mix={self.mix}): need smoothing >= 0, temperature >= 1, 0 <= mix <= 1.")
@@ -162,28 +173,32 @@ def attributes_of(factors: dict[str, Optional[str]]) -> np.ndarray:
   return np.asarray(out, np.int32)
 
 
-def log_prior_weights(attrs: jax.Array, emb: jax.Array, mix: float) -> jax.Array:
+def log_prior_weights(attrs: jax.Array, emb: jax.Array, mix: float | jax.Array,
+                      view_mix: float | jax.Array | None = None) -> jax.Array:
   """log pi_i(y): the caption's factorised weights over the bank images.
 
-  log pi_i = sum_f log((1 - mix) q_f[attr_if] + mix / n_f), where q_f is the
-  caption's distribution over factor f; an attribute -1 (not applicable)
-  scores the factor's mean 1 / n_f. Unnormalised.
+  log pi_i = sum_f log((1 - mix_f) q_f[attr_if] + mix_f / n_f), where q_f is
+  the caption's distribution over factor f and mix_f = ``mix`` except for
+  the view factor (``view_mix``, softer: views are coarse); an attribute -1
+  (not applicable) scores the factor's mean 1 / n_f. Unnormalised.
 
   Args:
     attrs: [N, F] int attribute indices of the bank images.
     emb: [..., EMBED_DIM] caption embeddings.
-    mix: floor mixing weight.
+    mix: floor mixing weight; view_mix: that of the view factor (None = mix).
 
   Returns:
     [..., N] unnormalised log weights.
   """
   total, start = 0.0, 0
-  for f, n in enumerate(FACTOR_SIZES):
+  for f, (name, _) in enumerate(FACTORS):
+    n = FACTOR_SIZES[f]
+    m = view_mix if (name == "view" and view_mix is not None) else mix
     q = emb[..., start:start + n]                               # [..., n]
     a = attrs[:, f]
     qa = jnp.take(q, jnp.maximum(a, 0), axis=-1)                # [..., N]
     qa = jnp.where(a >= 0, qa, 1.0 / n)
-    total = total + jnp.log((1.0 - mix) * qa + mix / n)
+    total = total + jnp.log((1.0 - m) * qa + m / n)
     start += n
   return total
 
@@ -226,7 +241,7 @@ def posterior_mean(x_t: jax.Array, a: jax.Array, b: jax.Array, bank: jax.Array,
 def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
                 bank: jax.Array, attrs: jax.Array, emb: jax.Array, *,
                 smoothing: float | jax.Array, temperature: float | jax.Array,
-                mix: float) -> jax.Array:
+                mix: float | jax.Array, view_mix: float | jax.Array | None = None) -> jax.Array:
   """E[eps | x_t, y] = (x_t - a E[x0 | x_t, y]) / b.
 
   Args:
@@ -245,7 +260,7 @@ def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
   a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
   flat = x_t.reshape(bsz, -1).astype(jnp.float32)
   bank_flat = bank.reshape(bank.shape[0], -1).astype(jnp.float32)
-  lp = log_prior_weights(attrs, emb.reshape(bsz, -1).astype(jnp.float32), mix)
+  lp = log_prior_weights(attrs, emb.reshape(bsz, -1).astype(jnp.float32), mix, view_mix)
   x0 = posterior_mean(flat, a, b, bank_flat, lp, smoothing, temperature)
   return ((flat - a[:, None] * x0) / b[:, None]).reshape(x_t.shape)
 
@@ -274,12 +289,13 @@ def predict_eps(spec: Any, params: Any, x_t: jax.Array, t: jax.Array,
   """Backend ``predict_eps``: [N, R, R, 3], [N], [N, 1, D] -> [N, R, R, 3].
 
   ``params``: dict(alphas_cumprod [T], bank [N, R, R, 3] in [-1, 1], attrs
-  [N, F] int32, smoothing [], temperature [], mix []) -- see ``make_params``.
+  [N, F] int32, smoothing [], temperature [], mix [], view_mix []) -- see
+  ``make_params``.
   """
   del spec
   return denoise_eps(x_t, t, params["alphas_cumprod"], params["bank"], params["attrs"],
                      emb, smoothing=params["smoothing"], temperature=params["temperature"],
-                     mix=params["mix"])
+                     mix=params["mix"], view_mix=params["view_mix"])
 
 
 def alphas_cumprod(spec: PriorSpec) -> np.ndarray:
@@ -301,7 +317,7 @@ def make_params(images_uint8: np.ndarray, attrs: np.ndarray,
 
   Returns:
     dict(alphas_cumprod [T], bank [N, R, R, 3] float32 in [-1, 1], attrs
-    [N, F] int32, smoothing, temperature, mix float32 scalars).
+    [N, F] int32, smoothing, temperature, mix, view_mix float32 scalars).
   """
   images_uint8 = np.asarray(images_uint8)
   if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3 or images_uint8.dtype != np.uint8:
@@ -317,4 +333,5 @@ def make_params(images_uint8: np.ndarray, attrs: np.ndarray,
       attrs=jnp.asarray(attrs),
       smoothing=jnp.float32(spec.smoothing),
       temperature=jnp.float32(spec.temperature),
-      mix=jnp.float32(spec.mix))
+      mix=jnp.float32(spec.mix),
+      view_mix=jnp.float32(spec.view_mix))

@@ -17,6 +17,7 @@ threestudio rule from the camera's elevation and azimuth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -236,11 +237,17 @@ def scene_mesh(scene: Scene, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndar
           np.concatenate([b[2], o[2]]))
 
 
+_look_at = jax.jit(camera_lib.look_at, static_argnums=2)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _sample_cameras(key: jax.Array, num: int, cam_spec: camera_lib.CameraSpec):
+  return jax.vmap(lambda k: camera_lib.sample_camera(k, cam_spec))(jax.random.split(key, num))
+
+
 def sample_cameras(key: jax.Array, num: int, spec: SceneSpec) -> camera_lib.Camera:
   """num training cameras around the origin (``camera.sample_camera``), as NumPy."""
-  cams = jax.vmap(lambda k: camera_lib.sample_camera(k, spec.cameras))(
-      jax.random.split(key, num))
-  return jax.tree_util.tree_map(np.asarray, cams)
+  return jax.tree_util.tree_map(np.asarray, _sample_cameras(key, num, spec.cameras))
 
 
 def view_names(cams: camera_lib.Camera, spec: SceneSpec) -> list[str]:
@@ -275,10 +282,12 @@ def render(scene: Scene, kind: str, cams: camera_lib.Camera, spec: SceneSpec) ->
   target = camera_target(scene, kind)
   scale = CAMERA_SCALES[kind]
   size = spec.resolution * spec.supersample
+  pos = scale * cams.position + target
+  c2ws = np.asarray(_look_at(pos, np.broadcast_to(target, pos.shape), spec.cameras.up),
+                    np.float64)
   out = []
   for i in range(len(cams.fovy)):
-    pos = scale * cams.position[i] + target
-    c2w = np.asarray(camera_lib.look_at(pos, target, spec.cameras.up), np.float64)
+    c2w = c2ws[i]
     light = cams.light_position[i]
     img = mesh_render.render_mesh(
         verts, faces, c2w, float(np.rad2deg(cams.fovy[i])), size, size,
