@@ -602,8 +602,7 @@ def choose_num_devices(batch_size: int, available: int | None = None) -> int:
 
 def replicate(tree, num_devices: int):
   """Stacks ``tree`` num_devices times on a new leading axis (for pmap)."""
-  devices = jax.local_devices()[:num_devices]
-  return jax.device_put_replicated(tree, devices)
+  return jax.tree_util.tree_map(lambda x: jnp.stack([jnp.asarray(x)] * num_devices), tree)
 
 
 def unreplicate(tree):
