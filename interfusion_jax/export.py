@@ -156,3 +156,35 @@ def write_mesh(stem: str | pathlib.Path, mesh: Mesh) -> list[pathlib.Path]:
   run_io.atomic_write_bytes(out[0], glb_bytes(mesh))
   run_io.atomic_write_bytes(out[1], obj_bytes(mesh))
   return out
+
+
+def main(argv=None) -> int:
+  """``python -m interfusion_jax.export --workdir=runs/x``: meshes from the latest checkpoint."""
+  import argparse
+  import sys
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("--workdir", required=True, help="a run directory of interfusion_jax.train")
+  parser.add_argument("--resolution", type=int, default=0,
+                      help="marching-cubes lattice size (default config.train.mesh_resolution)")
+  parser.add_argument("--threshold", type=float, default=None,
+                      help="density iso-level (default ln2 / config.loss.geo_delta)")
+  parser.add_argument("--out", default="", help="output directory (default <workdir>/final)")
+  args = parser.parse_args(argv)
+  from interfusion_jax import train
+  try:
+    config, spec, state = train.load_trained(args.workdir)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "final")
+  out.mkdir(parents=True, exist_ok=True)
+  res = args.resolution or int(config.train.mesh_resolution)
+  files, meshes = train.write_meshes(state, spec, out, res, args.threshold)
+  for name, m in meshes.items():
+    print(f"{name}: {len(m.vertices)} vertices, {len(m.faces)} faces")
+  print("\n".join(sorted(files.values())))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -938,26 +938,45 @@ def train_loop(state: TrainState, scene: Scene, config: ml_collections.ConfigDic
   return _host(dstate, num_devices), info
 
 
+def write_renders(state: TrainState, spec: TrainSpec, out_dir: pathlib.Path,
+                  frames: int) -> dict:
+  """Turntables (MP4, GIF fallback) of the interaction / human / object and multiview.png.
+
+  Returns:
+    {output name: path}.
+  """
+  outputs = {}
+  shots = turntables(state.params, state.occupancy, state.object_center, spec, frames)
+  for name, fr in shots.items():
+    outputs[f"turntable_{name}"] = str(run_io.write_video(out_dir / f"turntable_{name}", fr))
+  n = len(shots["interaction"])
+  pick = sorted(set(int(i * n / 4) for i in range(4)))
+  grid = run_io.image_grid([[shots[name][i] / 255.0 for i in pick]
+                            for name in ("interaction", "human", "object")])
+  run_io.write_png(out_dir / "multiview.png", grid)
+  outputs["multiview"] = str(out_dir / "multiview.png")
+  return outputs
+
+
+def write_meshes(state: TrainState, spec: TrainSpec, out_dir: pathlib.Path, resolution: int,
+                 threshold: float | None = None) -> tuple[dict, dict]:
+  """mesh_{human,object,combined}.{glb,obj}; returns ({file: path}, {name: Mesh})."""
+  from interfusion_jax import export
+  meshes = extract_meshes(state.params, spec, resolution, threshold)
+  outputs = {}
+  for name, mesh in meshes.items():
+    for p in export.write_mesh(out_dir / f"mesh_{name}", mesh):
+      outputs[p.name] = str(p)
+  return outputs, meshes
+
+
 def write_final_outputs(state: TrainState, scene: Scene, config: ml_collections.ConfigDict,
                         paths: run_io.RunPaths, info: dict) -> dict:
   """Turntables, multi-view grid, meshes and summary.json into <workdir>/final."""
-  from interfusion_jax import export
   spec = scene.spec
-  outputs = {}
-  frames = turntables(state.params, state.occupancy, state.object_center, spec,
-                      int(config.train.turntable_frames))
-  for name, fr in frames.items():
-    outputs[f"turntable_{name}"] = str(run_io.write_video(paths.final / f"turntable_{name}", fr))
-  n = len(frames["interaction"])
-  pick = sorted(set(int(i * n / 4) for i in range(4)))
-  grid = run_io.image_grid([[frames[name][i] / 255.0 for i in pick]
-                            for name in ("interaction", "human", "object")])
-  run_io.write_png(paths.final / "multiview.png", grid)
-  outputs["multiview"] = str(paths.final / "multiview.png")
-  meshes = extract_meshes(state.params, spec, int(config.train.mesh_resolution))
-  for name, mesh in meshes.items():
-    for p in export.write_mesh(paths.final / f"mesh_{name}", mesh):
-      outputs[p.name] = str(p)
+  outputs = write_renders(state, spec, paths.final, int(config.train.turntable_frames))
+  mesh_files, meshes = write_meshes(state, spec, paths.final, int(config.train.mesh_resolution))
+  outputs.update(mesh_files)
   summary = {
       "final_losses": {k: v for k, v in info.get("last_metrics", {}).items()
                        if k.startswith("loss") or k.startswith("lambda")},

@@ -1,0 +1,36 @@
+"""Render any checkpoint: turntables (MP4 / GIF) and a multi-view grid.
+
+``python -m interfusion_jax.render_cli --workdir=runs/x [--frames=60] [--out=DIR]``
+(``python -m interfusion_jax.render`` once render.py forwards its ``__main__``
+here; see docs/training.md).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+
+def main(argv=None) -> int:
+  """Renders the latest checkpoint of a run directory; returns the exit code."""
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--workdir", required=True, help="a run directory of interfusion_jax.train")
+  parser.add_argument("--frames", type=int, default=0,
+                      help="turntable frames (default config.train.turntable_frames)")
+  parser.add_argument("--out", default="", help="output directory (default <workdir>/renders)")
+  args = parser.parse_args(argv)
+  from interfusion_jax import train
+  try:
+    config, spec, state = train.load_trained(args.workdir)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "renders")
+  out.mkdir(parents=True, exist_ok=True)
+  files = train.write_renders(state, spec, out, args.frames or int(config.train.turntable_frames))
+  print("\n".join(sorted(files.values())))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
