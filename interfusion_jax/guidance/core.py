@@ -75,6 +75,8 @@ class GuidanceSpec:
     vae_remat: recompute the VAE encoder in the backward pass (memory).
     scaling_factor: latent scaling (0.18215 for SD 1.x/2.x).
     latent_sample: sample the VAE posterior (threestudio) instead of its mean.
+    prediction_type: the UNet's target ("epsilon", "v_prediction", "sample"),
+      from ``scheduler_config.json``; outputs are converted to eps.
   """
   kind: str
   guidance_scale: float
@@ -90,12 +92,16 @@ class GuidanceSpec:
   vae_remat: bool = False
   scaling_factor: float = 0.18215
   latent_sample: bool = True
+  prediction_type: str = "epsilon"
 
   def __post_init__(self):
     if self.kind not in BACKENDS:
       raise ValueError(f"Unknown guidance kind {self.kind!r}; choose one of {sorted(BACKENDS)}.")
     if self.weighting not in sds.WEIGHTINGS:
       raise ValueError(f"Unknown SDS weighting {self.weighting!r}; choose one of {list(sds.WEIGHTINGS)}.")
+    if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+      raise ValueError(f"Unsupported prediction_type {self.prediction_type!r} (scheduler_config."
+                       "json); use epsilon, v_prediction or sample.")
     if not 0.0 <= self.t_min < self.t_max < 1.0:
       raise ValueError(f"Need 0 <= t_min < t_max < 1, got t_min={self.t_min}, t_max={self.t_max}.")
 

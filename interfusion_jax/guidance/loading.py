@@ -32,7 +32,8 @@ HELP = ("See docs/guidance.md (WORKSPACE.md, 'Diffusion weights') for the expect
         "layout and how to download e.g. stabilityai/stable-diffusion-2-1-base once.")
 
 FLAX_NAMES = ("diffusion_flax_model.msgpack", "flax_model.msgpack")
-PT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+PT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
+            "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors")
 COMPONENT_FILES = {
     "unet": ("config.json", FLAX_NAMES + PT_NAMES),
     "vae": ("config.json", FLAX_NAMES + PT_NAMES),
@@ -350,8 +351,10 @@ def load_guidance(root: PathLike, config: Any, *, backend: str = "auto") -> tupl
   g = config.guidance if "guidance" in config else config
   unet, unet_params, _ = load_unet(root, dtype=g.unet_dtype)
   abar = load_alphas_cumprod(root)
+  sched = _read_json(root / "scheduler" / "scheduler_config.json")
   params = {"unet": unet_params, "alphas_cumprod": jnp.asarray(abar)}
-  extra = dict(unet=unet, num_train_timesteps=int(abar.shape[0]))
+  extra = dict(unet=unet, num_train_timesteps=int(abar.shape[0]),
+               prediction_type=sched.get("prediction_type", "epsilon"))
   if kind == "stable_diffusion":
     vae, vae_params, vae_cfg = load_vae(root)
     if vae_cfg.get("latent_channels", 4) != unet_cfg.get("in_channels"):

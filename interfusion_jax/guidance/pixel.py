@@ -31,4 +31,5 @@ def encode(spec: Any, params: Any, images: jax.Array, key: jax.Array) -> jax.Arr
 def predict_eps(spec: Any, params: Any, x_t: jax.Array, t: jax.Array,
                 emb: jax.Array) -> jax.Array:
   """Backend ``predict_eps``: [N, R, R, 3], [N], [N, L, D] -> [N, R, R, 3]."""
-  return stable_diffusion.unet_eps(spec, params["unet"], x_t, t, emb)
+  out = stable_diffusion.unet_eps(spec, params["unet"], x_t, t, emb)
+  return stable_diffusion.to_eps(out, x_t, t, params["alphas_cumprod"], spec.prediction_type)

@@ -94,6 +94,31 @@ def unet_eps(spec: Any, unet_params: Any, x_t: jax.Array, t: jax.Array,
   return out
 
 
+def to_eps(out: jax.Array, x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
+           prediction_type: str) -> jax.Array:
+  """Converts a model output to eps (x_t = a x0 + b eps, a^2 + b^2 = 1).
+
+  "epsilon": out; "v_prediction" (v = a eps - b x0): eps = a v + b x_t;
+  "sample" (x0): eps = (x_t - a x0) / b.
+
+  Args:
+    out, x_t: [N, h, w, C]; t: [N]; alphas_cumprod: [T].
+
+  Returns:
+    [N, h, w, C] eps.
+  """
+  if prediction_type == "epsilon":
+    return out
+  abar = jnp.asarray(alphas_cumprod, jnp.float32)[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+  a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+  if prediction_type == "v_prediction":
+    return a * out + b * x_t
+  if prediction_type == "sample":
+    return (x_t - a * out) / b
+  raise ValueError(f"Unsupported prediction_type {prediction_type!r}; "
+                   "use epsilon, v_prediction or sample.")
+
+
 def encode(spec: Any, params: Any, images: jax.Array, key: jax.Array) -> jax.Array:
   """Backend ``encode``: [B, H, W, 3] in [0, 1] -> [B, h, w, 4] latents."""
   return vae_encode(spec, params["vae"], images, key)
@@ -102,4 +127,5 @@ def encode(spec: Any, params: Any, images: jax.Array, key: jax.Array) -> jax.Arr
 def predict_eps(spec: Any, params: Any, x_t: jax.Array, t: jax.Array,
                 emb: jax.Array) -> jax.Array:
   """Backend ``predict_eps``: [N, h, w, 4], [N], [N, L, D] -> [N, h, w, 4]."""
-  return unet_eps(spec, params["unet"], x_t, t, emb)
+  out = unet_eps(spec, params["unet"], x_t, t, emb)
+  return to_eps(out, x_t, t, params["alphas_cumprod"], spec.prediction_type)
