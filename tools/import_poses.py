@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import pickle
 import sys
 from typing import Any, Iterable
 
@@ -87,7 +88,7 @@ def read_official_smpl_npy(path: pathlib.Path) -> dict:
   except ModuleNotFoundError as e:
     raise PoseFileError(f"{path}: holds pickled objects from module {e.name!r}; install it "
                         "(torch tensors need `pip install torch==2.13.0`).") from e
-  except (OSError, ValueError, EOFError) as e:
+  except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
     raise PoseFileError(f"{path}: cannot be read by np.load ({e}).") from e
   if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
     obj = obj.item()

@@ -5,9 +5,11 @@ A codebook is one ``.npz`` file:
   poses            [K, 63] float32  key pose of each cluster (axis-angle body
                                     pose; the member nearest the centroid)
   global_orients   [K, 3]  float32  its global orientation (body frame, y up)
-  embeddings       [K, D]  float32  cluster feature: unit-norm mean of the
-                                    members' features ("clip": averaged CLIP
-                                    image embeddings; "pose": pose features)
+  embeddings       [K, D]  float32  cluster feature: "clip" codebooks hold the
+                                    unit-norm mean of the members' CLIP
+                                    embeddings (D = CLIP projection dim);
+                                    "pose" codebooks (the built-in one) the
+                                    mean 66-D pose feature (body pose + orient)
   member_offsets   [K+1]   int64    CSR offsets into the member arrays
   member_poses     [M, 63] float32  every clustered pose, grouped by cluster
   member_orients   [M, 3]  float32
