@@ -235,11 +235,10 @@ from configs import hoi
 from interfusion_jax import guidance
 root = tiny_models.make_flax_guidance_dir(tempfile.mkdtemp(), "pixel")
 cfg = hoi.get_config()
-spec, params = guidance.load_guidance(root, cfg)
-tok = guidance.load_tokenizer(root)
-tm, tp = guidance.load_text_encoder(root)
+cfg.guidance.weights_dir = str(root)
+spec, params, table = guidance.load_scene_guidance(cfg)
 pspec = guidance.PromptSpec.from_config(cfg)
-table = guidance.embedding_table(guidance.clip_text_encoder(tok, tm, tp), pspec)
+assert table["human"].shape == (4, 77, tiny_models.TEXT_DIM), table["human"].shape
 cond = guidance.select_embeddings(table["human"], jnp.zeros(2), jnp.array([0., 90.]), pspec)
 g = jax.jit(jax.grad(lambda im: guidance.guidance_apply(
     spec, params, im, cond, table["uncond"], jax.random.PRNGKey(0))[0]))(jnp.full((2, 16, 16, 3), .5))

@@ -14,6 +14,7 @@ from interfusion_jax.guidance.core import (BACKENDS, DEFAULTS, GuidanceSpec, enc
 from interfusion_jax.guidance.loading import (ModelTypeError, WeightsNotFoundError,
                                               check_model_dir, kind_from_unet_config,
                                               load_alphas_cumprod, load_guidance,
+                                              load_scene_guidance,
                                               load_text_encoder, load_tokenizer, load_unet,
                                               load_vae, read_safetensors)
 from interfusion_jax.guidance.prompts import (VIEWS, PromptError, PromptSpec,

@@ -366,3 +366,30 @@ def load_guidance(root: PathLike, config: Any, *, backend: str = "auto") -> tupl
   else:
     extra.update(resolution=int(unet_cfg.get("sample_size", 64)))
   return core.GuidanceSpec.from_config(config, kind=kind, **extra), params
+
+
+def load_scene_guidance(config: Any, root: PathLike | None = None) -> tuple[Any, dict, dict]:
+  """Everything the trainer needs from a diffusers directory, once per scene.
+
+  Loads the guidance model (``load_guidance``), then the tokenizer and CLIP
+  text encoder, encodes every (prompt x view) plus the empty prompt and
+  drops the text encoder.
+
+  Args:
+    config: full ConfigDict (``guidance`` and ``prompt`` sections).
+    root: directory (default ``config.guidance.weights_dir``).
+
+  Returns:
+    (spec, params, table) with table = {"human", "head", "object",
+    "interaction": [V, L, D], "uncond": [L, D]} (see prompts.embedding_table).
+  """
+  from interfusion_jax.guidance import prompts
+  root = check_model_dir(root if root is not None else config.guidance.weights_dir,
+                         ("unet", "scheduler", "text_encoder", "tokenizer"))
+  backend = config.guidance.backend if config.guidance.backend != "builtin" else "auto"
+  spec, params = load_guidance(root, config, backend=backend)
+  tokenizer = load_tokenizer(root)
+  text_model, text_params = load_text_encoder(root)
+  encode = prompts.clip_text_encoder(tokenizer, text_model, text_params)
+  table = prompts.embedding_table(encode, prompts.PromptSpec.from_config(config))
+  return spec, params, table
