@@ -73,6 +73,7 @@ _CHOICES = {
     "guidance.t_anneal": ("none", "linear", "hifa_sqrt"),
     "guidance.unet_dtype": ("float32", "bfloat16"),
     "pose.choose": ("best", "rank", "clip_rerank", "sample"),
+    "body.gender": ("neutral", "male", "female"),
     "loss.geo_reduction": ("sum", "mean"),
     "loss.lambda_object_sds": ("official",),
     "loss.lambda_object_geo": ("official", "horse"),
