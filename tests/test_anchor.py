@@ -226,3 +226,15 @@ def test_spec_from_config():
   cfg = hoi.get_config("smoke")
   spec = anchor.AnchorSpec.from_config(cfg)
   assert spec.resolution == cfg.body.grid_resolution and spec.radius == cfg.field.radius
+
+
+def test_prepare_anchor_from_config(tmp_path):
+  from configs import hoi
+  cfg = hoi.get_config("smoke")
+  cfg.body.cache_dir = str(tmp_path)
+  anc = anchor.prepare_anchor_from_config(cfg, poses.DEMO_POSES["riding"][0])
+  assert anc.occupancy.shape == (cfg.body.grid_resolution,) * 3
+  assert float(anc.occupancy.sum()) > 0 and anc.radius == cfg.field.radius
+  cfg.body.model = str(tmp_path / "SMPLX_NEUTRAL.npz")
+  with pytest.raises(model.BodyModelNotFoundError, match="WORKSPACE.md"):
+    anchor.prepare_anchor_from_config(cfg, np.zeros(63))
