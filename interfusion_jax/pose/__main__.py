@@ -28,14 +28,16 @@ log = logging.getLogger("interfusion_jax.pose")
 
 def write_contact_sheet(path, body, cb: codebook_lib.Codebook,
                         cands: retrieval.Candidates, chosen: int) -> pathlib.Path:
-  """Renders the candidates (front and side views) into a captioned PNG."""
+  """Renders the candidates (front | side view) into a PNG captioned "rank score label"."""
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
   from interfusion_jax.pose import render  # pylint: disable=g-import-not-at-top
   spec = render.PoseRenderSpec(azimuths_deg=(0.0, 90.0), height=160, width=160)
   idx = cands.indices
   views = render.render_poses(body, cb.poses[idx], cb.global_orients[idx], spec)["rgb"]
   tiles = np.concatenate([views[:, 0], views[:, 1]], axis=2)  # front | side
-  caps = [f"{'#' if i == chosen else ''}{i} {s:.3f}" for i, s in enumerate(cands.scores)]
+  labels = [(cb.phrases(int(c)) or [""])[0] for c in idx]
+  caps = [f"{'#' if i == chosen else ''}{i} {s:.3f} {l}"[:38]
+          for i, (s, l) in enumerate(zip(cands.scores, labels))]
   sheet = render.contact_sheet(tiles, caps, cols=min(4, len(idx)))
   path = pathlib.Path(path)
   iio.imwrite(path, sheet)

@@ -247,10 +247,11 @@ def _entries() -> list[tuple[tuple[str, ...], dict]]:
       r_upper=(-0.5, -1, 0.2), r_fore=(0.9, 0, 0.6))
   # --- Riding. -------------------------------------------------------------
   add(["riding a bike", "riding a bicycle", "cycling", "pedaling a bike"],
-      spine=(35, 0, 0), head=(-20, 0, 0),
-      l_thigh=(0.1, 0.2, 1), l_shin=(0, -1, 0.3),
-      r_thigh=(-0.1, -0.6, 1), r_shin=(0, -1, -0.15),
-      l_upper=(0.15, -0.9, 0.7), r_upper=(-0.15, -0.9, 0.7))
+      spine=(35, 0, 0), head=(-25, 0, 0),
+      l_thigh=(0.1, 0.0, 1), l_shin=(0, -1, 0.15),
+      r_thigh=(-0.1, -0.9, 0.6), r_shin=(0, -1, -0.1),
+      l_upper=(0.15, -0.6, 1), l_fore=(0, -0.3, 1),
+      r_upper=(-0.15, -0.6, 1), r_fore=(0, -0.3, 1))
   add(["riding a motorcycle", "riding a motorbike", "riding a scooter bike"],
       spine=(20, 0, 0), head=(-10, 0, 0),
       l_thigh=(0.35, 0, 1), l_shin=(0, -1, -0.35),
