@@ -57,7 +57,7 @@ def person_probabilities(clip, images: np.ndarray) -> tuple[np.ndarray, np.ndarr
   prompts = np.asarray((PERSON,) + ALTERNATIVES)
   txt = clip_lib.text_features(clip, list(prompts))
   img = clip_lib.image_features(clip, images)
-  scale = float(np.exp(np.asarray(clip.model.params["logit_scale"])))
+  scale = float(np.exp(np.asarray(clip.params["logit_scale"])))
   logits = scale * img @ txt.T
   logits -= logits.max(1, keepdims=True)
   p = np.exp(logits)
