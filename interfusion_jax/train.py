@@ -666,7 +666,20 @@ def render_eval(params: Params, occupancy, cams: dict, spec: TrainSpec) -> dict:
   return out
 
 
-@functools.lru_cache(maxsize=None)
+def _memo_by_identity(fn):
+  """Memoises fn(spec, *args) on id(spec) (specs may hold unhashable Flax modules)."""
+  cache = {}
+
+  @functools.wraps(fn)
+  def wrapped(spec, *args):
+    key = (id(spec),) + args
+    if key not in cache:
+      cache[key] = (spec, fn(spec, *args))  # keeps spec alive so its id stays unique
+    return cache[key][1]
+  return wrapped
+
+
+@_memo_by_identity
 def _eval_fn(spec: TrainSpec):
   return jax.jit(lambda p, o, c: render_eval(p, o, c, spec))
 
@@ -854,7 +867,7 @@ def _trace(state: TrainState, stepper: Stepper) -> TrainState:
                                                     state.object_center))
 
 
-@functools.lru_cache(maxsize=None)
+@_memo_by_identity
 def cached_stepper(spec: TrainSpec, num_devices: int) -> Stepper:
   """``make_stepper`` memoised per (spec, devices): one compile per process."""
   return make_stepper(spec, num_devices)
