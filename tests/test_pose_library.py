@@ -9,7 +9,7 @@ from interfusion_jax.body import lbs
 from interfusion_jax.pose import library
 
 # SMPL-X joint ids (full skeleton, 0 = pelvis).
-PELVIS, L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE = 0, 1, 2, 4, 5, 7
+PELVIS, L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 0, 1, 2, 4, 5, 7, 8
 HEAD, L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST = 15, 16, 17, 18, 19, 20, 21
 
 
@@ -122,7 +122,7 @@ def test_key_poses_are_physically_sensible(body):
   phone = _joints(body, _label_pose("talking on a phone").body_pose)
   assert np.linalg.norm(phone[R_WRIST] - phone[HEAD]) < 0.3  # hand at the head
   kick = _joints(body, _label_pose("kicking a ball").body_pose)
-  assert kick[R_ANKLE := 8, 2] - kick[R_HIP, 2] > 0.4  # kicking leg forward
+  assert kick[R_ANKLE, 2] - kick[R_HIP, 2] > 0.4  # kicking leg forward
   bike = _label_pose("riding a bike").body_pose.reshape(21, 3)
   assert bike[library.J["spine1"], 0] > 0  # leaning forward
 

@@ -192,3 +192,7 @@ def test_missing_clip_dir_is_a_clear_error(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(clip_lib.ClipDirError, match="config.json"):
     clip_lib.load_clip(tmp_path / "empty")
+  (tmp_path / "empty" / "config.json").write_text("{}")
+  (tmp_path / "empty" / "model.safetensors").write_bytes(b"")
+  with pytest.raises(clip_lib.ClipDirError, match="from_pt=True"):
+    clip_lib.load_clip(tmp_path / "empty")

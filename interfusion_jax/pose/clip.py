@@ -3,8 +3,7 @@
 Used by the codebook build (image embeddings of pose renders), the CLIP
 retrieval (text embedding of the query) and the CLIP re-rank. Everything is
 read from a local directory (``save_pretrained`` layout: config.json,
-flax_model.msgpack or model.safetensors, tokenizer files); nothing is ever
-downloaded.
+flax_model.msgpack, tokenizer files); nothing is ever downloaded.
 """
 from __future__ import annotations
 
@@ -74,18 +73,17 @@ def load_clip(clip_dir: str | os.PathLike) -> ClipBundle:
   if not (d / "config.json").is_file():
     raise ClipDirError(f"CLIP directory {str(d)!r} has no config.json; it must be "
                        "a save_pretrained directory of a CLIP model.")
-  weights = [w for w in ("flax_model.msgpack", "model.safetensors") if (d / w).is_file()]
-  if not weights:
+  if not (d / "flax_model.msgpack").is_file():
     raise ClipDirError(
-        f"CLIP directory {str(d)!r} has no flax_model.msgpack or "
-        "model.safetensors weights.")
+        f"CLIP directory {str(d)!r} has no Flax weights (flax_model.msgpack). "
+        "Convert PyTorch weights once, where torch is installed: "
+        "FlaxCLIPModel.from_pretrained(DIR, from_pt=True).save_pretrained(DIR).")
   if not any((d / t).is_file() for t in ("tokenizer.json", "vocab.json")):
     raise ClipDirError(f"CLIP directory {str(d)!r} has no tokenizer "
                        "(tokenizer.json or vocab.json + merges.txt).")
   from transformers import AutoTokenizer, FlaxCLIPModel  # pylint: disable=g-import-not-at-top
-  model, params = FlaxCLIPModel.from_pretrained(
-      str(d), local_files_only=True, _do_init=False,
-      from_pt=weights[0] != "flax_model.msgpack")
+  model, params = FlaxCLIPModel.from_pretrained(str(d), local_files_only=True,
+                                                _do_init=False)
   tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
   mean, std = _OPENAI_MEAN, _OPENAI_STD
   pp = d / "preprocessor_config.json"
