@@ -59,6 +59,13 @@ def test_builtin_retrieval_is_deterministic_and_logs(builtin, caplog):
   assert "backend: builtin" in caplog.text
 
 
+def test_unmatched_text_falls_back_to_standing(builtin, caplog):
+  with caplog.at_level(logging.WARNING):
+    c = retrieval.retrieve(builtin, "a man juggling knives", k=3)
+  assert "falling back" in caplog.text
+  assert builtin.phrases(int(c.indices[0]))[0] == "standing"
+
+
 def test_tokenizer_lemmas_and_synonyms():
   assert text_match.tokenize("A man rode bicycles") == ["ride", "bike"]
   assert text_match.tokenize("sitting on the couch") == ["sit", "sofa"]

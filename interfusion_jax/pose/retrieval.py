@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 DEDUP_PRE_K = 40
 DEDUP_THRESHOLD = 0.07
 DEFAULT_TEMPLATE = "a rendered 3d man is {interaction}"
+FALLBACK_TEXT = "standing"  # built-in query when no phrase matches at all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +154,10 @@ def retrieve(cb: codebook_lib.Codebook, interaction: str, *, clip=None, k: int =
     q = interaction.strip()
     scores = builtin_scores(cb, q)
     backend = "builtin"
+    if scores.max() <= 0.0:
+      log.warning("no phrase of the codebook matches %r; falling back to a neutral "
+                  "standing pose (set config.pose.clip_dir, or pick an anchor by hand)", q)
+      scores = builtin_scores(cb, FALLBACK_TEXT) * 1e-3
   idx = top_k(scores, k, cb.poses, use_dedup)
   log.info("pose retrieval backend: %s (query %r, top-%d)", backend, q, idx.size)
   return Candidates(indices=idx, scores=scores[idx].astype(np.float32), backend=backend,
