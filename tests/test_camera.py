@@ -74,7 +74,7 @@ def test_centre_ray_hits_target_and_fovy_geometry():
 
 def test_sampled_cameras_respect_ranges():
   spec = camera.CameraSpec.from_config(hoi.get_config())
-  cams = jax.vmap(lambda k: camera.sample_camera(k, spec))(
+  cams = jax.jit(jax.vmap(lambda k: camera.sample_camera(k, spec)))(
       jax.random.split(jax.random.PRNGKey(0), 512))
   pos = _np(cams.position)
   dist = np.linalg.norm(pos, axis=-1)
