@@ -126,6 +126,7 @@ TERMS = ("loss_sds_human", "loss_sds_head", "loss_sds_interaction", "loss_sds_ob
          "loss_geo_human", "loss_geo_object")
 
 
+@pytest.mark.slow
 def test_gradient_wiring():
   spec = _spec()
   state = train.init_state(jax.random.PRNGKey(0), spec)
@@ -333,3 +334,27 @@ def test_vmap_over_scenes():
   np.testing.assert_allclose(float(m["loss"][1]), float(ms["loss"]), rtol=1e-4)
   for a, b in zip(jax.tree_util.tree_leaves(out.params), jax.tree_util.tree_leaves(single.params)):
     np.testing.assert_allclose(a[1], b, atol=1e-5)
+
+
+def test_ctrl_c_writes_checkpoint_and_exits_cleanly(tmp_path, monkeypatch):
+  cfg = _config()
+  cfg.train.ckpt_every = 100
+  spec = _spec()
+  real = train.cached_stepper(spec, 1)
+  calls = []
+
+  def step(*args):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return real.step(*args)
+
+  monkeypatch.setattr(train, "cached_stepper", lambda s, n: real._replace(step=step))
+  paths = run_io.prepare_workdir(tmp_path)
+  state, info = train.train_loop(train.init_state(jax.random.PRNGKey(0), spec),
+                                 train.Scene(spec, _frozen(), None), cfg, paths, progress=False)
+  assert info["interrupted"] and int(state.step) == 2
+  assert ckpt_lib.latest_step(paths.checkpoints) == 2
+  restored = train.restore_or_init(cfg, spec, paths, resume=True)
+  for a, b in zip(_leaves(state), _leaves(restored)):
+    np.testing.assert_array_equal(a, b)

@@ -1,0 +1,153 @@
+"""Benchmark of the full stage-2 training step (PAPER.md defaults, tiny UNet).
+
+Measures, in ONE run on this machine (ratios are the result; absolute times
+depend on the host):
+  * one full step at the paper's default config (hash grid 2^19 x 16 levels,
+    64x64, 512 samples per ray, empty-space skipping) with a tiny random
+    pixel-space UNet in the real diffusers format, and its breakdown: the four
+    renders (forward + backward of the render alone) vs the four CFG guidance
+    calls (forward + backward to the images);
+  * step time vs render resolution (32 / 64 / 128) and vs samples per ray
+    (128 / 256 / 512);
+  * full step with empty-space skipping vs dense sampling (naive reference).
+
+Usage: PYTHONPATH=. python benchmarks/bench_step.py [--quick]
+Writes benchmarks/results/step.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import hoi  # noqa: E402
+from interfusion_jax import train  # noqa: E402
+
+
+def _time(fn, *args, repeats=3):
+  out = fn(*args)
+  jax.block_until_ready(out)            # compile + first run
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / repeats
+
+
+def _scene(cfg, guidance):
+  from interfusion_jax.body import anchor as body_anchor
+  from interfusion_jax.pose import anchor as pose_anchor
+  pose = pose_anchor.retrieve_anchor(cfg)
+  anchor = body_anchor.prepare_anchor_from_config(cfg, pose.body_pose, pose.global_orient)
+  gspec, gparams, table = guidance
+  spec = train.TrainSpec.from_config(cfg, gspec)
+  return spec, {"guidance": gparams, "text": table, "anchor": anchor}
+
+
+def step_time(cfg, guidance, repeats):
+  spec, frozen = _scene(cfg, guidance)
+  state = train.init_state(jax.random.PRNGKey(0), spec)
+  step = jax.jit(train.make_train_step(spec))
+  # Advance past warm-up so the occupancy grid reflects the fields.
+  key = jax.random.PRNGKey(1)
+  f = lambda s: step(s, frozen, key)[0]
+  return _time(f, state, repeats=repeats), spec, frozen, state
+
+
+def breakdown(spec, frozen, state, repeats):
+  from interfusion_jax import camera as camera_lib
+  from interfusion_jax import render as render_lib
+  key = jax.random.PRNGKey(2)
+  cam = camera_lib.sample_camera(key, spec.camera)
+  cams = train.derived_cameras(cam, state.object_center, frozen["anchor"].head, spec)
+  shading = render_lib.sample_shading(key, cam.light_position, True, spec.shading)
+
+  @jax.jit
+  def renders(params):
+    def f(p):
+      outs = train.render_views(p, cams, state.occupancy, key, shading, spec)
+      return sum(jnp.sum(o.rgb) for o in outs.values())
+    return jax.grad(f)(params)
+
+  images = jax.random.uniform(key, (4, spec.height, spec.width, 3))
+
+  @jax.jit
+  def guidance(imgs):
+    def f(x):
+      outs = {n: type("O", (), {"rgb": x[i].reshape(-1, 3)})() for i, n in enumerate(train.RENDERS)}
+      terms, _ = train.sds_terms(outs, frozen, jnp.int32(0), key, jnp.float32(0.98), spec)
+      return sum(terms.values())
+    return jax.grad(f)(imgs)
+
+  return _time(renders, state.params, repeats=repeats), _time(guidance, images, repeats=repeats)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--quick", action="store_true", help="fewer variants / repeats")
+  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step.json"))
+  args = parser.parse_args()
+  train.enable_compilation_cache()
+  import tiny_models
+  from interfusion_jax.guidance import loading, prompts
+  tmp = tempfile.mkdtemp()
+  gdir = tiny_models.make_flax_guidance_dir(pathlib.Path(tmp) / "g", kind="pixel")
+  base = hoi.get_config("paper")
+  base.guidance.weights_dir = str(gdir)
+  gspec, gparams = loading.load_guidance(gdir, base)
+  model, tparams = loading.load_text_encoder(gdir)
+  encode = prompts.clip_text_encoder(loading.load_tokenizer(gdir), model, tparams)
+  table = prompts.embedding_table(encode, prompts.PromptSpec.from_config(base))
+  guidance = (gspec, gparams, table)
+  repeats = 1 if args.quick else 3
+  results = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+             "load_average_at_start": os.getloadavg()[0], "repeats": repeats,
+             "guidance": "tiny random pixel UNet (tests/tiny_models.py), 8x8 input"}
+
+  def variant(**changes):
+    cfg = hoi.get_config("paper")
+    cfg.guidance.weights_dir = str(gdir)
+    for k, v in changes.items():
+      sec, key = k.split("__")
+      cfg[sec][key] = v
+    return cfg
+
+  t_default, spec, frozen, state = step_time(variant(), guidance, repeats)
+  results["paper_default_step_s"] = t_default
+  t_r, t_g = breakdown(spec, frozen, state, repeats)
+  results["breakdown_s"] = {"renders_fwd_bwd": t_r, "guidance_fwd_bwd": t_g,
+                            "renders_over_guidance": t_r / t_g}
+  res = {}
+  for r in ((32, 128) if not args.quick else (32,)):
+    res[str(r)] = step_time(variant(render__height=r, render__width=r), guidance, repeats)[0]
+  res["64"] = t_default
+  results["step_s_vs_resolution"] = res
+  results["step_ratio_vs_resolution"] = {k: v / t_default for k, v in res.items()}
+  samples = {}
+  for n in ((128, 256) if not args.quick else (128,)):
+    samples[str(n)] = step_time(variant(render__num_samples=n), guidance, repeats)[0]
+  samples["512"] = t_default
+  results["step_s_vs_samples_per_ray"] = samples
+  results["step_ratio_vs_samples_per_ray"] = {k: v / t_default for k, v in samples.items()}
+  t_dense = step_time(variant(render__skip_empty=False), guidance, repeats)[0]
+  results["dense_step_s"] = t_dense
+  results["skip_over_dense"] = t_default / t_dense
+  pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+  main()
