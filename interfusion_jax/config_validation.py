@@ -66,6 +66,7 @@ _CHOICES = {
     "field.density_activation": ("softplus", "exp", "relu"),
     "field.normals": ("analytic", "finite_difference"),
     "field.compute_dtype": ("float32", "bfloat16"),
+    "field.hashgrid_backend": ("jax", "ffi", "auto"),
     "background.kind": ("neural", "solid", "white"),
     "render.alpha_mode": ("sum_clamped", "union"),
     "guidance.backend": ("auto", "stable_diffusion", "pixel", "builtin"),
