@@ -9,7 +9,8 @@ field, renderer and optimizer defaults" and "Camera tracing".
 * ``lambda_object_geo``: lambda2, the official piecewise schedule or the horse one.
 * ``lambda_orient``: linear ramp 10 -> 1000 over steps 0..5000.
 * ``ambient_only``: ambient-only shading while step < 2001.
-* ``occupancy_update_due``: occupancy-grid update every 16 steps.
+* (the occupancy-grid update every 16 steps and its warm-up live in
+  ``occupancy.maybe_update_occupancy``, which the step calls.)
 * ``trace_due``: camera tracing (c_O) every 1000 steps.
 * ``max_timestep_fraction``: optional t_max annealing of the SDS timestep.
 """
@@ -36,8 +37,6 @@ class ScheduleSpec:
   orient_end: float = 1000.0
   orient_ramp_steps: int = 5000
   ambient_only_steps: int = 2001
-  occupancy_update_every: int = 16
-  occupancy_warmup_steps: int = 256
   trace_every: int = 1000
   t_max: float = 0.98
   t_anneal: str = "none"
@@ -53,8 +52,6 @@ class ScheduleSpec:
         orient_end=float(cfg.loss.lambda_orient_end),
         orient_ramp_steps=int(cfg.loss.lambda_orient_ramp_steps),
         ambient_only_steps=int(cfg.shading.ambient_only_steps),
-        occupancy_update_every=int(cfg.occupancy.update_every),
-        occupancy_warmup_steps=int(cfg.occupancy.warmup_steps),
         trace_every=int(cfg.camera.trace_every),
         t_max=float(cfg.guidance.t_max),
         t_anneal=str(cfg.guidance.t_anneal),
@@ -117,20 +114,6 @@ def lambda_orient(step: Any, start: float = 10.0, end: float = 1000.0,
 def ambient_only(step: Any, ambient_only_steps: int = 2001) -> Any:
   """Ambient-only shading while ``step < ambient_only_steps`` (official 2001). 0-d bool."""
   return jnp.asarray(step, jnp.int32) < ambient_only_steps
-
-
-def occupancy_update_due(step: int, every: int = 16) -> bool:
-  """Occupancy grid updated on steps that are multiples of ``every`` (official 16).
-
-  Host-side (Python int) check; the first ``warmup_steps`` updates touch every
-  cell (see ``occupancy_warmup``).
-  """
-  return int(step) % int(every) == 0
-
-
-def occupancy_warmup(step: Any, warmup_steps: int = 256) -> Any:
-  """True while the occupancy grid is in warm-up (``step < warmup_steps``). 0-d bool."""
-  return jnp.asarray(step, jnp.int32) < warmup_steps
 
 
 def trace_due(step: int, every: int = 1000) -> bool:

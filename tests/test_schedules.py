@@ -53,9 +53,7 @@ def test_orient_ramp(step):
 @pytest.mark.parametrize("step", BOUNDARY_STEPS)
 def test_ambient_and_switches(step):
   assert bool(schedules.ambient_only(step)) == (step < 2001)
-  assert schedules.occupancy_update_due(step) == (step % 16 == 0)
   assert schedules.trace_due(step) == (step % 1000 == 0)
-  assert bool(schedules.occupancy_warmup(step)) == (step < 256)
 
 
 def test_traced_equals_python():

@@ -24,8 +24,9 @@ from interfusion_jax import train
 from interfusion_jax.body.anchor import Anchor
 from interfusion_jax.guidance import core
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("JAX_COMPILATION_CACHE_DIR", "/tmp/interfusion_jax_test_cache"))
+if not jax.config.jax_compilation_cache_dir:  # persistent XLA cache: reruns compile fast
+  jax.config.update("jax_compilation_cache_dir",
+                    os.environ.get("JAX_COMPILATION_CACHE_DIR", "/tmp/interfusion_jax_test_cache"))
 
 H = 8
 
