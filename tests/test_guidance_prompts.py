@@ -78,9 +78,11 @@ def test_tokenizer_truncates_long_prompts_with_warning(tmp_path):
     warnings.simplefilter("error")
     short = prompts.tokenize(tok, ["a cat"])
   assert short.shape == (1, tiny_models.MAX_TOKENS)
+  long = "a very long prompt about a man riding a bike " * 3
   with pytest.warns(UserWarning, match="truncated"):
-    ids = prompts.tokenize(tok, ["a very long prompt about a man riding a bike"])
+    ids = prompts.tokenize(tok, [long])
   assert ids.shape == (1, tiny_models.MAX_TOKENS)
-  full = tok("a very long prompt about a man riding a bike")["input_ids"]
+  full = tok(long)["input_ids"]
+  assert len(full) > tiny_models.MAX_TOKENS
   np.testing.assert_array_equal(ids[0, :-1], full[:tiny_models.MAX_TOKENS - 1])
   assert ids[0, -1] == tok.eos_token_id
