@@ -15,6 +15,7 @@ them alike; ratios are what to read. Writes benchmarks/results/hashgrid.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -78,15 +79,32 @@ def main(argv=None) -> dict:
       "ours_table_grad_scatter": jax.jit(
           lambda g, x: hashgrid._table_grad(g, x, spec)),  # pylint: disable=protected-access
   }
+  spec_ffi = dataclasses.replace(spec, backend="ffi")
+  has_ffi = hashgrid.ffi_kernel_available()
+  if has_ffi:
+    enc_ffi = lambda p, x, _: hashgrid.hash_encode(p, x, spec_ffi)
+    fns["ffi_fwd"] = jax.jit(lambda p, x: enc_ffi(p, x, None))
+    fns["ffi_fwd_bwd"] = jax.jit(jax.value_and_grad(loss(enc_ffi)))
+    fns["ffi_table_grad"] = jax.jit(
+        lambda g, x: hashgrid._table_grad_ffi(g, x, spec_ffi))  # pylint: disable=protected-access
   args = {k: (params, x) for k in fns}
   args["ours_index_weights"] = (x,)
   args["ours_table_grad_scatter"] = (g, x)
+  if has_ffi:
+    args["ffi_table_grad"] = (g, x)
 
   # Correctness in the same run (values and table gradient).
   f_ours = np.asarray(fns["ours_fwd"](params, x))
   f_naive = np.asarray(fns["naive_fwd"](params, x))
   g_ours = np.asarray(fns["ours_fwd_bwd"](params, x)[1]["table"])
   g_naive = np.asarray(fns["naive_fwd_bwd"](params, x)[1]["table"])
+  diffs = {"fwd": float(np.abs(f_ours - f_naive).max()),
+           "table_grad": float(np.abs(g_ours - g_naive).max()),
+           "table_grad_scale": float(np.abs(g_naive).max())}
+  if has_ffi:
+    diffs["ffi_fwd"] = float(np.abs(np.asarray(fns["ffi_fwd"](params, x)) - f_naive).max())
+    diffs["ffi_table_grad"] = float(np.abs(
+        np.asarray(fns["ffi_fwd_bwd"](params, x)[1]["table"]) - g_naive).max())
 
   t = _interleaved_best(fns, args, a.reps)
   best = {k: v[0] for k, v in t.items()}
@@ -101,10 +119,12 @@ def main(argv=None) -> dict:
       "reps": a.reps,
       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                   "loadavg_1min": os.getloadavg()[0], "jax": jax.__version__},
-      "points_per_s": {k: pts(k) for k in ("naive_fwd", "ours_fwd",
-                                           "naive_fwd_bwd", "ours_fwd_bwd")},
+      "points_per_s": {k: pts(k) for k in best if k.endswith(("_fwd", "_fwd_bwd"))},
       "ratio_fwd": best["naive_fwd"] / best["ours_fwd"],
       "ratio_fwd_bwd": best["naive_fwd_bwd"] / best["ours_fwd_bwd"],
+      "ffi_kernel_available": has_ffi,
+      "ratio_fwd_ffi": best["naive_fwd"] / best["ffi_fwd"] if has_ffi else None,
+      "ratio_fwd_bwd_ffi": best["naive_fwd_bwd"] / best["ffi_fwd_bwd"] if has_ffi else None,
       "breakdown_ms": {
           "ours_fwd_total": 1e3 * best["ours_fwd"],
           "index_weights": 1e3 * best["ours_index_weights"],
@@ -113,11 +133,12 @@ def main(argv=None) -> dict:
           "ours_fwd_bwd_total": 1e3 * best["ours_fwd_bwd"],
           "naive_fwd_total": 1e3 * best["naive_fwd"],
           "naive_fwd_bwd_total": 1e3 * best["naive_fwd_bwd"],
+          **({"ffi_fwd_total": 1e3 * best["ffi_fwd"],
+              "ffi_table_grad": 1e3 * best["ffi_table_grad"],
+              "ffi_fwd_bwd_total": 1e3 * best["ffi_fwd_bwd"]} if has_ffi else {}),
       },
       "median_ms": {k: 1e3 * v[1] for k, v in t.items()},
-      "max_abs_diff": {"fwd": float(np.abs(f_ours - f_naive).max()),
-                       "table_grad": float(np.abs(g_ours - g_naive).max()),
-                       "table_grad_scale": float(np.abs(g_naive).max())},
+      "max_abs_diff_vs_naive": diffs,
   }
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
   with open(a.out, "w") as f:

@@ -23,9 +23,15 @@ The backward is itself written in differentiable jnp, so second derivatives
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+import shutil
+import subprocess
+import tempfile
 from typing import Any
 
 import jax
@@ -40,6 +46,9 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 _RES_RTOL = 1e-6
 
 
+BACKENDS = ("jax", "ffi", "auto")
+
+
 class HashGridConfigError(ValueError):
   """A hash-grid setting is invalid."""
 
@@ -52,8 +61,15 @@ class HashGridSpec:
   log2_hashmap_size: int = 19
   base_resolution: int = 16
   per_level_scale: float = 1.4472692
+  # "jax": pure JAX (default); "ffi": the optional C++ kernel (error if it
+  # cannot be built); "auto": the kernel when it builds, else pure JAX.
+  backend: str = "jax"
 
   def __post_init__(self):
+    if self.backend not in BACKENDS:
+      raise HashGridConfigError(
+          f"HashGridSpec.backend = {self.backend!r}: choose one of "
+          f"{list(BACKENDS)} (config.field.hashgrid_backend).")
     for name in ("n_levels", "n_features_per_level", "base_resolution"):
       v = getattr(self, name)
       if not isinstance(v, (int, np.integer)) or v < 1:
@@ -77,7 +93,8 @@ class HashGridSpec:
         n_features_per_level=int(field_cfg.n_features_per_level),
         log2_hashmap_size=int(field_cfg.log2_hashmap_size),
         base_resolution=int(field_cfg.base_resolution),
-        per_level_scale=float(field_cfg.per_level_scale))
+        per_level_scale=float(field_cfg.per_level_scale),
+        backend=str(field_cfg.get("hashgrid_backend", "jax")))
 
   @property
   def hashmap_size(self) -> int:
@@ -308,21 +325,334 @@ def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
   return jnp.where(inside, out, 0.0).astype(x01.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _encode(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+# --------------------------------------------------------------------------
+# Optional C++ kernel (jax.ffi), built on first use with the system compiler.
+# --------------------------------------------------------------------------
+
+_KERNEL_SRC = r"""
+// interfusion_jax hash-grid kernels: same layout, hash and float ops as the
+// pure-JAX path of interfusion_jax/hashgrid.py.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr uint32_t kP1 = 2654435761u, kP2 = 805459861u;
+constexpr int64_t kAhead = 16;
+
+inline void Corners(const float* x, int32_t res, bool dense, uint32_t mask,
+                    uint32_t* rows, float* w) {
+  uint32_t t0[3], t1[3];
+  float f0[3], f1[3];
+  const uint32_t primes[3] = {1u, kP1, kP2};
+  uint32_t stride = 1;
+  for (int d = 0; d < 3; ++d) {
+    float xc = std::min(std::max(x[d], 0.0f), 1.0f);
+    float pos = xc * static_cast<float>(res);
+    float cf = std::min(std::max(std::floor(pos), 0.0f), static_cast<float>(res - 1));
+    float fr = pos - cf;
+    uint32_t ci = static_cast<uint32_t>(cf);
+    f0[d] = 1.0f - fr;
+    f1[d] = fr;
+    if (dense) {
+      t0[d] = ci * stride;
+      t1[d] = (ci + 1u) * stride;
+      stride *= static_cast<uint32_t>(res + 1);
+    } else {
+      t0[d] = ci * primes[d];
+      t1[d] = (ci + 1u) * primes[d];
+    }
+  }
+  for (int c = 0; c < 8; ++c) {
+    const int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
+    const uint32_t a = bx ? t1[0] : t0[0], b = by ? t1[1] : t0[1],
+                   e = bz ? t1[2] : t0[2];
+    rows[c] = dense ? a + b + e : ((a ^ b ^ e) & mask);
+    w[c] = ((bx ? f1[0] : f0[0]) * (by ? f1[1] : f0[1])) * (bz ? f1[2] : f0[2]);
+  }
+}
+
+int NumThreads(int64_t work) {
+  int hw = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* e = std::getenv("INTERFUSION_JAX_KERNEL_THREADS")) hw = std::atoi(e);
+  int n = std::max(1, std::min(hw, 8));
+  return work < 4096 ? 1 : n;
+}
+
+template <typename Fn>
+void ParallelFor(int64_t n, int threads, Fn fn) {
+  if (threads <= 1) { fn(0, n, 0); return; }
+  std::vector<std::thread> pool;
+  int64_t chunk = (n + threads - 1) / threads;
+  for (int t = 0; t < threads; ++t) {
+    int64_t lo = t * chunk, hi = std::min(n, lo + chunk);
+    if (lo >= hi) break;
+    pool.emplace_back(fn, lo, hi, t);
+  }
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+// out[l, n, f] = sum_c w_c table[off_l + row_c, f]  (level-major: one level's
+// table stays cache-hot during its pass and every write is contiguous).
+ffi::Error FwdImpl(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> x,
+                   ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
+                   int32_t log2_t) {
+  const int64_t F = table.dimensions()[1];
+  const int64_t N = x.dimensions()[0];
+  const int64_t L = levels.dimensions()[0];
+  const float* T = table.typed_data();
+  const float* X = x.typed_data();
+  const int32_t* lv = levels.typed_data();
+  float* O = out->typed_data();
+  const uint32_t mask = (1u << log2_t) - 1u;
+  for (int64_t l = 0; l < L; ++l) {
+    const int32_t res = lv[3 * l], dense = lv[3 * l + 1];
+    const int64_t off = lv[3 * l + 2];
+    float* Ol = O + l * N * F;
+    ParallelFor(N, NumThreads(N), [&](int64_t lo, int64_t hi, int) {
+      // Ring of corners computed kAhead points early, their rows prefetched.
+      uint32_t ring_rows[kAhead][8];
+      float ring_w[kAhead][8];
+      for (int64_t n = lo; n < std::min(hi, lo + kAhead); ++n)
+        Corners(X + 3 * n, res, dense != 0, mask, ring_rows[n % kAhead], ring_w[n % kAhead]);
+      for (int64_t n = lo; n < hi; ++n) {
+        uint32_t rows[8];
+        float w[8];
+        std::memcpy(rows, ring_rows[n % kAhead], sizeof(rows));
+        std::memcpy(w, ring_w[n % kAhead], sizeof(w));
+        const int64_t m = n + kAhead;
+        if (m < hi) {
+          uint32_t* r = ring_rows[m % kAhead];
+          Corners(X + 3 * m, res, dense != 0, mask, r, ring_w[m % kAhead]);
+          for (int c = 0; c < 8; ++c) __builtin_prefetch(T + (off + r[c]) * F, 0, 1);
+        }
+        for (int64_t f = 0; f < F; ++f) {
+          float acc = 0.0f;
+          for (int c = 0; c < 8; ++c) acc = acc + w[c] * T[(off + rows[c]) * F + f];
+          Ol[n * F + f] = acc;
+        }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// grad[off_l + row_c, f] += w_c g[l, n, f]; levels own disjoint rows, so
+// threads split the levels and never race.
+ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
+                   ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
+                   int32_t log2_t) {
+  const int64_t N = x.dimensions()[0];
+  const int64_t L = levels.dimensions()[0];
+  const int64_t F = out->dimensions()[1];
+  const int64_t R = out->dimensions()[0];
+  const float* G = g.typed_data();
+  const float* X = x.typed_data();
+  const int32_t* lv = levels.typed_data();
+  float* O = out->typed_data();
+  std::memset(O, 0, sizeof(float) * R * F);
+  const uint32_t mask = (1u << log2_t) - 1u;
+  const int threads = static_cast<int>(std::min<int64_t>(NumThreads(N), L));
+  ParallelFor(threads, threads, [&](int64_t t0, int64_t, int) {
+    uint32_t rows[8];
+    float w[8];
+    for (int64_t l = t0; l < L; l += threads) {
+      const int32_t res = lv[3 * l], dense = lv[3 * l + 1];
+      const int64_t off = lv[3 * l + 2];
+      const float* Gl = G + l * N * F;
+      uint32_t ring_rows[kAhead][8];
+      float ring_w[kAhead][8];
+      for (int64_t n = 0; n < std::min<int64_t>(N, kAhead); ++n)
+        Corners(X + 3 * n, res, dense != 0, mask, ring_rows[n % kAhead], ring_w[n % kAhead]);
+      for (int64_t n = 0; n < N; ++n) {
+        std::memcpy(rows, ring_rows[n % kAhead], sizeof(rows));
+        std::memcpy(w, ring_w[n % kAhead], sizeof(w));
+        const int64_t m = n + kAhead;
+        if (m < N) {
+          uint32_t* r = ring_rows[m % kAhead];
+          Corners(X + 3 * m, res, dense != 0, mask, r, ring_w[m % kAhead]);
+          for (int c = 0; c < 8; ++c) __builtin_prefetch(O + (off + r[c]) * F, 1, 1);
+        }
+        const float* gn = Gl + n * F;
+        for (int c = 0; c < 8; ++c) {
+          float* o = O + (off + rows[c]) * F;
+          for (int64_t f = 0; f < F; ++f) o[f] += w[c] * gn[f];
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridFwd, FwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("log2_t"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridBwd, BwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("log2_t"));
+"""
+
+_CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
+              "-ffp-contract=off")
+
+
+class KernelUnavailableError(RuntimeError):
+  """The optional C++ hash-grid kernel could not be built or loaded."""
+
+
+def _kernel_cache_dir() -> str:
+  return os.environ.get(
+      "INTERFUSION_JAX_KERNEL_CACHE",
+      os.path.join(os.path.expanduser("~"), ".cache", "interfusion_jax", "kernels"))
+
+
+@functools.lru_cache(maxsize=None)
+def _register_ffi_kernel() -> str:
+  """Builds (once, cached on disk) and registers the C++ kernel.
+
+  Returns:
+    The path of the shared library.
+
+  Raises:
+    KernelUnavailableError: no C++ compiler, or the build failed.
+  """
+  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if not cxx:
+    raise KernelUnavailableError(
+        "hash-grid backend 'ffi' needs a C++17 compiler (g++/c++, or set CXX); "
+        "none found. Use config.field.hashgrid_backend=jax (the default).")
+  key = hashlib.sha256(
+      (_KERNEL_SRC + jax.__version__ + " ".join(_CXX_FLAGS)).encode()).hexdigest()[:16]
+  so_path = os.path.join(_kernel_cache_dir(), f"hashgrid_{key}.so")
+  if not os.path.exists(so_path):
+    os.makedirs(os.path.dirname(so_path), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+      src = os.path.join(tmp, "hashgrid.cc")
+      out = os.path.join(tmp, "hashgrid.so")
+      with open(src, "w") as f:
+        f.write(_KERNEL_SRC)
+      cmd = [cxx, *_CXX_FLAGS, "-I", jax.ffi.include_dir(), src, "-o", out]
+      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+      if proc.returncode != 0:
+        raise KernelUnavailableError(
+            "building the hash-grid C++ kernel failed (use "
+            "config.field.hashgrid_backend=jax):\n" + proc.stderr[-2000:])
+      shutil.move(out, so_path + f".{os.getpid()}")
+      os.replace(so_path + f".{os.getpid()}", so_path)
+  lib = ctypes.cdll.LoadLibrary(so_path)
+  jax.ffi.register_ffi_target("ifj_hashgrid_fwd", jax.ffi.pycapsule(lib.IfjHashgridFwd),
+                              platform="cpu")
+  jax.ffi.register_ffi_target("ifj_hashgrid_bwd", jax.ffi.pycapsule(lib.IfjHashgridBwd),
+                              platform="cpu")
+  return so_path
+
+
+def ffi_kernel_available() -> bool:
+  """True if the optional C++ kernel builds and loads on this machine."""
+  try:
+    _register_ffi_kernel()
+    return True
+  except (KernelUnavailableError, OSError):
+    return False
+
+
+def _level_table(spec: HashGridSpec) -> jax.Array:
+  """[L, 3] int32 (resolution, dense, row offset) for the kernel."""
+  return jnp.asarray(np.array(
+      [[r, int(d), o] for r, d, o in zip(spec.resolutions, spec.dense,
+                                         spec.level_offsets)], np.int32))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _encode_ffi(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+  """Forward through the C++ kernel: [N, 3] -> [N, L*F].
+
+  Differentiating it directly (only happens for higher-order derivatives,
+  through the custom VJP's forward rule) uses the jnp path.
+  """
+  _register_ffi_kernel()
+  n, f = x01.shape[0], spec.n_features_per_level
+  out = jax.ShapeDtypeStruct((spec.n_levels, n, f), jnp.float32)
+  feats = jax.ffi.ffi_call("ifj_hashgrid_fwd", out, vmap_method="sequential")(
+      table.astype(jnp.float32), x01.astype(jnp.float32), _level_table(spec),
+      log2_t=np.int32(spec.log2_hashmap_size))  # [L, N, F]
+  return jnp.transpose(feats, (1, 0, 2)).reshape(n, spec.output_dim)
+
+
+@_encode_ffi.defjvp
+def _encode_ffi_jvp(spec, primals, tangents):
+  return jax.jvp(lambda t, x: _encode_reference(t, x, spec), primals, tangents)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _table_grad_ffi(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+  """``_table_grad`` through the C++ kernel; differentiable via the jnp path."""
+  _register_ffi_kernel()
+  out = jax.ShapeDtypeStruct((spec.total_rows, spec.n_features_per_level), jnp.float32)
+  return jax.ffi.ffi_call("ifj_hashgrid_bwd", out, vmap_method="sequential")(
+      jnp.transpose(g.reshape(g.shape[0], spec.n_levels, -1), (1, 0, 2)).astype(jnp.float32),
+      x01.astype(jnp.float32),
+      _level_table(spec), log2_t=np.int32(spec.log2_hashmap_size))
+
+
+@_table_grad_ffi.defjvp
+def _table_grad_ffi_jvp(spec, primals, tangents):
+  return jax.jvp(lambda g, x: _table_grad(g, x, spec), primals, tangents)
+
+
+# --------------------------------------------------------------------------
+# The differentiable encoding.
+# --------------------------------------------------------------------------
+
+def uses_ffi_kernel(spec: HashGridSpec) -> bool:
+  """Whether ``hash_encode`` runs the C++ kernel for this spec (trace time)."""
+  if spec.backend == "ffi":
+    _register_ffi_kernel()  # raises KernelUnavailableError with the reason
+    return True
+  return spec.backend == "auto" and ffi_kernel_available()
+
+
+def _forward(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+  if uses_ffi_kernel(spec):
+    return _encode_ffi(table, x01, spec)
   return _encode_reference(table, x01, spec)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _encode(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+  return _forward(table, x01, spec)
+
+
 def _encode_fwd(table, x01, spec):
-  return _encode_reference(table, x01, spec), (table, x01)
+  return _forward(table, x01, spec), (table, x01)
 
 
 def _encode_bwd(spec, res, g):
   table, x01 = res
   n = x01.shape[0]
   g = g.reshape(n, spec.n_levels, spec.n_features_per_level).astype(jnp.float32)
-  return (_table_grad(g, x01, spec).astype(table.dtype),
-          _position_grad(table, g, x01, spec))
+  table_grad = (_table_grad_ffi(g, x01, spec) if uses_ffi_kernel(spec)
+                else _table_grad(g, x01, spec))
+  return (table_grad.astype(table.dtype), _position_grad(table, g, x01, spec))
 
 
 _encode.defvjp(_encode_fwd, _encode_bwd)
