@@ -237,7 +237,7 @@ def prior_params(bank: dict, prior_spec: denoiser.PriorSpec = denoiser.PriorSpec
 
 NOTICE = (
     "Guidance: the BUILT-IN offline prior (a closed-form denoiser over {n} procedural "
-    "32x32 renders of 14 primitive objects, 12 colours and a stand-in body). It is "
+    "32x32 renders of the default body with 14 primitive objects in 12 colours). It is "
     "LOW FIDELITY: it knows colours, the listed objects and coarse silhouettes, "
     "nothing else. For paper quality set --config.guidance.weights_dir=/path/to/"
     "a local diffusers model (see docs/prior.md).")

@@ -31,7 +31,7 @@ SYNONYMS: dict[str, str] = {
     "grey": "gray", "silver": "gray", "golden": "yellow", "gold": "yellow",
     "navy": "blue", "violet": "purple", "magenta": "pink", "crimson": "red",
     "scarlet": "red", "teal": "cyan", "turquoise": "cyan", "lime": "green",
-    "beige": "brown", "tan": "brown", "wooden": "brown", "dark": None,
+    "beige": "brown", "tan": "brown", "wooden": "brown",
 }
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 # Colours with a well-defined hue (used by hue checks and factorial banks).
@@ -40,7 +40,10 @@ CHROMATIC: tuple[str, ...] = ("red", "orange", "yellow", "green", "cyan",
 
 HUMAN_WORDS = ("man", "woman", "person", "boy", "girl", "child", "kid", "guy",
                "lady", "people", "human", "player", "rider", "someone",
-               "athlete", "astronaut", "soldier", "chef")
+               "athlete", "astronaut", "soldier", "chef", "knight", "doctor", "policeman",
+               "firefighter", "superhero", "ninja", "cowboy", "clown", "pirate", "wizard",
+               "king", "queen", "student", "teacher", "worker", "farmer", "skater",
+               "cyclist", "musician", "guitarist", "businessman", "businesswoman")
 CLOTHING_WORDS = ("shirt", "t-shirt", "tshirt", "tee", "jacket", "coat",
                   "hoodie", "sweater", "dress", "suit", "pants", "trousers",
                   "jeans", "shorts", "skirt", "clothes", "outfit", "uniform",
@@ -78,7 +81,7 @@ def color_rgb(name: str) -> np.ndarray:
   c = canonical_color(name)
   if c is None:
     raise ColorError(f"Unknown colour {name!r}; use one of {list(COLORS)} "
-                     f"(or a synonym: {sorted(k for k, v in SYNONYMS.items() if v)}).")
+                     f"(or a synonym: {sorted(SYNONYMS)}).")
   return np.asarray(COLORS[c], np.float32)
 
 

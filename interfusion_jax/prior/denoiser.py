@@ -116,10 +116,8 @@ def parse_caption(caption: str) -> dict[str, Optional[str]]:
     kind = "interaction"
   elif obj:
     kind = "object"
-  elif has_human or toks:
-    kind = "human" if has_human else None
   else:
-    kind = None
+    kind = "human" if has_human else None
   view = None
   for v in VIEWS:
     if f"{v} view" in text:

@@ -61,6 +61,12 @@ def rot_z(angle_rad: float) -> np.ndarray:
   return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+def rot_x(angle_rad: float) -> np.ndarray:
+  """[3, 3] rotation about +x."""
+  c, s = np.cos(angle_rad), np.sin(angle_rad)
+  return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
 def rot_y(angle_rad: float) -> np.ndarray:
   """[3, 3] rotation about +y."""
   c, s = np.cos(angle_rad), np.sin(angle_rad)
@@ -270,12 +276,6 @@ def guitar() -> Mesh:
            box((0.05, 0.58, 0.25), (0.05, 0.5, 0.06), rot_x(-0.35)),
            box((0.05, 0.86, 0.36), (0.05, 0.14, 0.09), rot_x(-0.35))]
   return concat(parts)
-
-
-def rot_x(angle_rad: float) -> np.ndarray:
-  """[3, 3] rotation about +x."""
-  c, s = np.cos(angle_rad), np.sin(angle_rad)
-  return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
 def laptop() -> Mesh:
