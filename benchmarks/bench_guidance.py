@@ -4,7 +4,8 @@ Measures, in one run:
 * pixel backend: guidance calls/s (value_and_grad of ``guidance_apply``) for
   4 renders of 64x64 -> one batched UNet call of 8 (cond + uncond);
 * latent backend: 4 renders of 64x64 resized to 512 -> tiny 4-block VAE ->
-  4x64x64 latents -> one UNet call of 8; and the split between the VAE encode
+  4x64x64 latents (encoder under remat) -> one UNet call of 8; and the split
+  between the VAE encode
   (forward + backward) and the UNet call;
 * the batched CFG call against a naive reference (two separate UNet calls of
   4, cond then uncond).
@@ -32,7 +33,7 @@ import tiny_models
 from interfusion_jax.guidance import core, stable_diffusion
 
 
-def _timeit(fn, *args, repeats=5):
+def _timeit(fn, *args, repeats=3):
   jax.block_until_ready(fn(*args))  # compile + warm up
   best = []
   for _ in range(repeats):
@@ -70,7 +71,7 @@ def main():
       vkw["sample_size"] = 512
       vae = FlaxAutoencoderKL(**vkw)
       params["vae"] = tiny_models.random_params(jax.eval_shape(vae.init_weights, key), 1)
-      extra = dict(vae=vae, resolution=512)
+      extra = dict(vae=vae, resolution=512, vae_remat=True)
       spec = core.GuidanceSpec(kind="stable_diffusion", guidance_scale=100.0, weighting="sds",
                                unet=unet, **extra)
     else:
@@ -81,6 +82,7 @@ def main():
     full = jax.jit(jax.value_and_grad(
         lambda im, k: core.guidance_apply(spec, params, im, cond, uncond, k)[0]))
     t_full = _timeit(full, imgs, key)
+    print(kind, "full call", t_full, flush=True)
     x = core.encode(spec, params, imgs, key)
     t_ = jnp.full((b,), 500, jnp.int32)
     batched = jax.jit(lambda x: core.predict_cfg_pair(spec, params, x, t_, cond, uncond))
@@ -100,7 +102,7 @@ def main():
                 "vae_fraction_of_call": t_vae / t_full,
                 "unet_fraction_of_call": t_unet / t_full})
     results[kind] = r
-    print(kind, json.dumps(r, indent=1))
+    print(kind, json.dumps(r, indent=1), flush=True)
   out = ROOT / "benchmarks" / "results" / "guidance.json"
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=2) + "\n")

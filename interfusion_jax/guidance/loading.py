@@ -44,7 +44,8 @@ COMPONENT_FILES = {
 LATENT_IN_CHANNELS = 4
 PIXEL_IN_CHANNELS = 3
 # FlaxUNet2DConditionModel implements only these values of these PyTorch
-# UNet2DConditionModel config keys (absent = default = fine).
+# UNet2DConditionModel config keys (absent = default = fine). Numerics-only
+# flags such as upcast_attention (SD 2.1-v) need no support in fp32/bf16.
 _FLAX_UNET_SUPPORTED = {
     "norm_num_groups": (32,), "act_fn": ("silu",), "class_embed_type": (None,),
     "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
@@ -52,7 +53,7 @@ _FLAX_UNET_SUPPORTED = {
     "center_input_sample": (False,), "resnet_time_scale_shift": ("default",),
     "conv_in_kernel": (3,), "conv_out_kernel": (3,), "time_cond_proj_dim": (None,),
     "num_class_embeds": (None,), "mid_block_only_cross_attention": (None, False),
-    "upcast_attention": (False, None), "reverse_transformer_layers_per_block": (None,),
+    "reverse_transformer_layers_per_block": (None,),
 }
 
 logger = logging.getLogger(__name__)
