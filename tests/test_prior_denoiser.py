@@ -145,6 +145,7 @@ def _sds_images(core_mod, params, captions, steps=120, scale=10.0):
 PAIRS = (("red", "blue"), ("green", "yellow"), ("purple", "orange"))
 
 
+@pytest.mark.slow
 def test_sds_with_the_prior_reaches_the_named_colours(builtin_backend, tiny_bank):
   """3 (clothing, object) colour pairs: a free grey image driven by SDS with
   the prior ends with its saturated pixels' mean hue within 30 deg of the
