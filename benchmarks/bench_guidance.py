@@ -61,7 +61,10 @@ def main():
 
   for kind in ("pixel", "latent"):
     kw = tiny_models.unet_kwargs(kind)
-    kw["sample_size"] = 64
+    # Self-attention only at 32x32 (a 64x64 attention map of batch 8 alone is
+    # 8 x heads x 4096^2 floats); same channels as the test models.
+    kw.update(sample_size=64, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=2)
     unet = FlaxUNet2DConditionModel(**kw)
     params = {"unet": tiny_models.random_params(jax.eval_shape(unet.init_weights, key)),
               "alphas_cumprod": _abar()}

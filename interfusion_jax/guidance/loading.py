@@ -255,10 +255,13 @@ def _check_unet_config(cfg: dict, folder: pathlib.Path) -> None:
         f"otherwise use a Stable Diffusion 1.x/2.x checkpoint.")
 
 
-def load_unet(root: PathLike, *, dtype: str = "float32") -> tuple[Any, Any, dict]:
+def load_unet(root: PathLike, *, dtype: str = "float32",
+              memory_efficient_attention: bool = False) -> tuple[Any, Any, dict]:
   """Loads ``root/unet`` -> (FlaxUNet2DConditionModel, params, config dict).
 
-  ``dtype="bfloat16"`` builds the module with bf16 compute and casts params.
+  ``dtype="bfloat16"`` builds the module with bf16 compute and casts params;
+  ``memory_efficient_attention`` uses diffusers' chunked attention (SD at
+  64x64 latents has 4096-token self-attention).
   """
   from diffusers import FlaxUNet2DConditionModel
   folder = pathlib.Path(root) / "unet"
@@ -267,7 +270,8 @@ def load_unet(root: PathLike, *, dtype: str = "float32") -> tuple[Any, Any, dict
   jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    model = FlaxUNet2DConditionModel.from_config(cfg, dtype=jdtype)
+    model = FlaxUNet2DConditionModel.from_config(
+        cfg, dtype=jdtype, use_memory_efficient_attention=memory_efficient_attention)
   shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
   params = _load_params(folder, shapes, _diffusers_rename)
   if dtype == "bfloat16":
