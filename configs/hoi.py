@@ -126,6 +126,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.guidance.grad_clip = 0.0            # 0 disables
   c.guidance.unet_dtype = "float32"     # float32 | bfloat16
   c.guidance.vae_remat = False
+  c.guidance.memory_efficient_attention = False  # chunked UNet attention (SD 64x64 latents)
   c.guidance.sd_resolution = 512
 
   # --- Anchor body / stage 1. -------------------------------------------

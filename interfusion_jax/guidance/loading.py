@@ -354,7 +354,9 @@ def load_guidance(root: PathLike, config: Any, *, backend: str = "auto") -> tupl
   if kind == "stable_diffusion":
     check_model_dir(root, ("vae",))
   g = config.guidance if "guidance" in config else config
-  unet, unet_params, _ = load_unet(root, dtype=g.unet_dtype)
+  unet, unet_params, _ = load_unet(
+      root, dtype=g.unet_dtype,
+      memory_efficient_attention=bool(g.get("memory_efficient_attention", False)))
   abar = load_alphas_cumprod(root)
   sched = _read_json(root / "scheduler" / "scheduler_config.json")
   params = {"unet": unet_params, "alphas_cumprod": jnp.asarray(abar)}
