@@ -1034,7 +1034,7 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: TrainSpec,
     warnings.warn("No loadable checkpoint; starting from scratch.")
     return fresh
   step, host = restored
-  logging.info("Resuming from step %d (%s).", step, paths.checkpoints)
+  print(f"Resuming from step {step} ({paths.checkpoints}).", file=sys.stderr)
   run_io.truncate_metrics(paths.metrics, step)
   return jax.tree_util.tree_map(jnp.asarray, host)
 
@@ -1115,7 +1115,8 @@ def main(argv) -> int:
   FLAGS = flags.FLAGS
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   enable_compilation_cache()
-  logging.getLogger().setLevel(logging.INFO)
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/JAX INFO chatter off
   try:
     summary = run(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,
                   progress=FLAGS.progress)
