@@ -98,6 +98,10 @@ def breakdown(spec, frozen, state, repeats):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true", help="fewer variants / repeats")
+  parser.add_argument("--base", default="paper",
+                      help="config variant to start from (paper needs > 14 GB RAM on CPU)")
+  parser.add_argument("--resolutions", default="32,64,128")
+  parser.add_argument("--samples", default="128,256,512")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step.json"))
   args = parser.parse_args()
   train.enable_compilation_cache()
@@ -105,7 +109,7 @@ def main():
   from interfusion_jax.guidance import loading, prompts
   tmp = tempfile.mkdtemp()
   gdir = tiny_models.make_flax_guidance_dir(pathlib.Path(tmp) / "g", kind="pixel")
-  base = hoi.get_config("paper")
+  base = hoi.get_config(args.base)
   base.guidance.weights_dir = str(gdir)
   gspec, gparams = loading.load_guidance(gdir, base)
   model, tparams = loading.load_text_encoder(gdir)
@@ -118,35 +122,48 @@ def main():
              "guidance": "tiny random pixel UNet (tests/tiny_models.py), 8x8 input"}
 
   def variant(**changes):
-    cfg = hoi.get_config("paper")
+    cfg = hoi.get_config(args.base)
     cfg.guidance.weights_dir = str(gdir)
     for k, v in changes.items():
       sec, key = k.split("__")
       cfg[sec][key] = v
     return cfg
 
-  t_default, spec, frozen, state = step_time(variant(), guidance, repeats)
-  results["paper_default_step_s"] = t_default
+  base_cfg = variant()
+  results["base_variant"] = args.base
+  results["base_resolution"] = base_cfg.render.height
+  results["base_samples_per_ray"] = base_cfg.render.num_samples
+  t_default, spec, frozen, state = step_time(base_cfg, guidance, repeats)
+  results["base_step_s"] = t_default
+  _dump(args.out, results)
   t_r, t_g = breakdown(spec, frozen, state, repeats)
   results["breakdown_s"] = {"renders_fwd_bwd": t_r, "guidance_fwd_bwd": t_g,
                             "renders_over_guidance": t_r / t_g}
-  res = {}
-  for r in ((32, 128) if not args.quick else (32,)):
-    res[str(r)] = step_time(variant(render__height=r, render__width=r), guidance, repeats)[0]
-  res["64"] = t_default
-  results["step_s_vs_resolution"] = res
-  results["step_ratio_vs_resolution"] = {k: v / t_default for k, v in res.items()}
-  samples = {}
-  for n in ((128, 256) if not args.quick else (128,)):
-    samples[str(n)] = step_time(variant(render__num_samples=n), guidance, repeats)[0]
-  samples["512"] = t_default
-  results["step_s_vs_samples_per_ray"] = samples
-  results["step_ratio_vs_samples_per_ray"] = {k: v / t_default for k, v in samples.items()}
+  _dump(args.out, results)
   t_dense = step_time(variant(render__skip_empty=False), guidance, repeats)[0]
   results["dense_step_s"] = t_dense
   results["skip_over_dense"] = t_default / t_dense
-  pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+  _dump(args.out, results)
+  res = {str(base_cfg.render.height): t_default}
+  for r in [int(x) for x in args.resolutions.split(",")]:
+    if str(r) not in res:
+      res[str(r)] = step_time(variant(render__height=r, render__width=r), guidance, repeats)[0]
+    results["step_s_vs_resolution"] = res
+    results["step_ratio_vs_resolution"] = {k: v / t_default for k, v in res.items()}
+    _dump(args.out, results)
+  samples = {str(base_cfg.render.num_samples): t_default}
+  for n in [int(x) for x in args.samples.split(",")]:
+    if str(n) not in samples:
+      samples[str(n)] = step_time(variant(render__num_samples=n), guidance, repeats)[0]
+    results["step_s_vs_samples_per_ray"] = samples
+    results["step_ratio_vs_samples_per_ray"] = {k: v / t_default for k, v in samples.items()}
+    _dump(args.out, results)
   print(json.dumps(results, indent=2))
+
+
+def _dump(path, results):
+  """Writes the results so far (the run may be long; partial results survive)."""
+  pathlib.Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
