@@ -284,8 +284,8 @@ def _table_grad(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
 
   Per level, rows and weighted updates are materialised first (an
   optimisation barrier keeps XLA from fusing the hash into the scatter loop,
-  which is several times slower on CPU) and scattered into that level's own
-  small buffer, which stays cache-resident; the buffers are concatenated.
+  which is several times slower on CPU) and scattered level after level into
+  one buffer (chained scatters update it in place; no concatenation).
 
   Args:
     g: [N, L, F] output cotangent.
@@ -294,13 +294,12 @@ def _table_grad(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
   Returns:
     [total_rows, F].
   """
-  out = []
-  for l, n_rows in enumerate(spec.level_rows):
+  out = jnp.zeros((spec.total_rows, g.shape[-1]), g.dtype)
+  for l, off in enumerate(spec.level_offsets):
     rows, w = level_corners(x01, l, spec)
-    rows, upd = jax.lax.optimization_barrier((rows, w[:, :, None] * g[:, l, None, :]))
-    out.append(jnp.zeros((n_rows, g.shape[-1]), g.dtype).at[rows].add(
-        upd, mode="promise_in_bounds"))
-  return jnp.concatenate(out, axis=0)
+    rows, upd = jax.lax.optimization_barrier((rows + off, w[:, :, None] * g[:, l, None, :]))
+    out = out.at[rows].add(upd, mode="promise_in_bounds")
+  return out
 
 
 def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,

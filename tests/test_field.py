@@ -57,7 +57,7 @@ def test_density_and_albedo_match_numpy(act):
   p = _params(spec, table_scale=1e4)  # make the grid matter
   x = _points(64)
   sigma, albedo = jax.jit(lambda p, x: field.field_forward(p, x, spec))(p, x)
-  feats = hashgrid.hash_encode(p["grid"], (x + 2.0) / 4.0, GRID)
+  feats = jax.jit(lambda g, u: hashgrid.hash_encode(g, u, GRID))(p["grid"], (x + 2.0) / 4.0)
   pre = np_mlp(p["density_mlp"], feats)[:, 0] + 10.0 * (
       1.0 - np.linalg.norm(np.asarray(x), axis=-1) / 0.5)
   want = {"softplus": np_softplus(pre), "exp": np.exp(np.minimum(pre, 15.0)),
@@ -65,7 +65,8 @@ def test_density_and_albedo_match_numpy(act):
   np.testing.assert_allclose(sigma, want, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(albedo, 1.0 / (1.0 + np.exp(-np_mlp(p["albedo_mlp"], feats))),
                              rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(field.field_density(p, x, spec), sigma, rtol=1e-5, atol=1e-6)
+  dens = jax.jit(lambda p, x: field.field_density(p, x, spec))(p, x)
+  np.testing.assert_allclose(dens, sigma, rtol=1e-5, atol=1e-6)
 
 
 def test_shapes_and_init():
@@ -73,7 +74,7 @@ def test_shapes_and_init():
   assert p["grid"]["table"].shape == (GRID.total_rows, 2)
   assert [w.shape for w in p["density_mlp"]] == [(6, 16), (16, 1)]
   assert [w.shape for w in p["albedo_mlp"]] == [(6, 16), (16, 3)]
-  s, a, n = field.field_forward_with_normals(p, _points(10), SPEC)
+  s, a, n = jax.jit(lambda p, x: field.field_forward_with_normals(p, x, SPEC))(p, _points(10))
   assert s.shape == (10,) and a.shape == (10, 3) and n.shape == (10, 3)
   assert np.all(np.asarray(s) >= 0) and np.all((np.asarray(a) > 0) & (np.asarray(a) < 1))
 
@@ -116,7 +117,7 @@ def test_finite_difference_mode_matches_analytic():
   _mostly_close(n_f, n_a, atol=2e-2)
   # A pure blob (no grid) has outward normals -grad sigma ~ x / |x|.
   p0 = _params(table_scale=0.0)
-  _, _, n0 = field.field_forward_with_normals(p0, x, fd_spec)
+  _, _, n0 = jax.jit(lambda p, x: field.field_forward_with_normals(p, x, fd_spec))(p0, x)
   np.testing.assert_allclose(n0, x / np.linalg.norm(x, axis=-1, keepdims=True), atol=1e-3)
 
 
