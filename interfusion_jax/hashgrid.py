@@ -565,6 +565,7 @@ def _register_ffi_kernel() -> str:
   return so_path
 
 
+@functools.lru_cache(maxsize=None)
 def ffi_kernel_available() -> bool:
   """True if the optional C++ kernel builds and loads on this machine."""
   try:
