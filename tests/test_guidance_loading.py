@@ -183,6 +183,8 @@ def test_missing_files_are_listed(tmp_path):
               "WORKSPACE.md"):
     assert bit in msg, msg
   assert "unet/" not in msg
+  with pytest.raises(FileNotFoundError, match="weights_dir is empty"):
+    loading.load_scene_guidance(hoi.get_config())
   with pytest.raises(FileNotFoundError, match="does not exist"):
     loading.load_guidance(tmp_path / "nowhere", hoi.get_config())
   with pytest.raises(FileNotFoundError, match="scheduler_config.json"):

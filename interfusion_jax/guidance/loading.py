@@ -95,8 +95,12 @@ def missing_files(root: PathLike, components: Iterable[str]) -> list[str]:
 
 def check_model_dir(root: PathLike, components: Iterable[str]) -> pathlib.Path:
   """Raises ``WeightsNotFoundError`` listing every missing file; returns the path."""
+  if not str(root).strip():
+    raise WeightsNotFoundError(
+        "No diffusion weights directory given (config.guidance.weights_dir is empty). Set "
+        f"--config.guidance.weights_dir to a local diffusers-format folder. {HELP}")
   root = pathlib.Path(os.path.expanduser(str(root)))
-  if not str(root) or not root.is_dir():
+  if not root.is_dir():
     raise WeightsNotFoundError(
         f"Diffusion weights directory {str(root)!r} does not exist. Set "
         f"--config.guidance.weights_dir to a local diffusers-format folder. {HELP}")
