@@ -10,7 +10,6 @@ import pytest
 from interfusion_jax import render_demo
 
 
-@pytest.mark.slow
 def test_demo_cli_writes_turntable(tmp_path, capsys, monkeypatch):
   workdir = tmp_path / "demo"
   config = str(pathlib.Path(render_demo._DEFAULT_CONFIG)) + ":smoke"
