@@ -628,7 +628,9 @@ def uses_ffi_kernel(spec: HashGridSpec) -> bool:
   if spec.backend == "ffi":
     _register_ffi_kernel()  # raises KernelUnavailableError with the reason
     return True
-  return spec.backend == "auto" and ffi_kernel_available()
+  # The kernel is a CPU kernel: on GPU/TPU "auto" always takes the jnp path.
+  return (spec.backend == "auto" and jax.default_backend() == "cpu"
+          and ffi_kernel_available())
 
 
 def _forward(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:

@@ -581,3 +581,10 @@ def to_image(out: RenderOutput, height: int, width: int) -> dict:
               opacity=out.opacity.reshape(height, width),
               depth=out.depth.reshape(height, width),
               normal=out.normal.reshape(height, width, 3))
+
+
+if __name__ == "__main__":
+  # `python -m interfusion_jax.render --workdir=runs/x` renders a checkpoint;
+  # the CLI lives in render_cli.py so this module stays pure.
+  from interfusion_jax import render_cli
+  raise SystemExit(render_cli.main())

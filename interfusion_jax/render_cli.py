@@ -1,8 +1,8 @@
 """Render any checkpoint: turntables (MP4 / GIF) and a multi-view grid.
 
 ``python -m interfusion_jax.render_cli --workdir=runs/x [--frames=60] [--out=DIR]``
-(``python -m interfusion_jax.render`` once render.py forwards its ``__main__``
-here; see docs/training.md).
+(also ``python -m interfusion_jax.render --workdir=runs/x``; render.py forwards
+its ``__main__`` here; see docs/training.md).
 """
 from __future__ import annotations
 
