@@ -244,6 +244,7 @@ assert table["human"].shape == (4, 77, tiny_models.TEXT_DIM), table["human"].sha
 cond = guidance.select_embeddings(table["human"], jnp.zeros(2), jnp.array([0., 90.]), pspec)
 g = jax.jit(jax.grad(lambda im: guidance.guidance_apply(
     spec, params, im, cond, table["uncond"], jax.random.PRNGKey(0))[0]))(jnp.full((2, 16, 16, 3), .5))
+assert hash(spec) == hash(guidance.load_guidance(root, cfg)[0])  # usable as a static arg
 assert spec.kind == "pixel" and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
 assert sys.modules.get("torch") is None
 print("NO_TORCH_OK")

@@ -117,6 +117,12 @@ def _read_json(path: pathlib.Path) -> dict:
     return json.load(f)
 
 
+def _hashable_config(cfg: dict) -> dict:
+  """JSON lists -> tuples, so modules built from it (and specs) are hashable."""
+  fix = lambda v: tuple(fix(x) for x in v) if isinstance(v, list) else v
+  return {k: fix(v) for k, v in cfg.items()}
+
+
 # ----------------------------------------------------------------------------
 # Safetensors without torch.
 # ----------------------------------------------------------------------------
@@ -275,7 +281,7 @@ def load_unet(root: PathLike, *, dtype: str = "float32",
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     model = FlaxUNet2DConditionModel.from_config(
-        cfg, dtype=jdtype, use_memory_efficient_attention=memory_efficient_attention)
+        _hashable_config(cfg), dtype=jdtype, use_memory_efficient_attention=memory_efficient_attention)
   shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
   params = _load_params(folder, shapes, _diffusers_rename)
   if dtype == "bfloat16":
@@ -290,7 +296,7 @@ def load_vae(root: PathLike) -> tuple[Any, Any, dict]:
   cfg = _read_json(folder / "config.json")
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    model = FlaxAutoencoderKL.from_config(cfg)
+    model = FlaxAutoencoderKL.from_config(_hashable_config(cfg))
   shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
   return model, _load_params(folder, shapes, _diffusers_rename), cfg
 
