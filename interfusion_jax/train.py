@@ -737,24 +737,21 @@ def extract_meshes(params: Params, spec: TrainSpec, resolution: int,
 def load_guidance_and_text(config: ml_collections.ConfigDict):
   """(GuidanceSpec, guidance params, prompt embedding table) from config.guidance.
 
+  With ``config.guidance.weights_dir`` empty (or ``backend="builtin"``) the
+  built-in, low-fidelity offline prior of ``interfusion_jax.prior`` is used and
+  the log says so; otherwise the local diffusers directory is loaded.
+
   Raises:
-    TrainSetupError: when no weights are configured (no built-in prior yet) or
-      the directory is incomplete.
+    TrainSetupError: when the weights directory is incomplete.
   """
   from interfusion_jax.guidance import loading
   g = config.guidance
   root = str(g.weights_dir).strip()
-  if not root:
-    raise TrainSetupError(
-        "config.guidance.weights_dir is empty and no built-in guidance prior is available "
-        f"(backend={g.backend!r}). Point it at a local diffusers text-to-image directory "
-        "(unet/, scheduler/, text_encoder/, tokenizer/, and vae/ for latent models), e.g. "
-        "--config.guidance.weights_dir=/models/stable-diffusion-2-1-base "
-        "(see WORKSPACE.md, 'Guidance weights').")
-  if g.backend == "builtin":
-    raise TrainSetupError(
-        "config.guidance.backend='builtin' but the built-in prior is not available yet; use "
-        "backend=auto with config.guidance.weights_dir set.")
+  if not root or g.backend == "builtin":
+    from interfusion_jax.prior import assets as prior_assets
+    gspec, gparams, table = prior_assets.load_builtin_guidance(config)
+    logging.warning(prior_assets.NOTICE.format(n=int(gparams["bank"].shape[0])))
+    return gspec, gparams, table
   try:
     loading.check_model_dir(root, ("unet", "scheduler", "text_encoder", "tokenizer"))
   except FileNotFoundError as e:

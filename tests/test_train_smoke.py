@@ -98,10 +98,19 @@ def test_empty_prompt_fails_early(tmp_path, no_compile):
     train.run(cfg, str(tmp_path / "w"))
 
 
+def test_empty_weights_dir_routes_to_builtin_prior(caplog):
+  cfg = hoi.get_config("smoke")
+  assert cfg.guidance.weights_dir == ""
+  with caplog.at_level("WARNING"):
+    gspec, gparams, table = train.load_guidance_and_text(cfg)
+  assert gspec.kind == "builtin"
+  assert "LOW FIDELITY" in caplog.text and "weights_dir" in caplog.text
+  assert set(table) >= {"human", "head", "object", "interaction", "uncond"}
+  assert gparams["bank"].shape[0] > 100
+
+
 def test_missing_weights_fail_early(tmp_path, no_compile):
   cfg = hoi.get_config("smoke")
-  with pytest.raises(train.TrainSetupError, match="weights_dir"):
-    train.run(cfg, str(tmp_path / "w"))
   cfg.guidance.weights_dir = str(tmp_path / "nowhere")
   with pytest.raises(train.TrainSetupError, match="weights_dir"):
     train.run(cfg, str(tmp_path / "w"))

@@ -29,6 +29,7 @@ DEFAULTS = {
     "pixel": (20.0, "uniform"),
     "gaussian": (1.0, "uniform"),
     "targets": (1.0, "uniform"),
+    "builtin": (10.0, "uniform"),  # interfusion_jax.prior (the offline default)
 }
 
 
@@ -47,12 +48,23 @@ def _targets_predict(spec, params, x_t, t, emb):
   return analytic.targets_eps(x_t, t, params["alphas_cumprod"], params["targets"])
 
 
+def _builtin_encode(spec, params, images, key):
+  from interfusion_jax.prior import denoiser  # lazy: prior imports guidance
+  return denoiser.encode(spec, params, images, key)
+
+
+def _builtin_predict(spec, params, x_t, t, emb):
+  from interfusion_jax.prior import denoiser
+  return denoiser.predict_eps(spec, params, x_t, t, emb)
+
+
 # kind -> (encode, predict_eps). Analytic kinds work in [0, 1] image space.
 BACKENDS: dict[str, tuple[Callable[..., jax.Array], Callable[..., jax.Array]]] = {
     "stable_diffusion": (stable_diffusion.encode, stable_diffusion.predict_eps),
     "pixel": (pixel.encode, pixel.predict_eps),
     "gaussian": (_identity_encode, _gaussian_predict),
     "targets": (_identity_encode, _targets_predict),
+    "builtin": (_builtin_encode, _builtin_predict),
 }
 
 
