@@ -158,6 +158,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.loss.lambda_geo_human = 1.0
   c.loss.lambda_object_sds = "official"   # official: floor(step/1000)/10
   c.loss.lambda_object_geo = "official"   # official | horse
+  c.loss.schedule_period = 1000           # lambda1/lambda2 step unit (official 1000)
   c.loss.lambda_orient_start = 10.0
   c.loss.lambda_orient_end = 1000.0
   c.loss.lambda_orient_ramp_steps = 5000

@@ -33,6 +33,7 @@ _LAMBDA2_LEVELS = {
 class ScheduleSpec:
   """Static schedule settings (config.loss / shading / occupancy / camera / guidance)."""
   lambda_object_geo: str = "official"
+  period: int = 1000
   orient_start: float = 10.0
   orient_end: float = 1000.0
   orient_ramp_steps: int = 5000
@@ -48,6 +49,7 @@ class ScheduleSpec:
     """Builds the spec from a full config made by configs/hoi.py."""
     return cls(
         lambda_object_geo=str(cfg.loss.lambda_object_geo),
+        period=int(cfg.loss.get("schedule_period", 1000)),
         orient_start=float(cfg.loss.lambda_orient_start),
         orient_end=float(cfg.loss.lambda_orient_end),
         orient_ramp_steps=int(cfg.loss.lambda_orient_ramp_steps),
@@ -60,19 +62,21 @@ class ScheduleSpec:
     )
 
 
-def lambda_object_sds(step: Any) -> Any:
+def lambda_object_sds(step: Any, period: int = 1000) -> Any:
   """lambda1 of PAPER.md Eq. 8 (object SDS): ``floor(step / 1000) / 10``.
 
   Args:
     step: integer step, Python int or 0-d int array.
+    period: the official 1000 (config.loss.schedule_period); a shorter run
+      compresses the schedule with ``floor(step / period) / 10``.
 
   Returns:
     A 0-d float32 array.
   """
-  return jnp.floor_divide(jnp.asarray(step, jnp.int32), 1000).astype(jnp.float32) / 10.0
+  return jnp.floor_divide(jnp.asarray(step, jnp.int32), int(period)).astype(jnp.float32) / 10.0
 
 
-def lambda_object_geo(step: Any, variant: str = "official") -> Any:
+def lambda_object_geo(step: Any, variant: str = "official", period: int = 1000) -> Any:
   """lambda2 of PAPER.md Eq. 8 (object geometry), official piecewise schedule.
 
   official: 0.01 if step < 1000 or step > 9000; else 0.1 if step < 2000 or
@@ -81,6 +85,8 @@ def lambda_object_geo(step: Any, variant: str = "official") -> Any:
   Args:
     step: integer step (Python int or 0-d int array).
     variant: "official" or "horse" (config.loss.lambda_object_geo).
+    period: the official 1000 (config.loss.schedule_period); the boundaries
+      1000 / 2000 / 8000 / 9000 become 1, 2, 8, 9 x period.
 
   Returns:
     A 0-d float32 array.
@@ -90,8 +96,9 @@ def lambda_object_geo(step: Any, variant: str = "official") -> Any:
                      f"{sorted(_LAMBDA2_LEVELS)} (config.loss.lambda_object_geo).")
   ends, shoulders, middle = _LAMBDA2_LEVELS[variant]
   s = jnp.asarray(step, jnp.int32)
-  return jnp.where((s < 1000) | (s > 9000), ends,
-                   jnp.where((s < 2000) | (s > 8000), shoulders, middle)).astype(jnp.float32)
+  p = int(period)
+  return jnp.where((s < p) | (s > 9 * p), ends,
+                   jnp.where((s < 2 * p) | (s > 8 * p), shoulders, middle)).astype(jnp.float32)
 
 
 def lambda_orient(step: Any, start: float = 10.0, end: float = 1000.0,
@@ -143,8 +150,8 @@ def max_timestep_fraction(step: Any, spec: ScheduleSpec) -> Any:
 def step_weights(step: Any, spec: ScheduleSpec) -> dict[str, Any]:
   """All loss weights at ``step`` as a dict of 0-d float32 arrays (for logging)."""
   return {
-      "lambda_object_sds": lambda_object_sds(step),
-      "lambda_object_geo": lambda_object_geo(step, spec.lambda_object_geo),
+      "lambda_object_sds": lambda_object_sds(step, spec.period),
+      "lambda_object_geo": lambda_object_geo(step, spec.lambda_object_geo, spec.period),
       "lambda_orient": lambda_orient(step, spec.orient_start, spec.orient_end,
                                      spec.orient_ramp_steps),
   }

@@ -75,3 +75,18 @@ def test_timestep_anneal():
   hifa = spec.__class__(**{**spec.__dict__, "t_anneal": "hifa_sqrt"})
   assert float(schedules.max_timestep_fraction(2500, hifa)) == pytest.approx(
       0.98 + (0.5 - 0.98) * math.sqrt(0.25), rel=1e-6)
+
+
+@pytest.mark.parametrize("step", [0, 39, 40, 41, 79, 80, 200, 320, 321, 360, 361, 399])
+def test_schedule_period_compresses_lambda1_lambda2(step):
+  """loss.schedule_period = 40 maps step s to the official schedule at s * 1000 / 40."""
+  assert float(schedules.lambda_object_sds(step, period=40)) == pytest.approx(
+      math.floor(step / 40) / 10)
+  assert float(schedules.lambda_object_geo(step, "horse", period=40)) == pytest.approx(
+      _paper_lambda2(step * 25, 0.001, 0.01, 0.1))
+  c = hoi.get_config("paper")
+  assert c.loss.schedule_period == 1000           # the official default is untouched
+  c.loss.schedule_period = 40
+  spec = schedules.ScheduleSpec.from_config(c)
+  w = schedules.step_weights(jnp.asarray(step), spec)
+  assert float(w["lambda_object_sds"]) == pytest.approx(math.floor(step / 40) / 10)
