@@ -52,7 +52,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.field.normals = "analytic"          # analytic | finite_difference
   c.field.fd_eps = 0.01
   c.field.compute_dtype = "float32"     # float32 | bfloat16 (MLP only)
-  c.field.hashgrid_backend = "jax"      # jax | ffi (C++ kernel, built on first use) | auto
+  c.field.hashgrid_backend = "auto"     # auto: C++ jax.ffi kernel on CPU when it builds, else pure JAX | jax | ffi
 
   # --- Background: neural environment map. ------------------------------
   c.background = ml_collections.ConfigDict()
