@@ -247,32 +247,24 @@ def render_hues(params, occupancy_grid, object_center, spec,
   return {name: covered_hue(np.stack(r), np.stack(o)) for name, (r, o) in imgs.items()}
 
 
-def evaluate_run(workdir: str, resolution: int = 128,
-                 anchor_resolution: Optional[int] = None) -> dict:
-  """All bar metrics of the newest checkpoint of a run directory.
-
-  The anchor body is rebuilt from ``<workdir>/anchor/anchor.npz`` on the same
-  ``resolution``^3 node grid as the fields.
+def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
+  """All bar metrics of one trained state against its anchor body.
 
   Args:
-    workdir: a run directory written by ``train.run``.
+    config: the run's config (for the prompts' colour words).
+    spec: its ``train.TrainSpec``; state: a host ``train.TrainState``.
+    anchor: ``body.anchor.Anchor`` built on a ``resolution``^3 grid.
     resolution: R of the evaluation grid (issue 7: 128).
 
   Returns:
-    dict with the ``geometry_metrics`` keys, ``human_hue_deg``, ``object_hue_deg``,
-    the named colours and ``{human,object}_hue_error_deg`` (None without a colour word),
-    and ``step``.
+    dict with the ``geometry_metrics`` keys, ``{human,object}_hue_deg``, the
+    named colours ``{human,object}_color`` and ``{human,object}_hue_error_deg``
+    (None without a colour word), and ``step``.
   """
-  import pathlib
-  from interfusion_jax import train
-  config, spec, state = train.load_trained(workdir)
-  cfg = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") \
-      else config
-  anchor_file = pathlib.Path(workdir) / "anchor" / "anchor.npz"
-  if anchor_file.exists():
-    cfg.pose.anchor_file = str(anchor_file)
-  cfg.body.grid_resolution = int(anchor_resolution or resolution)
-  anchor, _ = train.prepare_anchor(cfg, None)
+  if anchor.resolution != resolution:
+    raise ValueError(f"evaluate_state: the anchor grid has {anchor.resolution}^3 nodes but "
+                     f"resolution={resolution}; build the anchor with "
+                     f"config.body.grid_resolution={resolution}.")
   radius = float(anchor.radius)
   dens = jax.jit(spec.model.density)
   sig = {name: density_grid(lambda x, p=state.params[name]: dens(p, x), resolution, radius)
@@ -288,3 +280,25 @@ def evaluate_run(workdir: str, resolution: int = 128,
                                   else hue_error(hues[part], names[part]))
   m["step"] = int(state.step)
   return m
+
+
+def anchor_for_run(config, workdir: Optional[str], resolution: int):
+  """The run's anchor body rebuilt on a ``resolution``^3 grid (``body.anchor.Anchor``).
+
+  Uses ``<workdir>/anchor/anchor.npz`` when present, else the config's stage-1 pose.
+  """
+  import pathlib
+  from interfusion_jax import train
+  cfg = config.copy_and_resolve_references()
+  if workdir is not None and (pathlib.Path(workdir) / "anchor" / "anchor.npz").exists():
+    cfg.pose.anchor_file = str(pathlib.Path(workdir) / "anchor" / "anchor.npz")
+  cfg.body.grid_resolution = int(resolution)
+  return train.prepare_anchor(cfg, None)[0]
+
+
+def evaluate_run(workdir: str, resolution: int = 128) -> dict:
+  """``evaluate_state`` on the newest checkpoint of a run directory (``train.load_trained``)."""
+  from interfusion_jax import train
+  config, spec, state = train.load_trained(workdir)
+  return evaluate_state(config, spec, state, anchor_for_run(config, workdir, resolution),
+                        resolution)
