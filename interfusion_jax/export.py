@@ -161,7 +161,6 @@ def write_mesh(stem: str | pathlib.Path, mesh: Mesh) -> list[pathlib.Path]:
 def main(argv=None) -> int:
   """``python -m interfusion_jax.export --workdir=runs/x``: meshes from the latest checkpoint."""
   import argparse
-  import sys
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument("--workdir", required=True, help="a run directory of interfusion_jax.train")
   parser.add_argument("--resolution", type=int, default=0,
@@ -170,12 +169,11 @@ def main(argv=None) -> int:
                       help="density iso-level (default ln2 / config.loss.geo_delta)")
   parser.add_argument("--out", default="", help="output directory (default <workdir>/final)")
   args = parser.parse_args(argv)
-  from interfusion_jax import train
-  try:
-    config, spec, state = train.load_trained(args.workdir)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
+  from interfusion_jax import render_cli, train
+  loaded = render_cli.load_run_or_report(args.workdir)
+  if loaded is None:
     return 2
+  config, spec, state = loaded
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "final")
   out.mkdir(parents=True, exist_ok=True)
   res = args.resolution or int(config.train.mesh_resolution)

@@ -11,6 +11,17 @@ import pathlib
 import sys
 
 
+def load_run_or_report(workdir: str):
+  """(config, TrainSpec, state) of a run's newest checkpoint, or None after
+  printing why not to stderr (shared by the render and export entry points)."""
+  from interfusion_jax import train
+  try:
+    return train.load_trained(workdir)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return None
+
+
 def main(argv=None) -> int:
   """Renders the latest checkpoint of a run directory; returns the exit code."""
   parser = argparse.ArgumentParser(description=__doc__)
@@ -19,12 +30,11 @@ def main(argv=None) -> int:
                       help="turntable frames (default config.train.turntable_frames)")
   parser.add_argument("--out", default="", help="output directory (default <workdir>/renders)")
   args = parser.parse_args(argv)
-  from interfusion_jax import train
-  try:
-    config, spec, state = train.load_trained(args.workdir)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
+  loaded = load_run_or_report(args.workdir)
+  if loaded is None:
     return 2
+  config, spec, state = loaded
+  from interfusion_jax import train
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "renders")
   out.mkdir(parents=True, exist_ok=True)
   files = train.write_renders(state, spec, out, args.frames or int(config.train.turntable_frames))
