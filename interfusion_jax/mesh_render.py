@@ -293,6 +293,24 @@ def clip_near(corners: np.ndarray, near: float
   return sub, np.concatenate([o, o, t]), bmap
 
 
+def _covered_centre_range(a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                          size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per triangle [T], the first and last pixel index (as floats, clamped to
+  [0, size-1]) whose centre i + 0.5 lies within [min(a,b,c), max(a,b,c)].
+  In place where possible: fewer temporaries on this hot path."""
+  lo = np.minimum(a, b)
+  np.minimum(lo, c, out=lo)
+  lo -= 0.5
+  np.ceil(lo, out=lo)
+  np.maximum(lo, 0.0, out=lo)
+  hi = np.maximum(a, b)
+  np.maximum(hi, c, out=hi)
+  hi -= 0.5
+  np.floor(hi, out=hi)
+  np.minimum(hi, size - 1.0, out=hi)
+  return lo, hi
+
+
 def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
                     spec: RasterSpec) -> Dict[str, np.ndarray]:
   """Projects every (view, face) triangle and keeps those covering a pixel.
@@ -356,27 +374,9 @@ def _triangle_setup(points_cam: np.ndarray, faces: np.ndarray,
              sxy[:, 1, 1], sxy[:, 2, 1], sz[:, 0], sz[:, 1], sz[:, 2],
              sarea2, svalid)))
     owner = np.concatenate([owner, crossing[parent]])
-  # Bounding boxes of covered pixel centres (in place: fewer temporaries).
-  bx0 = np.minimum(x0, x1)
-  np.minimum(bx0, x2, out=bx0)
-  bx0 -= 0.5
-  np.ceil(bx0, out=bx0)
-  np.maximum(bx0, 0.0, out=bx0)
-  bx1 = np.maximum(x0, x1)
-  np.maximum(bx1, x2, out=bx1)
-  bx1 -= 0.5
-  np.floor(bx1, out=bx1)
-  np.minimum(bx1, w - 1.0, out=bx1)
-  by0 = np.minimum(y0, y1)
-  np.minimum(by0, y2, out=by0)
-  by0 -= 0.5
-  np.ceil(by0, out=by0)
-  np.maximum(by0, 0.0, out=by0)
-  by1 = np.maximum(y0, y1)
-  np.maximum(by1, y2, out=by1)
-  by1 -= 0.5
-  np.floor(by1, out=by1)
-  np.minimum(by1, h - 1.0, out=by1)
+  # Bounding boxes of covered pixel centres.
+  bx0, bx1 = _covered_centre_range(x0, x1, x2, w)
+  by0, by1 = _covered_centre_range(y0, y1, y2, h)
   keep = (bx1 >= bx0) & (by1 >= by0) & valid
   # Dropped triangles are not compacted: they get an empty box (bw = 0) and
   # are never enumerated.
