@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from interfusion_jax.prior import assets, denoiser
+from interfusion_jax.prior import assets, colors, denoiser
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = assets.BankSpec(objects=("ball",), colors=("red", "green"), human_views=1,
@@ -24,8 +24,13 @@ def test_bank_is_deterministic_and_consistent(tiny):
   for k in ("images", "attrs", "captions"):
     np.testing.assert_array_equal(tiny[k], again[k])
   n = len(tiny["images"])
-  # 2 colours x 1 object human + 2 head + 2 object + 2 interaction renders.
-  assert n == 8 and tiny["images"].dtype == np.uint8
+  # 2 colours x 1 object human + 2 head + 2 object + 2 x 2 interaction renders
+  # (every clothing colour with every object colour).
+  assert n == 10 and tiny["images"].dtype == np.uint8
+  inter = tiny["attrs"][tiny["attrs"][:, 0] == denoiser.KINDS.index("interaction")]
+  r, g = (colors.COLOR_NAMES.index(c) for c in ("red", "green"))
+  assert sorted(map(tuple, inter[:, [2, 4]].tolist())) == sorted(
+      [(r, r), (r, g), (g, r), (g, g)])
   for cap, attr in zip(tiny["captions"], tiny["attrs"]):
     parsed = denoiser.attributes_of(denoiser.parse_caption(str(cap)))
     named = parsed >= 0
@@ -75,4 +80,4 @@ def test_builtin_guidance_for_the_trainer(tiny, monkeypatch):
   pspec = prompts.PromptSpec.from_config(cfg)
   want = denoiser.embed_caption(prompts.decorate("a green ball", pspec, "back"))
   np.testing.assert_array_equal(np.asarray(table["object"][2]), want)
-  assert params["bank"].shape == (8, 32, 32, 3)
+  assert params["bank"].shape == (10, 32, 32, 3)

@@ -28,7 +28,7 @@ import numpy as np
 
 from interfusion_jax.prior import colors, denoiser, objects, placement, scenes
 
-BANK_VERSION = 1
+BANK_VERSION = 2
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_PATH = ASSETS_DIR / "prior_bank.npz"
 
@@ -48,7 +48,14 @@ class BankSpec:
     human_views: human renders per (clothing colour, pose).
     head_views: head renders per clothing colour.
     object_views: object renders per (object, colour).
-    interaction_views: interaction renders per (object, clothing colour).
+    interaction_views: interaction renders per (object, clothing colour,
+      object colour).
+    interaction_object_colors: object colours rendered per (object, clothing
+      colour); 0 = every colour. The interaction caption "T_H T_I" names no
+      object colour, so the bank must not tie the object colour to the
+      clothing colour: with one object colour per clothing colour, the
+      interaction SDS pulled e.g. the sofa of "a man in a purple shirt" to
+      that single colour (blue), against the object prompt ("an orange sofa").
     seed: camera seed.
     placement_resolution: voxel grid size of the body inside test.
     body: "default" (the package's default body, falling back to the
@@ -60,7 +67,8 @@ class BankSpec:
   human_views: int = 2
   head_views: int = 6
   object_views: int = 4
-  interaction_views: int = 2
+  interaction_views: int = 1
+  interaction_object_colors: int = 0
   seed: int = 0
   placement_resolution: int = 128
   body: str = "default"
@@ -107,10 +115,12 @@ def _plan(spec: BankSpec) -> list[tuple[str, str, str, str, int]]:
   for obj in objs:
     for c in cols:
       plan.append(("object", obj, c, c, spec.object_views))
+  n_oc = spec.interaction_object_colors or len(cols)
   for oi, obj in enumerate(objs):
     for ci, c in enumerate(cols):
-      oc = cols[(ci + 1 + 5 * oi) % len(cols)]
-      plan.append(("interaction", obj, c, oc, spec.interaction_views))
+      for k in range(min(n_oc, len(cols))):
+        oc = cols[(ci + 1 + 5 * oi + k) % len(cols)]
+        plan.append(("interaction", obj, c, oc, spec.interaction_views))
   return plan
 
 
@@ -257,8 +267,7 @@ def load_builtin_guidance(config, progress: bool = True):
   Returns:
     (spec, params, table) like ``train.load_guidance_and_text``.
   """
-  import jax.numpy as jnp
-  from interfusion_jax.guidance import core, prompts
+  from interfusion_jax.guidance import core
   if "builtin" not in core.BACKENDS:
     raise BankError("guidance/core.py does not register the 'builtin' backend; add "
                     "BACKENDS['builtin'] = (prior.denoiser.encode, prior.denoiser.predict_eps).")
@@ -274,6 +283,16 @@ def load_builtin_guidance(config, progress: bool = True):
       t_min=float(g.t_min), t_max=float(g.t_max),
       num_train_timesteps=pspec.num_train_timesteps, grad_clip=float(g.grad_clip),
       resolution=int(bank["images"].shape[1]))
-  table = prompts.embedding_table(lambda texts: jnp.asarray(denoiser.embed_captions(texts)),
-                                  prompts.PromptSpec.from_config(config))
-  return spec, params, table
+  return spec, params, builtin_text_table(config)
+
+
+def builtin_text_table(config) -> dict:
+  """The prompt-embedding table of config.prompt under the built-in prior's text encoder.
+
+  Returns:
+    ``prompts.embedding_table`` output ({name: [V, 1, D]}, "uncond": [1, D]).
+  """
+  import jax.numpy as jnp
+  from interfusion_jax.guidance import prompts
+  return prompts.embedding_table(lambda texts: jnp.asarray(denoiser.embed_captions(texts)),
+                                 prompts.PromptSpec.from_config(config))
