@@ -127,6 +127,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.geo_max_points": (_positive_int, "must be a positive integer"),
     "loss.schedule_period": (_positive_int, "must be a positive integer (steps; official 1000)"),
     "loss.lambda_sparsity": (_nonneg, "must be >= 0"),
+    "loss.lambda_object_geo_scale": (_nonneg, "must be >= 0"),
     "loss.lambda_opaque": (_nonneg, "must be >= 0"),
     "optim.lr_field": (_positive, "must be a positive number"),
     "optim.lr_background": (_nonneg, "must be >= 0"),

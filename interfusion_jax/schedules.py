@@ -33,6 +33,7 @@ _LAMBDA2_LEVELS = {
 class ScheduleSpec:
   """Static schedule settings (config.loss / shading / occupancy / camera / guidance)."""
   lambda_object_geo: str = "official"
+  object_geo_scale: float = 1.0
   period: int = 1000
   orient_start: float = 10.0
   orient_end: float = 1000.0
@@ -49,6 +50,7 @@ class ScheduleSpec:
     """Builds the spec from a full config made by configs/hoi.py."""
     return cls(
         lambda_object_geo=str(cfg.loss.lambda_object_geo),
+        object_geo_scale=float(cfg.loss.get("lambda_object_geo_scale", 1.0)),
         period=int(cfg.loss.get("schedule_period", 1000)),
         orient_start=float(cfg.loss.lambda_orient_start),
         orient_end=float(cfg.loss.lambda_orient_end),
@@ -151,7 +153,8 @@ def step_weights(step: Any, spec: ScheduleSpec) -> dict[str, Any]:
   """All loss weights at ``step`` as a dict of 0-d float32 arrays (for logging)."""
   return {
       "lambda_object_sds": lambda_object_sds(step, spec.period),
-      "lambda_object_geo": lambda_object_geo(step, spec.lambda_object_geo, spec.period),
+      "lambda_object_geo": spec.object_geo_scale * lambda_object_geo(
+          step, spec.lambda_object_geo, spec.period),
       "lambda_orient": lambda_orient(step, spec.orient_start, spec.orient_end,
                                      spec.orient_ramp_steps),
   }

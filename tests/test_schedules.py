@@ -90,3 +90,15 @@ def test_schedule_period_compresses_lambda1_lambda2(step):
   spec = schedules.ScheduleSpec.from_config(c)
   w = schedules.step_weights(jnp.asarray(step), spec)
   assert float(w["lambda_object_sds"]) == pytest.approx(math.floor(step / 40) / 10)
+
+
+@pytest.mark.parametrize("step", [0, 999, 1000, 5000, 9500])
+def test_object_geo_scale_multiplies_lambda2(step):
+  c = hoi.get_config("paper")
+  assert c.loss.lambda_object_geo_scale == 1.0    # official: no scaling
+  base = schedules.step_weights(jnp.asarray(step), schedules.ScheduleSpec.from_config(c))
+  c.loss.lambda_object_geo_scale = 4.0
+  w = schedules.step_weights(jnp.asarray(step), schedules.ScheduleSpec.from_config(c))
+  assert float(base["lambda_object_geo"]) == pytest.approx(_paper_lambda2(step, 0.01, 0.1, 0.1))
+  assert float(w["lambda_object_geo"]) == pytest.approx(4.0 * _paper_lambda2(step, 0.01, 0.1, 0.1))
+  assert float(w["lambda_object_sds"]) == float(base["lambda_object_sds"])
