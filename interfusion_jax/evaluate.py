@@ -225,6 +225,40 @@ def check_bars(metrics: dict) -> dict:
   return out
 
 
+def object_shape_match(sigma_object: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+                       joints: np.ndarray, radius: float, delta: float = 0.2,
+                       names: Optional[Sequence[str]] = None) -> dict:
+  """Diagnostic, not a bar: does the object field have the named object's shape?
+
+  Each parametric object of the built-in prior (``prior.objects``) is placed
+  against the anchor body by its placement rule (``prior.placement``), exactly
+  as in the prior's image bank, and voxelised; the score is its IoU with the
+  object field's occupancy on the same node grid.
+
+  Args:
+    sigma_object: [R, R, R] object-field density on ``grid_points(R, radius)``.
+    vertices, faces, joints: the anchor body ([V, 3], [F, 3], [J, 3], scene frame).
+    radius: box half size r.
+    names: object generator names to score (default: all of them).
+
+  Returns:
+    {name: IoU in [0, 1]}.
+  """
+  from interfusion_jax.prior import objects, placement
+  res = np.asarray(sigma_object).shape[0]
+  pts = grid_points(res, radius).reshape(-1, 3)
+  field = occupied(sigma_object, delta).reshape(-1)
+  v, f, j = (np.asarray(x) for x in (vertices, faces, joints))
+  query = placement.body_query(v, f, 128)
+  out = {}
+  for name in names or objects.OBJECT_NAMES:
+    placed = placement.place_object(objects.make_object(name), placement.default_rule(name),
+                                    v, f, j, query=query).mesh
+    occ = placement.occupied(placement.occupancy(placed.vertices, placed.faces, 96), pts)
+    out[name] = iou(occ, field)
+  return out
+
+
 # --- Applied to a run directory. --------------------------------------------
 
 
@@ -259,7 +293,9 @@ def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
   Returns:
     dict with the ``geometry_metrics`` keys, ``{human,object}_hue_deg``, the
     named colours ``{human,object}_color`` and ``{human,object}_hue_error_deg``
-    (None without a colour word), and ``step``.
+    (None without a colour word), the shape diagnostic of
+    ``object_shape_match`` (``object_named``, ``object_named_shape_iou``,
+    ``object_best_shape``, ``object_best_shape_iou``), and ``step``.
   """
   if anchor.resolution != resolution:
     raise ValueError(f"evaluate_state: the anchor grid has {anchor.resolution}^3 nodes but "
@@ -278,6 +314,14 @@ def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
     m[f"{part}_color"] = names[part]
     m[f"{part}_hue_error_deg"] = (None if names[part] is None
                                   else hue_error(hues[part], names[part]))
+  from interfusion_jax.prior import objects
+  named = objects.object_from_text(str(config.prompt.object))
+  shapes = object_shape_match(sig["object"], anchor.vertices, anchor.faces, anchor.joints,
+                              radius, spec.geo_delta)
+  m["object_named"] = named
+  m["object_named_shape_iou"] = shapes.get(named) if named else None
+  m["object_best_shape"] = max(shapes, key=shapes.get)
+  m["object_best_shape_iou"] = shapes[m["object_best_shape"]]
   m["step"] = int(state.step)
   return m
 

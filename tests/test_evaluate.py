@@ -154,3 +154,21 @@ def test_check_bars_thresholds():
   bad = {"human_iou": 0.7, "object_inside_fraction": 0.03, "object_volume_litres": 0.9,
          "object_gap_m": 0.06, "human_hue_error_deg": 31.0, "wall_time_s": 1201.0}
   assert not any(evaluate.check_bars(bad).values())
+
+
+def test_object_shape_match_recognises_a_placed_object():
+  """The field equal to the placed chair scores IoU ~1 for chair, less for the others."""
+  from interfusion_jax.prior import mannequin, objects, placement
+  body = mannequin.posed_mannequin(np.zeros((21, 3)))
+  v, f, j = body.vertices, body.faces, body.joints
+  placed = placement.place_object(objects.make_object("chair"), placement.default_rule("chair"),
+                                  v, f, j).mesh
+  res, radius = 64, 2.0
+  pts = evaluate.grid_points(res, radius).reshape(-1, 3)
+  inside = placement.occupied(placement.occupancy(placed.vertices, placed.faces, 96), pts)
+  sigma = np.where(inside, 50.0, 0.0).reshape(res, res, res)
+  got = evaluate.object_shape_match(sigma, v, f, j, radius, names=("chair", "ball", "bed"))
+  assert got["chair"] == pytest.approx(1.0)
+  assert got["ball"] < 0.2 and got["bed"] < 0.5
+  empty = evaluate.object_shape_match(np.zeros_like(sigma), v, f, j, radius, names=("chair",))
+  assert empty["chair"] == 0.0
