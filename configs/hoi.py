@@ -9,7 +9,8 @@ Usage::
 ``get_config(variant)`` takes an optional variant name after the colon:
 
 * ``paper``   -- every default of the official code (the default variant);
-* ``cpu``     -- a lighter run for a laptop CPU;
+* ``cpu``     -- a lighter run for a laptop CPU (README's first command);
+* ``quick``   -- ``cpu`` at 16x16, the CI-sized check of the default-run bars;
 * ``smoke``   -- tiny, finishes in well under 2 minutes on CPU; used by tests.
 
 Every value is validated by ``interfusion_jax.config_validation.validate`` before
@@ -158,6 +159,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.loss.lambda_geo_human = 1.0
   c.loss.lambda_object_sds = "official"   # official: floor(step/1000)/10
   c.loss.lambda_object_geo = "official"   # official | horse
+  c.loss.lambda_object_geo_scale = 1.0    # multiplies the lambda2 schedule (not official; 1 = official)
   c.loss.schedule_period = 1000           # lambda1/lambda2 step unit (official 1000)
   c.loss.lambda_orient_start = 10.0
   c.loss.lambda_orient_end = 1000.0
@@ -213,6 +215,20 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def _quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The CI-sized default run (tests/test_default_bars.py): ``cpu`` at 16x16.
+
+  The geometric losses (Eq. 4 and 7) are sums over ray samples, and 16x16
+  renders carry 4x fewer samples than the ``cpu`` variant's 32x32, so both
+  geometric weights are scaled by 4 to keep their strength.
+  """
+  c = _cpu(c)
+  c.render.height = c.render.width = 16
+  c.loss.lambda_geo_human *= 4.0
+  c.loss.lambda_object_geo_scale *= 4.0
+  return c
+
+
 def _smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.field.log2_hashmap_size = 12
   c.field.n_levels = 4
@@ -235,7 +251,7 @@ def _smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-VARIANTS = {"paper": lambda c: c, "cpu": _cpu, "smoke": _smoke}
+VARIANTS = {"paper": lambda c: c, "cpu": _cpu, "quick": _quick, "smoke": _smoke}
 
 
 def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
