@@ -363,13 +363,16 @@ def _image(out: render_lib.RenderOutput, spec: TrainSpec) -> jax.Array:
 
 
 def sds_terms(outs: dict, frozen: dict, view: jax.Array, key: jax.Array, t_max: jax.Array,
-              spec: TrainSpec) -> tuple[dict, dict]:
+              spec: TrainSpec, direction: jax.Array | None = None) -> tuple[dict, dict]:
   """The four SDS losses (PAPER.md Eq. 3 and 5) for one camera.
 
   human / head use the human and head prompts; interaction / object the
   interaction and object prompts; the empty prompt is the CFG negative. The
   four ``guidance_apply`` calls are one ``vmap`` (the denoiser is traced once
-  and runs as one batch of 4 x 2 CFG inputs).
+  and runs as one batch of 4 x 2 CFG inputs). ``direction`` [3], the unit
+  vector from each render's look-at target to its camera (the same for all
+  four, since they are scaled copies of one sampled camera), reaches
+  camera-conditioned backends (``GuidanceSpec.camera_conditioning``).
 
   Returns:
     ({name: scalar loss}, {"sds_<name>_t": timestep, "sds_<name>_grad_norm": scalar}).
@@ -378,9 +381,11 @@ def sds_terms(outs: dict, frozen: dict, view: jax.Array, key: jax.Array, t_max: 
   images = jnp.stack([_image(outs[n], spec) for n in RENDERS])            # [4, 1, H, W, 3]
   embs = jnp.stack([prompt_embedding(text, n, view)[None] for n in RENDERS])  # [4, 1, L, D]
 
+  camera = None if direction is None else jnp.reshape(direction, (1, 3))
+
   def one(img, emb, k):
     return guidance_core.guidance_apply(spec.guidance, frozen["guidance"], img, emb,
-                                        text["uncond"], k, t_max=t_max)
+                                        text["uncond"], k, t_max=t_max, camera=camera)
 
   loss, aux = jax.vmap(one)(images, embs, jax.random.split(key, len(RENDERS)))
   terms = {n: loss[i] for i, n in enumerate(RENDERS)}
@@ -469,7 +474,8 @@ def camera_losses(params: Params, state: TrainState, frozen: dict, key: jax.Arra
   outs = render_views(params, cams, state.occupancy, k_render, shading, spec)
   view = view_index(cam.elevation, cam.azimuth, spec)
   t_max = schedules.max_timestep_fraction(state.step, spec.schedule)
-  sds, sds_aux = sds_terms(outs, frozen, view, k_sds, t_max, spec)
+  direction = cam.position / jnp.linalg.norm(cam.position)
+  sds, sds_aux = sds_terms(outs, frozen, view, k_sds, t_max, spec, direction)
   terms = {f"sds_{k}": v for k, v in sds.items()}
   terms.update(geometry_terms(params, outs, frozen["anchor"], k_geo, spec))
   terms.update(regulariser_terms(outs))

@@ -21,7 +21,7 @@ def tiny():
 
 def test_bank_is_deterministic_and_consistent(tiny):
   again = assets.build_bank(TINY, progress=False)
-  for k in ("images", "attrs", "captions"):
+  for k in ("images", "attrs", "captions", "dirs"):
     np.testing.assert_array_equal(tiny[k], again[k])
   n = len(tiny["images"])
   # 2 colours x 1 object human + 2 head + 2 object + 2 x 2 interaction renders
@@ -36,6 +36,18 @@ def test_bank_is_deterministic_and_consistent(tiny):
     named = parsed >= 0
     np.testing.assert_array_equal(parsed[named], attr[named])  # captions agree with truth
   assert json.loads(str(tiny["meta"]))["body"] == "mannequin"
+
+
+def test_bank_camera_directions_are_unit_and_agree_with_the_view_words(tiny):
+  """Each image's stored direction gives back, by the threestudio rule applied
+  to its own elevation and azimuth, the view word of its caption."""
+  d = tiny["dirs"].astype(np.float64)
+  assert d.shape == (len(tiny["images"]), 3)
+  np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+  elev = np.rad2deg(np.arcsin(np.clip(d[:, 2], -1, 1)))
+  azim = np.rad2deg(np.arctan2(d[:, 1], d[:, 0]))
+  view = np.where(elev > 60, 3, np.where(np.abs(azim) < 45, 0, np.where(np.abs(azim) > 135, 2, 1)))
+  np.testing.assert_array_equal(view, tiny["attrs"][:, 1])
 
 
 def test_save_load_round_trip_and_errors(tiny, tmp_path):
@@ -81,3 +93,5 @@ def test_builtin_guidance_for_the_trainer(tiny, monkeypatch):
   want = denoiser.embed_caption(prompts.decorate("a green ball", pspec, "back"))
   np.testing.assert_array_equal(np.asarray(table["object"][2]), want)
   assert params["bank"].shape == (10, 32, 32, 3)
+  np.testing.assert_array_equal(np.asarray(params["dirs"]), tiny["dirs"])
+  assert gspec.camera_conditioning and float(params["camera_kappa"]) > 0

@@ -89,6 +89,11 @@ class GuidanceSpec:
     latent_sample: sample the VAE posterior (threestudio) instead of its mean.
     prediction_type: the UNet's target ("epsilon", "v_prediction", "sample"),
       from ``scheduler_config.json``; outputs are converted to eps.
+    camera_conditioning: the backend also reads the render's camera: the
+      ``camera`` argument of ``guidance_apply`` (unit direction from the
+      look-at target to the camera, [B, 3]) is appended to the conditional
+      and unconditional embeddings along D (the built-in prior; text-only
+      models keep False).
   """
   kind: str
   guidance_scale: float
@@ -105,6 +110,7 @@ class GuidanceSpec:
   scaling_factor: float = 0.18215
   latent_sample: bool = True
   prediction_type: str = "epsilon"
+  camera_conditioning: bool = False
 
   def __post_init__(self):
     if self.kind not in BACKENDS:
@@ -171,9 +177,26 @@ def predict_cfg_pair(spec: GuidanceSpec, params: Any, x_t: jax.Array, t: jax.Arr
   return eps[:b], eps[b:]
 
 
+def with_camera(cond_emb: jax.Array, uncond_emb: jax.Array, camera: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """Appends the camera direction to both CFG embeddings (camera-conditioned backends).
+
+  Args:
+    cond_emb: [B, L, D]; uncond_emb: [L, D] or [B, L, D]; camera: [B, 3].
+
+  Returns:
+    ([B, L, D + 3], [B, L, D + 3]): the same direction on every token of both.
+  """
+  b, l = cond_emb.shape[:2]
+  cam = jnp.broadcast_to(jnp.asarray(camera, cond_emb.dtype)[:, None, :], (b, l, camera.shape[-1]))
+  uncond = jnp.broadcast_to(uncond_emb, (b,) + cond_emb.shape[1:]).astype(cond_emb.dtype)
+  return jnp.concatenate([cond_emb, cam], -1), jnp.concatenate([uncond, cam], -1)
+
+
 def guidance_apply(spec: GuidanceSpec, params: Any, images: jax.Array,
                    cond_emb: jax.Array, uncond_emb: jax.Array, key: jax.Array, *,
-                   t_max: float | jax.Array | None = None) -> tuple[jax.Array, dict]:
+                   t_max: float | jax.Array | None = None,
+                   camera: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """SDS loss for a batch of renders (PAPER.md "Score distillation").
 
   Args:
@@ -186,12 +209,20 @@ def guidance_apply(spec: GuidanceSpec, params: Any, images: jax.Array,
     key: PRNG key (timesteps, noise, VAE posterior sample).
     t_max: optional (traced) max-timestep fraction overriding ``spec.t_max``
       (annealing).
+    camera: optional [B, 3] unit directions from each render's look-at
+      target to its camera; used only when ``spec.camera_conditioning``
+      (``with_camera``), ignored otherwise.
 
   Returns:
     (loss, aux): scalar loss with d loss / d images = the SDS gradient pulled
     back through ``encode``; aux = {"t": [B] int32, "grad_norm": scalar (mean
     per-sample L2 norm of the model-space gradient), "weight": [B]}.
   """
+  if spec.camera_conditioning:
+    if camera is None:
+      raise ValueError(f"guidance kind {spec.kind!r} is camera-conditioned: pass camera= "
+                       "(unit directions [B, 3]) to guidance_apply.")
+    cond_emb, uncond_emb = with_camera(cond_emb, uncond_emb, camera)
   k_enc, k_t, k_noise = jax.random.split(key, 3)
   x = encode(spec, params, images, k_enc)
   b = x.shape[0]

@@ -5,7 +5,9 @@ every colour word on the clothing (human and head renders), every object in
 every colour (object renders) and every object with every clothing colour
 and cycled object colours (interaction renders), each from cameras of the
 training distribution, captioned exactly as the trainer captions its renders.
-The result is a small uint8 ``.npz`` (images, attributes, captions).
+The result is a small ``.npz``: uint8 images, attributes, captions and the
+unit camera direction of every image (the prior's camera factor,
+``denoiser`` module docstring).
 
 ``load_default_bank`` looks for the shipped file
 ``interfusion_jax/assets/prior_bank.npz``, then a cached build under
@@ -28,7 +30,7 @@ import numpy as np
 
 from interfusion_jax.prior import colors, denoiser, objects, placement, scenes
 
-BANK_VERSION = 2
+BANK_VERSION = 3   # 3: camera directions (dirs), 16 object views
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_PATH = ASSETS_DIR / "prior_bank.npz"
 
@@ -47,7 +49,11 @@ class BankSpec:
     colors: colour words (clothing and objects).
     human_views: human renders per (clothing colour, pose).
     head_views: head renders per clothing colour.
-    object_views: object renders per (object, colour).
+    object_views: object renders per (object, colour). With the camera
+      factor (``denoiser.PriorSpec.camera_kappa``) a render is guided by the
+      bank images seen from nearby directions, so every (object, colour)
+      needs views all around: 16 random training cameras leave a typical
+      direction within ~30 degrees of one of them.
     interaction_views: interaction renders per (object, clothing colour,
       object colour).
     interaction_object_colors: object colours rendered per (object, clothing
@@ -66,7 +72,7 @@ class BankSpec:
   colors: tuple[str, ...] = colors.COLOR_NAMES
   human_views: int = 2
   head_views: int = 6
-  object_views: int = 4
+  object_views: int = 16
   interaction_views: int = 1
   interaction_object_colors: int = 0
   seed: int = 0
@@ -135,7 +141,8 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
 
   Returns:
     dict(images [N, R, R, 3] uint8, attrs [N, F] int32, captions [N] str,
-    meta: JSON string).
+    dirs [N, 3] float32 unit directions from each render's look-at target to
+    its camera, meta: JSON string).
   """
   scene_spec = scene_spec or scenes.SceneSpec(resolution=spec.resolution)
   if scene_spec.resolution != spec.resolution:
@@ -148,7 +155,7 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
     from tqdm import tqdm
     bar = tqdm(total=total, desc="building the built-in prior bank", unit="img")
   placed: dict[str, tuple] = {}
-  images, attrs, captions = [], [], []
+  images, attrs, captions, dirs = [], [], [], []
   # All cameras in one call (one compilation), then sliced per render.
   all_cams = scenes.sample_cameras(jax.random.PRNGKey(spec.seed), total, scene_spec)
   first = 0
@@ -165,7 +172,8 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
     cams = jax.tree_util.tree_map(lambda a: a[first:first + views], all_cams)
     first += views
     imgs = scenes.render(scene, kind, cams, scene_spec)
-    for img, view in zip(imgs, scenes.view_names(cams, scene_spec)):
+    unit = cams.position / np.linalg.norm(cams.position, axis=-1, keepdims=True)
+    for img, view, d in zip(imgs, scenes.view_names(cams, scene_spec), unit):
       cap = scenes.caption(scene, kind, view, scene_spec)
       truth = dict(kind=kind, view=view if scene_spec.prompts.view_dependent else None,
                    human_color=hcol if kind != "object" else None,
@@ -180,6 +188,7 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
       images.append(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8))
       attrs.append(denoiser.attributes_of(truth))
       captions.append(cap)
+      dirs.append(d)
     if bar is not None:
       bar.update(views)
   if bar is not None:
@@ -187,7 +196,8 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
   meta = json.dumps(dict(version=BANK_VERSION, spec=dataclasses.asdict(spec),
                          body="mannequin" if body_model is None else "default"))
   return dict(images=np.stack(images), attrs=np.stack(attrs).astype(np.int32),
-              captions=np.asarray(captions), meta=np.asarray(meta))
+              captions=np.asarray(captions), dirs=np.stack(dirs).astype(np.float32),
+              meta=np.asarray(meta))
 
 
 def save_bank(path: str | os.PathLike, bank: dict) -> pathlib.Path:
@@ -212,7 +222,7 @@ def load_bank(path: str | os.PathLike) -> dict:
                             "`python tools/build_prior.py`.")
   with np.load(path, allow_pickle=False) as z:
     bank = {k: z[k] for k in z.files}
-  missing = {"images", "attrs", "captions", "meta"} - set(bank)
+  missing = {"images", "attrs", "captions", "dirs", "meta"} - set(bank)
   if missing:
     raise BankError(f"Prior bank {path} lacks {sorted(missing)}; rebuild it with "
                     "`python tools/build_prior.py`.")
@@ -242,7 +252,7 @@ def load_default_bank(spec: BankSpec = BankSpec(), progress: bool = True) -> dic
 
 def prior_params(bank: dict, prior_spec: denoiser.PriorSpec = denoiser.PriorSpec()) -> dict:
   """The guidance params pytree of a bank (see ``denoiser.make_params``)."""
-  return denoiser.make_params(bank["images"], bank["attrs"], prior_spec)
+  return denoiser.make_params(bank["images"], bank["attrs"], prior_spec, bank["dirs"])
 
 
 NOTICE = (
@@ -282,7 +292,8 @@ def load_builtin_guidance(config, progress: bool = True):
       weighting=g.weighting or denoiser.DEFAULT_WEIGHTING,
       t_min=float(g.t_min), t_max=float(g.t_max),
       num_train_timesteps=pspec.num_train_timesteps, grad_clip=float(g.grad_clip),
-      resolution=int(bank["images"].shape[1]))
+      resolution=int(bank["images"].shape[1]),
+      camera_conditioning=pspec.camera_kappa > 0)
   return spec, params, builtin_text_table(config)
 
 

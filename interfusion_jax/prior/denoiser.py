@@ -20,6 +20,17 @@ object combinations missing from the bank still get the images that match
 most factors. The embedding is a plain [1, D] float vector; the trainer
 builds it offline with ``embed_caption`` for any prompt.
 
+Camera conditioning (optional, like the camera-conditioned priors of
+Zero-1-to-3 and MVDream): the trainer may append the unit direction from the
+render's look-at target to its camera (``CAMERA_DIMS`` = 3 numbers) to the
+embedding. Each bank image stores the same direction for its own camera, and
+its prior weight gains a von Mises-Fisher factor exp(kappa d_i . d). A zero
+direction switches the factor off. The four view words ("front/side/back/
+overhead view") only sort a camera into one of four wide classes, so without
+this factor the target of e.g. "a bike, side view" is the mean of bikes seen
+from anywhere within 90 degrees of azimuth and 70 of elevation, and the object
+field gets a colour and a rough extent but no shape.
+
 Backend protocol (``guidance/core.py``): ``encode`` and ``predict_eps``.
 Recommended guidance scale: ``DEFAULT_GUIDANCE_SCALE`` with "uniform" weighting.
 """
@@ -44,7 +55,8 @@ FACTORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("object_color", colors.COLOR_NAMES),
 )
 FACTOR_SIZES = tuple(len(v) for _, v in FACTORS)
-EMBED_DIM = int(sum(FACTOR_SIZES))
+EMBED_DIM = int(sum(FACTOR_SIZES))      # caption factors
+CAMERA_DIMS = 3                          # optional camera direction after them
 NOT_APPLICABLE = -1   # attribute value of e.g. the object colour of a human render
 DEFAULT_GUIDANCE_SCALE = 10.0
 DEFAULT_WEIGHTING = "uniform"
@@ -65,6 +77,9 @@ class PriorSpec:
     mix: the per-factor floor of the caption weights (0 = hard matching).
     view_mix: the floor of the view factor (views are coarse and the bank
       has few images per (colour, view), so the view only tilts the weights).
+    camera_kappa: concentration kappa of the camera-direction factor
+      exp(kappa d_i . d) (0 = off). 8 gives weights 0.34 / 0.02 / 3e-4 at
+      30 / 60 / 90 degrees from the render's direction.
     beta_schedule / beta_start / beta_end / num_train_timesteps: the DDPM
       schedule whose abar_t the denoiser (and SDS) use.
   """
@@ -72,6 +87,7 @@ class PriorSpec:
   temperature: float = 100.0
   mix: float = 0.01
   view_mix: float = 0.5
+  camera_kappa: float = 8.0
   beta_schedule: str = "linear"
   beta_start: float = 1e-4
   beta_end: float = 0.02
@@ -79,10 +95,11 @@ class PriorSpec:
 
   def __post_init__(self):
     if (self.smoothing < 0 or self.temperature < 1.0 or not 0.0 <= self.mix <= 1.0
-        or not 0.0 <= self.view_mix <= 1.0):
+        or not 0.0 <= self.view_mix <= 1.0 or self.camera_kappa < 0):
       raise ValueError(
           f"PriorSpec(smoothing={self.smoothing}, temperature={self.temperature}, "
-          f"mix={self.mix}): need smoothing >= 0, temperature >= 1, 0 <= mix <= 1.")
+          f"mix={self.mix}, view_mix={self.view_mix}, camera_kappa={self.camera_kappa}): "
+          "need smoothing >= 0, temperature >= 1, 0 <= mix, view_mix <= 1, camera_kappa >= 0.")
 
 
 # ----------------------------------------------------------------------------
@@ -172,18 +189,28 @@ def attributes_of(factors: dict[str, Optional[str]]) -> np.ndarray:
 
 
 def log_prior_weights(attrs: jax.Array, emb: jax.Array, mix: float | jax.Array,
-                      view_mix: float | jax.Array | None = None) -> jax.Array:
+                      view_mix: float | jax.Array | None = None,
+                      dirs: jax.Array | None = None,
+                      camera_kappa: float | jax.Array = 0.0) -> jax.Array:
   """log pi_i(y): the caption's factorised weights over the bank images.
 
-  log pi_i = sum_f log((1 - mix_f) q_f[attr_if] + mix_f / n_f), where q_f is
-  the caption's distribution over factor f and mix_f = ``mix`` except for
-  the view factor (``view_mix``, softer: views are coarse); an attribute -1
-  (not applicable) scores the factor's mean 1 / n_f. Unnormalised.
+  log pi_i = sum_f log((1 - mix_f) q_f[attr_if] + mix_f / n_f)
+             + kappa d_i . d,
+  where q_f is the caption's distribution over factor f and mix_f = ``mix``
+  except for the view factor (``view_mix``, softer: views are coarse); an
+  attribute -1 (not applicable) scores the factor's mean 1 / n_f. The last
+  term is the camera factor (module docstring): d = emb[..., EMBED_DIM:
+  EMBED_DIM + 3] when the embedding carries it (else, or for d = 0, no
+  term), d_i = ``dirs[i]``. Unnormalised.
 
   Args:
     attrs: [N, F] int attribute indices of the bank images.
-    emb: [..., EMBED_DIM] caption embeddings.
+    emb: [..., EMBED_DIM] caption embeddings, or [..., EMBED_DIM + 3] with
+      the camera direction appended.
     mix: floor mixing weight; view_mix: that of the view factor (None = mix).
+    dirs: [N, 3] unit camera directions of the bank images (None: no camera
+      factor).
+    camera_kappa: kappa.
 
   Returns:
     [..., N] unnormalised log weights.
@@ -198,6 +225,9 @@ def log_prior_weights(attrs: jax.Array, emb: jax.Array, mix: float | jax.Array,
     qa = jnp.where(a >= 0, qa, 1.0 / n)
     total = total + jnp.log((1.0 - m) * qa + m / n)
     start += n
+  if dirs is not None and emb.shape[-1] >= EMBED_DIM + CAMERA_DIMS:
+    d = emb[..., EMBED_DIM:EMBED_DIM + CAMERA_DIMS]
+    total = total + camera_kappa * (d @ jnp.asarray(dirs, emb.dtype).T)
   return total
 
 
@@ -239,7 +269,9 @@ def posterior_mean(x_t: jax.Array, a: jax.Array, b: jax.Array, bank: jax.Array,
 def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
                 bank: jax.Array, attrs: jax.Array, emb: jax.Array, *,
                 smoothing: float | jax.Array, temperature: float | jax.Array,
-                mix: float | jax.Array, view_mix: float | jax.Array | None = None) -> jax.Array:
+                mix: float | jax.Array, view_mix: float | jax.Array | None = None,
+                dirs: jax.Array | None = None,
+                camera_kappa: float | jax.Array = 0.0) -> jax.Array:
   """E[eps | x_t, y] = (x_t - a E[x0 | x_t, y]) / b.
 
   Args:
@@ -248,7 +280,9 @@ def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
     alphas_cumprod: [T].
     bank: [N, R, R, 3] bank images in [-1, 1].
     attrs: [N, F] bank attributes.
-    emb: [B, 1, EMBED_DIM] (or [B, EMBED_DIM]) caption embeddings.
+    emb: [B, 1, E] (or [B, E]) caption embeddings, E = EMBED_DIM or
+      EMBED_DIM + CAMERA_DIMS (camera direction appended).
+    dirs, camera_kappa: the camera factor (``log_prior_weights``).
 
   Returns:
     [B, R, R, 3] noise prediction.
@@ -258,7 +292,8 @@ def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
   a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
   flat = x_t.reshape(bsz, -1).astype(jnp.float32)
   bank_flat = bank.reshape(bank.shape[0], -1).astype(jnp.float32)
-  lp = log_prior_weights(attrs, emb.reshape(bsz, -1).astype(jnp.float32), mix, view_mix)
+  lp = log_prior_weights(attrs, emb.reshape(bsz, -1).astype(jnp.float32), mix, view_mix,
+                         dirs, camera_kappa)
   x0 = posterior_mean(flat, a, b, bank_flat, lp, smoothing, temperature)
   return ((flat - a[:, None] * x0) / b[:, None]).reshape(x_t.shape)
 
@@ -284,16 +319,19 @@ def encode(spec: Any, params: Any, images: jax.Array, key: jax.Array) -> jax.Arr
 
 def predict_eps(spec: Any, params: Any, x_t: jax.Array, t: jax.Array,
                 emb: jax.Array) -> jax.Array:
-  """Backend ``predict_eps``: [N, R, R, 3], [N], [N, 1, D] -> [N, R, R, 3].
+  """Backend ``predict_eps``: [N, R, R, 3], [N], [N, 1, E] -> [N, R, R, 3].
 
   ``params``: dict(alphas_cumprod [T], bank [N, R, R, 3] in [-1, 1], attrs
-  [N, F] int32, smoothing [], temperature [], mix [], view_mix []) -- see
-  ``make_params``.
+  [N, F] int32, dirs [N, 3], smoothing [], temperature [], mix [],
+  view_mix [], camera_kappa []) -- see ``make_params``. E = EMBED_DIM, or
+  EMBED_DIM + CAMERA_DIMS when the trainer appends the camera direction
+  (``GuidanceSpec.camera_conditioning``).
   """
   del spec
   return denoise_eps(x_t, t, params["alphas_cumprod"], params["bank"], params["attrs"],
                      emb, smoothing=params["smoothing"], temperature=params["temperature"],
-                     mix=params["mix"], view_mix=params["view_mix"])
+                     mix=params["mix"], view_mix=params["view_mix"],
+                     dirs=params["dirs"], camera_kappa=params["camera_kappa"])
 
 
 def alphas_cumprod(spec: PriorSpec) -> np.ndarray:
@@ -305,17 +343,20 @@ def alphas_cumprod(spec: PriorSpec) -> np.ndarray:
 
 
 def make_params(images_uint8: np.ndarray, attrs: np.ndarray,
-                spec: PriorSpec = PriorSpec()) -> dict:
+                spec: PriorSpec = PriorSpec(), dirs: np.ndarray | None = None) -> dict:
   """The prior's params pytree from a bank.
 
   Args:
     images_uint8: [N, R, R, 3] uint8 bank images.
     attrs: [N, F] int attributes (``attributes_of``).
     spec: PriorSpec.
+    dirs: [N, 3] unit camera directions of the images (None: zeros, i.e. the
+      camera factor never applies).
 
   Returns:
     dict(alphas_cumprod [T], bank [N, R, R, 3] float32 in [-1, 1], attrs
-    [N, F] int32, smoothing, temperature, mix, view_mix float32 scalars).
+    [N, F] int32, dirs [N, 3] float32, smoothing, temperature, mix,
+    view_mix, camera_kappa float32 scalars).
   """
   images_uint8 = np.asarray(images_uint8)
   if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3 or images_uint8.dtype != np.uint8:
@@ -325,11 +366,18 @@ def make_params(images_uint8: np.ndarray, attrs: np.ndarray,
   if attrs.shape != (images_uint8.shape[0], len(FACTORS)):
     raise ValueError(f"attrs has shape {attrs.shape}: expected "
                      f"[{images_uint8.shape[0]}, {len(FACTORS)}].")
+  n = images_uint8.shape[0]
+  dirs = np.zeros((n, CAMERA_DIMS), np.float32) if dirs is None else np.asarray(dirs, np.float32)
+  if dirs.shape != (n, CAMERA_DIMS):
+    raise ValueError(f"dirs has shape {dirs.shape}: expected [{n}, {CAMERA_DIMS}] "
+                     "(the unit camera direction of each bank image).")
   return dict(
       alphas_cumprod=jnp.asarray(alphas_cumprod(spec)),
       bank=jnp.asarray(images_uint8.astype(np.float32) / 127.5 - 1.0),
       attrs=jnp.asarray(attrs),
+      dirs=jnp.asarray(dirs),
       smoothing=jnp.float32(spec.smoothing),
       temperature=jnp.float32(spec.temperature),
       mix=jnp.float32(spec.mix),
-      view_mix=jnp.float32(spec.view_mix))
+      view_mix=jnp.float32(spec.view_mix),
+      camera_kappa=jnp.float32(spec.camera_kappa))
