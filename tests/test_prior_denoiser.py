@@ -101,6 +101,36 @@ def test_camera_factor_is_a_von_mises_fisher_term_and_off_for_a_zero_direction()
   np.testing.assert_allclose(np.asarray(zero), base, rtol=1e-6)
 
 
+def test_sharpness_raises_the_prior_weights_to_a_power():
+  """denoise_eps with sharpness lam is the brute-force posterior under pi_i^lam."""
+  rng = np.random.default_rng(4)
+  n, r = 7, 3
+  bank = rng.uniform(-1, 1, (n, r, r, 3)).astype(np.float32)
+  attrs = np.stack([rng.integers(-1, k, n) for k in denoiser.FACTOR_SIZES], 1)
+  dirs = rng.normal(size=(n, 3))
+  dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+  emb = np.concatenate([denoiser.embed_caption("a photo of a red chair, side view")[0],
+                        [0.0, 0.6, 0.8]]).astype(np.float32)
+  abar = np.linspace(0.999, 0.01, 1000).astype(np.float32)
+  t = np.array([30, 400])
+  x_t = rng.normal(size=(2, r, r, 3)).astype(np.float32)
+  lam, kappa, s, tau = 5.0, 3.0, 0.1, 4.0
+  got = denoiser.denoise_eps(jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(abar),
+                             jnp.asarray(bank), jnp.asarray(attrs),
+                             jnp.asarray(np.stack([emb, emb])[:, None]), smoothing=s,
+                             temperature=tau, mix=0.01, view_mix=0.5,
+                             dirs=jnp.asarray(dirs, jnp.float32), camera_kappa=kappa,
+                             sharpness=lam)
+  lp = np.asarray(denoiser.log_prior_weights(jnp.asarray(attrs), jnp.asarray(emb), 0.01, 0.5,
+                                             jnp.asarray(dirs, jnp.float32), kappa), np.float64)
+  a, b = np.sqrt(abar[t].astype(np.float64)), np.sqrt(1 - abar[t].astype(np.float64))
+  x0 = brute_force_posterior_mean(x_t.reshape(2, -1).astype(np.float64), a, b,
+                                  bank.reshape(n, -1).astype(np.float64),
+                                  np.stack([lam * lp, lam * lp]), s, tau)
+  want = (x_t.reshape(2, -1) - a[:, None] * x0) / b[:, None]
+  np.testing.assert_allclose(np.asarray(got).reshape(2, -1), want, atol=2e-3, rtol=1e-3)
+
+
 def test_camera_conditioned_sds_pulls_toward_the_image_seen_from_that_side(builtin_backend):
   """Two bank images with the same caption, a red one seen from +x and a blue
   one from -x: SDS from a camera at +x pushes the render red, from -x blue;
@@ -248,3 +278,5 @@ def test_make_params_rejects_bad_banks():
                          dirs=np.zeros((3, 3)))
   with pytest.raises(ValueError, match="camera_kappa"):
     denoiser.PriorSpec(camera_kappa=-1.0)
+  with pytest.raises(ValueError, match="sharpness"):
+    denoiser.PriorSpec(sharpness=0.5)

@@ -28,9 +28,10 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from interfusion_jax import camera as camera_lib
 from interfusion_jax.prior import colors, denoiser, objects, placement, scenes
 
-BANK_VERSION = 3   # 3: camera directions (dirs), 16 object views
+BANK_VERSION = 4   # 3: camera directions (dirs); 4: fixed camera zoom, 48 object views
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_PATH = ASSETS_DIR / "prior_bank.npz"
 
@@ -52,8 +53,15 @@ class BankSpec:
     object_views: object renders per (object, colour). With the camera
       factor (``denoiser.PriorSpec.camera_kappa``) a render is guided by the
       bank images seen from nearby directions, so every (object, colour)
-      needs views all around: 16 random training cameras leave a typical
-      direction within ~30 degrees of one of them.
+      needs views all around: 48 random directions leave a typical
+      direction within ~15 degrees of one of them.
+    fovy_deg, distance: every bank camera has this field of view and
+      distance (its direction is random). A render of the same object at
+      another zoom is a scaled image, which the denoiser cannot relate to a
+      bank image; bank images of mixed zoom averaged into a blob. The ``cpu``
+      config variants train with the same fixed zoom
+      (``config.camera.fovy_range_deg`` / ``distance_range``); 0 = the
+      training distribution of ``camera.py`` (bank v3).
     interaction_views: interaction renders per (object, clothing colour,
       object colour).
     interaction_object_colors: object colours rendered per (object, clothing
@@ -72,9 +80,11 @@ class BankSpec:
   colors: tuple[str, ...] = colors.COLOR_NAMES
   human_views: int = 2
   head_views: int = 6
-  object_views: int = 16
+  object_views: int = 48
   interaction_views: int = 1
   interaction_object_colors: int = 0
+  fovy_deg: float = 55.0
+  distance: float = 2.75
   seed: int = 0
   placement_resolution: int = 128
   body: str = "default"
@@ -144,7 +154,13 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
     dirs [N, 3] float32 unit directions from each render's look-at target to
     its camera, meta: JSON string).
   """
-  scene_spec = scene_spec or scenes.SceneSpec(resolution=spec.resolution)
+  if scene_spec is None:
+    cams = camera_lib.CameraSpec()
+    if spec.fovy_deg > 0:
+      cams = dataclasses.replace(cams, fovy_range_deg=(spec.fovy_deg, spec.fovy_deg))
+    if spec.distance > 0:
+      cams = dataclasses.replace(cams, distance_range=(spec.distance, spec.distance))
+    scene_spec = scenes.SceneSpec(resolution=spec.resolution, cameras=cams)
   if scene_spec.resolution != spec.resolution:
     scene_spec = dataclasses.replace(scene_spec, resolution=spec.resolution)
   body_model = _body_model(spec.body)
