@@ -185,6 +185,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.train.max_consecutive_skips = 20
   c.train.turntable_frames = 60
   c.train.mesh_resolution = 128
+  c.train.final_resolution = 0      # size of the final turntables / multiview (0 = render size)
   return c
 
 
@@ -193,7 +194,8 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   400 steps with the official schedules compressed 25x (lambda1/lambda2 via
   loss.schedule_period, orient ramp, ambient-only phase, occupancy warm-up,
-  camera tracing), smaller hash grids, 32x32 renders, 64 samples per ray, a
+  camera tracing), smaller hash grids, 32x32 renders, 64 samples per ray, the
+  built-in prior's fixed camera zoom (fovy 55 deg, distance 2.75), a
   tight proximal surface (geo_eta 0.03; the built-in prior adds no detail
   beyond the anchor body, so the human field is fitted closely to it), and
   heavier geometric (L_H^geo x2, lambda2 x4) and sparsity (x10) weights.
@@ -212,6 +214,10 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.loss.lambda_object_geo_scale = 4.0
   c.loss.lambda_sparsity = 10.0
   c.loss.schedule_period = 40
+  # One camera zoom, that of the built-in prior's bank (prior.assets.BankSpec:
+  # fovy 55 deg, distance 2.75); official: fovy U(40, 70), distance U(2.5, 3).
+  c.camera.fovy_range_deg = (55.0, 55.0)
+  c.camera.distance_range = (2.75, 2.75)
   c.loss.lambda_orient_ramp_steps = 200
   c.shading.ambient_only_steps = 81
   c.occupancy.warmup_steps = 16
@@ -220,6 +226,7 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.val_every = 100
   c.train.ckpt_every = 100
   c.train.turntable_frames = 24
+  c.train.final_resolution = 128   # the fields are continuous: show them sharper than 32x32
   return c
 
 

@@ -140,6 +140,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.ckpt_every": (_positive_int, "must be a positive integer"),
     "train.keep_checkpoints": (_positive_int, "must be a positive integer"),
     "train.max_consecutive_skips": (_positive_int, "must be a positive integer"),
+    "train.final_resolution": (_nonneg_int,
+                               "must be a non-negative integer (0 = the render size)"),
 }
 
 _PROMPTS = ("prompt.human", "prompt.object", "prompt.interaction")

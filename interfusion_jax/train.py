@@ -988,9 +988,15 @@ def write_meshes(state: TrainState, spec: TrainSpec, out_dir: pathlib.Path, reso
 
 def write_final_outputs(state: TrainState, scene: Scene, config: ml_collections.ConfigDict,
                         paths: run_io.RunPaths, info: dict) -> dict:
-  """Turntables, multi-view grid, meshes and summary.json into <workdir>/final."""
+  """Turntables, multi-view grid, meshes and summary.json into <workdir>/final.
+
+  The renders are ``config.train.final_resolution`` pixels square (0: the
+  training render size).
+  """
   spec = scene.spec
-  outputs = write_renders(state, spec, paths.final, int(config.train.turntable_frames))
+  size = int(config.train.get("final_resolution", 0))
+  view_spec = dataclasses.replace(spec, height=size, width=size) if size else spec
+  outputs = write_renders(state, view_spec, paths.final, int(config.train.turntable_frames))
   mesh_files, meshes = write_meshes(state, spec, paths.final, int(config.train.mesh_resolution))
   outputs.update(mesh_files)
   summary = {

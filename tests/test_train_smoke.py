@@ -42,7 +42,8 @@ def _run(args, timeout=900):
 def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   work = tmp_path / "run"
   proc = _run(["interfusion_jax.train", "--config=configs/hoi.py:smoke", f"--workdir={work}",
-               f"--config.guidance.weights_dir={guidance_dir}", "--noprogress"])
+               f"--config.guidance.weights_dir={guidance_dir}", "--noprogress",
+               "--config.train.final_resolution=24"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   cfg = hoi.get_config("smoke")
   assert json.loads((work / "config.json").read_text())["prompt"]["object"] == cfg.prompt.object
@@ -67,7 +68,10 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   for name in ("human", "object", "combined"):
     for ext in (".glb", ".obj"):
       assert (final / f"mesh_{name}{ext}").exists()
-  assert (final / "multiview.png").exists()
+  # 3 rows (interaction, human, object) x 4 views of final_resolution = 24
+  # pixels (the smoke renders are 16x16), 2-pixel padding.
+  import imageio.v2 as imageio
+  assert imageio.imread(final / "multiview.png").shape[:2] == (3 * 24 + 4 * 2, 4 * 24 + 5 * 2)
   summary = json.loads((final / "summary.json").read_text())
   assert summary["step"] == cfg.train.steps
   assert summary["steps_per_second"] > 0 and summary["wall_time_s"] > 0
