@@ -359,3 +359,25 @@ def test_ctrl_c_writes_checkpoint_and_exits_cleanly(tmp_path, monkeypatch):
   restored = train.restore_or_init(cfg, spec, paths, resume=True)
   for a, b in zip(_leaves(state), _leaves(restored)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_sds_terms_hand_the_camera_direction_to_every_guidance_call(monkeypatch):
+  """The four SDS calls of one camera all receive its unit direction [1, 3]
+  (camera-conditioned backends such as the built-in prior read it)."""
+  import types
+
+  def fake_apply(spec, params, img, emb, uncond, key, *, t_max=None, camera=None):
+    del spec, params, img, emb, uncond, key, t_max
+    code = jnp.sum(camera * jnp.array([[1.0, 10.0, 100.0]]))
+    return code, {"t": jnp.zeros((1,), jnp.int32), "grad_norm": jnp.float32(0.0)}
+
+  monkeypatch.setattr(train.guidance_core, "guidance_apply", fake_apply)
+  outs = {n: types.SimpleNamespace(rgb=jnp.zeros((4 * 4, 3))) for n in train.RENDERS}
+  text = {n: jnp.zeros((4, 1, 5)) for n in train.RENDERS}
+  text["uncond"] = jnp.zeros((1, 5))
+  spec = types.SimpleNamespace(height=4, width=4, guidance=None)
+  terms, _ = train.sds_terms(outs, {"text": text, "guidance": {}}, jnp.int32(1),
+                             jax.random.PRNGKey(0), jnp.float32(0.98), spec,
+                             jnp.array([0.0, 0.6, 0.8]))
+  for n in train.RENDERS:
+    np.testing.assert_allclose(float(terms[n]), 86.0, rtol=1e-6)

@@ -4,13 +4,14 @@ Public API::
 
   sds_gradient, sds_loss, sds_weight, classifier_free_guidance,
   sample_timesteps, anneal_t_max                                   (sds.py)
-  GuidanceSpec, guidance_apply, predict_eps, encode, BACKENDS      (core.py)
+  GuidanceSpec, guidance_apply, predict_eps, encode, with_camera, BACKENDS (core.py)
   load_guidance, load_text_encoder, load_tokenizer, ...            (loading.py)
   PromptSpec, embedding_table, select_embeddings, view_index, ...  (prompts.py)
 """
 from interfusion_jax.guidance.analytic import gaussian_eps, targets_eps
 from interfusion_jax.guidance.core import (BACKENDS, DEFAULTS, GuidanceSpec, encode,
-                                           guidance_apply, predict_cfg_pair, predict_eps)
+                                           guidance_apply, predict_cfg_pair, predict_eps,
+                                           with_camera)
 from interfusion_jax.guidance.loading import (ModelTypeError, WeightsNotFoundError,
                                               check_model_dir, kind_from_unet_config,
                                               load_alphas_cumprod, load_guidance,
