@@ -198,7 +198,7 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   built-in prior's fixed camera zoom (fovy 55 deg, distance 2.75), a
   tight proximal surface (geo_eta 0.03; the built-in prior adds no detail
   beyond the anchor body, so the human field is fitted closely to it), and
-  heavier geometric (L_H^geo x2, lambda2 x4) and sparsity (x10) weights.
+  heavier geometric (L_H^geo x3, lambda2 x4) and sparsity (x10) weights.
   """
   c.field.log2_hashmap_size = 15
   c.field.n_levels = 10
@@ -210,7 +210,7 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # stronger geometric terms keep the human on the anchor and the object out
   # of it, and a stronger sparsity term thins the object's fog
   # (docs/evaluation.md: measured on three colour pairs).
-  c.loss.lambda_geo_human = 2.0
+  c.loss.lambda_geo_human = 3.0
   c.loss.lambda_object_geo_scale = 4.0
   c.loss.lambda_sparsity = 10.0
   c.loss.schedule_period = 40

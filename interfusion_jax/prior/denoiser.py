@@ -88,7 +88,9 @@ class PriorSpec:
       in pixels, whatever its camera: the object field became a blob
       (measured: a chair-prompted field had IoU 0.17 with the chair at
       lambda = 1 and 0.34 with a chair silhouette at lambda = 20, at a fixed
-      camera zoom).
+      camera zoom). Default 1: in full training runs (``cpu`` variant)
+      lambda = 20 did not give the object its shape and pulled the human
+      field off the anchor (human IoU 0.74-0.75, docs/prior.md).
     beta_schedule / beta_start / beta_end / num_train_timesteps: the DDPM
       schedule whose abar_t the denoiser (and SDS) use.
   """
@@ -97,7 +99,7 @@ class PriorSpec:
   mix: float = 0.01
   view_mix: float = 0.5
   camera_kappa: float = 8.0
-  sharpness: float = 20.0
+  sharpness: float = 1.0
   beta_schedule: str = "linear"
   beta_start: float = 1e-4
   beta_end: float = 0.02
