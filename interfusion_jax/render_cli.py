@@ -37,7 +37,8 @@ def main(argv=None) -> int:
   from interfusion_jax import train
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "renders")
   out.mkdir(parents=True, exist_ok=True)
-  files = train.write_renders(state, spec, out, args.frames or int(config.train.turntable_frames))
+  files = train.write_renders(state, spec, out, args.frames or int(config.train.turntable_frames),
+                              int(config.train.get("final_resolution", 0)))
   print("\n".join(sorted(files.values())))
   return 0
 

@@ -955,12 +955,18 @@ def train_loop(state: TrainState, scene: Scene, config: ml_collections.ConfigDic
 
 
 def write_renders(state: TrainState, spec: TrainSpec, out_dir: pathlib.Path,
-                  frames: int) -> dict:
+                  frames: int, size: int = 0) -> dict:
   """Turntables (MP4, GIF fallback) of the interaction / human / object and multiview.png.
+
+  Args:
+    size: render size in pixels, square (``config.train.final_resolution``;
+      0 = the training render size spec.height x spec.width).
 
   Returns:
     {output name: path}.
   """
+  if size:
+    spec = dataclasses.replace(spec, height=size, width=size)
   outputs = {}
   shots = turntables(state.params, state.occupancy, state.object_center, spec, frames)
   for name, fr in shots.items():
@@ -994,9 +1000,8 @@ def write_final_outputs(state: TrainState, scene: Scene, config: ml_collections.
   training render size).
   """
   spec = scene.spec
-  size = int(config.train.get("final_resolution", 0))
-  view_spec = dataclasses.replace(spec, height=size, width=size) if size else spec
-  outputs = write_renders(state, view_spec, paths.final, int(config.train.turntable_frames))
+  outputs = write_renders(state, spec, paths.final, int(config.train.turntable_frames),
+                          int(config.train.get("final_resolution", 0)))
   mesh_files, meshes = write_meshes(state, spec, paths.final, int(config.train.mesh_resolution))
   outputs.update(mesh_files)
   summary = {

@@ -79,7 +79,10 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   # The separate entry points work on the finished run.
   proc = _run(["interfusion_jax.render_cli", f"--workdir={work}", "--frames=2"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (work / "renders" / "multiview.png").exists()
+  # render_cli re-renders at the run's train.final_resolution too (--frames=2:
+  # 2 views per row).
+  assert imageio.imread(work / "renders" / "multiview.png").shape[:2] == (3 * 24 + 4 * 2,
+                                                                         2 * 24 + 3 * 2)
   proc = _run(["interfusion_jax.export", f"--workdir={work}", f"--out={tmp_path / 'exp'}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (tmp_path / "exp" / "mesh_combined.glb").read_bytes()[:4] == b"glTF"
