@@ -85,10 +85,12 @@ class PriorSpec:
       the image term ||x_t - a m_i||^2 / (2 v tau) spreads the bank over
       hundreds of nats while the conditioning spans tens, so without
       sharpening each view is pulled toward whichever bank image is nearest
-      in pixels, whatever its camera: the object field became a blob
-      (measured: a chair-prompted field had IoU 0.17 with the chair at
-      lambda = 1 and 0.34 with a chair silhouette at lambda = 20, at a fixed
-      camera zoom). Default 1: in full training runs (``cpu`` variant)
+      in pixels, whatever its camera, and the object field became a blob.
+      Measured with ``benchmarks/bench_prior_shape.py`` (one blue-chair
+      field alone, bank v4): IoU with the chair 0.150 and a blob at kappa 0,
+      lambda 1; 0.212 and a chair silhouette at kappa 8, lambda 20. On the
+      mixed-zoom bank v3, lambda 20 alone gave 0.175, still a blob (the
+      fixed zoom matters too). Default 1: in full training runs (``cpu`` variant)
       lambda = 20 did not give the object its shape and pulled the human
       field off the anchor (human IoU 0.74-0.75, docs/prior.md).
     beta_schedule / beta_start / beta_end / num_train_timesteps: the DDPM
