@@ -49,6 +49,10 @@ def _paper() -> ml_collections.ConfigDict:
   c.field.density_bias = "blob_magic3d"  # blob_magic3d | blob_dreamfusion | none
   c.field.density_blob_scale = 10.0
   c.field.density_blob_std = 0.5
+  # Where the object field's density blob starts: origin (official) | placement
+  # (where the built-in prior's placement rule puts the object named in
+  # prompt.object against the anchor body; c_O starts there too).
+  c.field.object_blob = "origin"
   c.field.density_activation = "softplus"  # softplus | exp | relu
   c.field.normals = "analytic"          # analytic | finite_difference
   c.field.fd_eps = 0.01
@@ -218,6 +222,9 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # fovy 55 deg, distance 2.75); official: fovy U(40, 70), distance U(2.5, 3).
   c.camera.fovy_range_deg = (55.0, 55.0)
   c.camera.distance_range = (2.75, 2.75)
+  # The object blob starts where the prior's bank has the named object
+  # (field.object_blob; official: the origin, inside the body).
+  c.field.object_blob = "placement"
   c.loss.lambda_orient_ramp_steps = 200
   c.shading.ambient_only_steps = 81
   c.occupancy.warmup_steps = 16

@@ -63,6 +63,7 @@ def _range(lo=None, hi=None, strict=False) -> Callable[[Any], bool]:
 
 _CHOICES = {
     "field.density_bias": ("blob_magic3d", "blob_dreamfusion", "none"),
+    "field.object_blob": ("origin", "placement"),
     "field.density_activation": ("softplus", "exp", "relu"),
     "field.normals": ("analytic", "finite_difference"),
     "field.compute_dtype": ("float32", "bfloat16"),

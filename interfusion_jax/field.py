@@ -200,10 +200,27 @@ def _encode(params: Params, x: jax.Array, spec: FieldSpec) -> jax.Array:
                               spec.grid)
 
 
+def blob_frame(params: Params, x: jax.Array) -> jax.Array:
+  """Points relative to the field's blob centre: [N, 3] -> [N, 3].
+
+  A field may carry an untrained ``params["blob_center"]`` [3] (its gradient is
+  stopped, so Adam leaves it unchanged): the density bias is then centred
+  there instead of at the origin. Without it (the official setting) this is x.
+  """
+  if "blob_center" not in params:
+    return x
+  return x - jax.lax.stop_gradient(params["blob_center"]).astype(x.dtype)
+
+
+def with_blob_center(params: Params, center) -> Params:
+  """A copy of ``params`` whose density blob is centred at ``center`` [3]."""
+  return dict(params, blob_center=jnp.asarray(center, jnp.float32).reshape(3))
+
+
 def _sigma(params: Params, feats: jax.Array, x: jax.Array, spec: FieldSpec
            ) -> jax.Array:
   raw = mlp_apply(params["density_mlp"], feats, spec.compute_dtype)[:, 0]
-  return density_activation(raw + density_bias(x, spec), spec)
+  return density_activation(raw + density_bias(blob_frame(params, x), spec), spec)
 
 
 def field_density(params: Params, x: jax.Array, spec: FieldSpec) -> jax.Array:

@@ -110,7 +110,7 @@ def build_sweep(configs: Sequence[ml_collections.ConfigDict], guidance=None) -> 
     table = _text_table(c, first)
     spec = train.TrainSpec.from_config(c, first.spec.guidance)
     scenes.append(train.Scene(spec, {"guidance": first.frozen["guidance"], "text": table,
-                                     "anchor": anchor}, pose))
+                                     "anchor": anchor}, pose, train.object_origin(c, anchor)))
   for i, s in enumerate(scenes[1:], 1):
     if dataclasses.replace(s.spec, model=first.spec.model) != first.spec:
       raise train.TrainSetupError(
@@ -152,7 +152,8 @@ def train_sweep(configs: Sequence[ml_collections.ConfigDict], *, steps: int | No
   spec, n = sw.spec, len(configs)
   total = int(configs[0].train.steps if steps is None else steps)
   step_fn, trace_fn = _compiled(spec)
-  states = stack([train.init_state(jax.random.PRNGKey(int(configs[0].seed)), spec)] * n)
+  states = stack([train.init_state(jax.random.PRNGKey(int(configs[0].seed)), spec,
+                                   s.object_origin) for s in sw.scenes])
   base_key = jax.random.PRNGKey(int(configs[0].seed))
   bar = run_io.Progress(total, disable=not progress)
   t0 = time.perf_counter()

@@ -161,6 +161,7 @@ class TrainSpec:
   overhead_elevation_deg: float = 60.0
   front_azimuth_deg: float = 45.0
   back_azimuth_deg: float = 135.0
+  object_blob: str = "origin"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, guidance_spec: Any,
@@ -196,7 +197,8 @@ class TrainSpec:
         trace_threshold=float(c.camera.trace_threshold),
         overhead_elevation_deg=float(c.prompt.overhead_elevation_deg),
         front_azimuth_deg=float(c.prompt.front_azimuth_deg),
-        back_azimuth_deg=float(c.prompt.back_azimuth_deg))
+        back_azimuth_deg=float(c.prompt.back_azimuth_deg),
+        object_blob=str(c.field.get("object_blob", "origin")))
 
 
 class TrainState(NamedTuple):
@@ -225,14 +227,57 @@ def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
                                lambda params: {k: labels[k] for k in params})
 
 
-def init_state(key: jax.Array, spec: TrainSpec) -> TrainState:
-  """Fresh parameters, optimizer state, occupancy grid (all occupied) and c_O = 0."""
+def init_state(key: jax.Array, spec: TrainSpec, object_origin=None) -> TrainState:
+  """Fresh parameters, optimizer state, occupancy grid (all occupied) and c_O.
+
+  Args:
+    key: PRNG key of the parameters.
+    spec: TrainSpec. With ``spec.object_blob == "placement"`` the object field
+      carries ``blob_center`` (field.with_blob_center) = ``object_origin``, and
+      the human field one at the origin (the same tree for both fields, which
+      ``render_views`` stacks; for the human nothing changes).
+    object_origin: [3] start of the object blob and of c_O (``object_origin``
+      below); None = the origin.
+  """
   params = spec.model.init(key)
+  origin = jnp.zeros(3, jnp.float32) if object_origin is None else jnp.asarray(
+      object_origin, jnp.float32).reshape(3)
+  if spec.object_blob == "placement":
+    from interfusion_jax import field as field_lib
+    params = dict(params, human=field_lib.with_blob_center(params["human"], jnp.zeros(3)),
+                  object=field_lib.with_blob_center(params["object"], origin))
   return TrainState(step=jnp.int32(0), params=params,
                     opt_state=make_optimizer(spec).init(params),
                     occupancy=occ_lib.init_occupancy(spec.occupancy),
-                    object_center=jnp.zeros(3, jnp.float32),
+                    object_center=origin,
                     consecutive_skips=jnp.int32(0), total_skips=jnp.int32(0))
+
+
+def object_origin(config: ml_collections.ConfigDict, anchor: Any) -> np.ndarray | None:
+  """Where the object field starts (config.field.object_blob; not in the official code).
+
+  "origin": None (the official blob at the origin, c_O = 0). "placement": the
+  bounding-box centre of the built-in prior's parametric object named in
+  ``config.prompt.object`` (prior.objects.object_from_text), placed against
+  the anchor body by its rule (prior.placement) exactly as in the prior's
+  image bank; None, with a warning, when the prompt names no library object.
+
+  Returns:
+    [3] float32 scene coordinates, or None.
+  """
+  if str(config.field.get("object_blob", "origin")) != "placement":
+    return None
+  from interfusion_jax.prior import objects, placement
+  name = objects.object_from_text(str(config.prompt.object))
+  if name is None:
+    warnings.warn(f"config.field.object_blob='placement': the object prompt "
+                  f"{str(config.prompt.object)!r} names no object of the built-in library "
+                  f"({', '.join(objects.OBJECT_NAMES)}); the object blob starts at the origin.")
+    return None
+  v, f, j = (np.asarray(a) for a in (anchor.vertices, anchor.faces, anchor.joints))
+  placed = placement.place_object(objects.make_object(name), placement.default_rule(name),
+                                  v, f, j).mesh
+  return (0.5 * (placed.vertices.min(0) + placed.vertices.max(0))).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -837,6 +882,7 @@ class Scene:
   spec: TrainSpec
   frozen: dict
   anchor_pose: Any = None
+  object_origin: Any = None          # [3] or None (train.object_origin)
 
 
 def build_scene(config: ml_collections.ConfigDict, paths: run_io.RunPaths | None,
@@ -849,7 +895,8 @@ def build_scene(config: ml_collections.ConfigDict, paths: run_io.RunPaths | None
   gspec, gparams, table = guidance if guidance is not None else load_guidance_and_text(config)
   anchor, pose = prepare_anchor(config, paths)
   spec = TrainSpec.from_config(config, gspec, num_devices=num_devices)
-  return Scene(spec, {"guidance": gparams, "text": table, "anchor": anchor}, pose)
+  return Scene(spec, {"guidance": gparams, "text": table, "anchor": anchor}, pose,
+               object_origin(config, anchor))
 
 
 def _put(state: TrainState, num_devices: int):
@@ -1022,13 +1069,15 @@ def write_final_outputs(state: TrainState, scene: Scene, config: ml_collections.
 
 
 def restore_or_init(config: ml_collections.ConfigDict, spec: TrainSpec,
-                    paths: run_io.RunPaths, resume: bool | None) -> TrainState:
+                    paths: run_io.RunPaths, resume: bool | None,
+                    origin=None) -> TrainState:
   """Fresh state, or the newest loadable checkpoint.
 
   resume None: resume automatically when checkpoints exist; True: a
   checkpoint must exist; False: start fresh (existing checkpoints are an error).
+  origin: the fresh state's object origin (``object_origin``).
   """
-  fresh = init_state(jax.random.PRNGKey(int(config.seed)), spec)
+  fresh = init_state(jax.random.PRNGKey(int(config.seed)), spec, origin)
   has = ckpt_lib.latest_step(paths.checkpoints) is not None
   if resume is False:
     if has:
@@ -1079,7 +1128,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool | None 
   nd = num_devices or choose_num_devices(int(config.render.batch_size))
   scene = build_scene(config, paths, nd, guidance)
   run_io.save_config(paths, config)
-  state = restore_or_init(config, scene.spec, paths, resume)
+  state = restore_or_init(config, scene.spec, paths, resume, scene.object_origin)
   state, info = train_loop(state, scene, config, paths, num_devices=nd,
                            stop_after=stop_after, progress=progress)
   info["num_devices"] = nd

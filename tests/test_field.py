@@ -51,6 +51,26 @@ def test_density_bias_closed_forms():
   assert none.shape == (50,) and np.all(np.asarray(none) == 0.0)
 
 
+def test_blob_center_moves_the_density_bias_and_is_not_trained():
+  p = _params()
+  p = dict(p, density_mlp=jax.tree_util.tree_map(jnp.zeros_like, p["density_mlp"]))  # raw = 0
+  c = np.array([0.4, -0.3, 0.2], np.float32)
+  moved = field.with_blob_center(p, c)
+  x = np.asarray(_points(64))
+  sigma = np.asarray(field.field_density(moved, jnp.asarray(x), SPEC))
+  np.testing.assert_allclose(
+      sigma, np_softplus(10.0 * (1.0 - np.linalg.norm(x - c, axis=-1) / 0.5)),
+      rtol=1e-5, atol=1e-6)
+  # Without the leaf the blob stays at the origin (the official field).
+  np.testing.assert_allclose(
+      field.field_density(p, jnp.asarray(x), SPEC),
+      np_softplus(10.0 * (1.0 - np.linalg.norm(x, axis=-1) / 0.5)), rtol=1e-5, atol=1e-6)
+  trained = field.with_blob_center(_params(table_scale=1e4), c)
+  g = jax.grad(lambda q: jnp.sum(field.field_density(q, jnp.asarray(x), SPEC)))(trained)
+  assert np.all(np.asarray(g["blob_center"]) == 0.0)
+  assert sum(float(jnp.sum(jnp.abs(w))) for w in g["density_mlp"]) > 0.0
+
+
 @pytest.mark.parametrize("act", ["softplus", "exp", "relu"])
 def test_density_and_albedo_match_numpy(act):
   spec = dataclasses.replace(SPEC, density_activation=act)

@@ -381,3 +381,60 @@ def test_sds_terms_hand_the_camera_direction_to_every_guidance_call(monkeypatch)
                              jnp.array([0.0, 0.6, 0.8]))
   for n in train.RENDERS:
     np.testing.assert_allclose(float(terms[n]), 86.0, rtol=1e-6)
+
+
+# --- Object blob at the placement rule's position (config.field.object_blob). --
+
+def test_placement_blob_starts_at_the_origin_given_and_is_never_trained():
+  import dataclasses
+  from interfusion_jax import field as field_lib
+  spec = dataclasses.replace(_spec(), object_blob="placement")
+  model = train.model_fns_from_config(_config())   # the real hash-grid field
+  spec = dataclasses.replace(spec, model=model)
+  origin = np.array([0.1, -0.35, -0.25], np.float32)
+  state = train.init_state(jax.random.PRNGKey(0), spec, origin)
+  np.testing.assert_array_equal(state.params["object"]["blob_center"], origin)
+  np.testing.assert_array_equal(state.object_center, origin)
+  np.testing.assert_array_equal(state.params["human"]["blob_center"], 0.0)
+  # The official setting keeps the parameter tree of the paper.
+  assert "blob_center" not in train.init_state(jax.random.PRNGKey(0), _spec()).params["object"]
+  # The blob (raw density ~ 0 at init) is where the origin says.
+  dens = model.density(state.params["object"], jnp.asarray(np.stack([origin, -origin])))
+  assert float(dens[0]) > 5.0 and float(dens[1]) < 1.0
+  step = jax.jit(train.make_train_step(spec))
+  s = state
+  for i in range(2):
+    s, m = step(s, _frozen(), jax.random.PRNGKey(i))
+  assert float(m["skipped"]) == 0.0
+  np.testing.assert_array_equal(s.params["object"]["blob_center"], origin)
+  moved = jax.tree_util.tree_map(lambda a, b: a - b, s.params["object"]["grid"],
+                                 state.params["object"]["grid"])
+  assert _norm(moved) > 0
+  assert field_lib.blob_frame(s.params["object"], jnp.asarray(origin[None]))[0].tolist() == [0, 0, 0]
+
+
+def test_object_origin_puts_the_named_object_where_the_prior_places_it():
+  import types
+  import warnings as _w
+  from interfusion_jax.pose import library
+  from interfusion_jax.prior import mannequin
+  poses, orients, labels, _ = library.library_arrays()
+  i = labels.index("sitting on a chair")
+  body = mannequin.posed_mannequin(poses[i], orients[i])
+  anchor = types.SimpleNamespace(vertices=body.vertices, faces=body.faces, joints=body.joints)
+  cfg = hoi.get_config("cpu")
+  assert cfg.field.object_blob == "placement"
+  assert hoi.get_config("paper").field.object_blob == "origin"
+  cfg.prompt.object = "a blue chair"
+  o = train.object_origin(cfg, anchor)
+  pelvis = np.asarray(body.joints)[0]
+  # "under the pelvis": below it, within a chair's half-depth horizontally.
+  assert o.shape == (3,) and o[2] < pelvis[2] - 0.1
+  assert np.linalg.norm(o[:2] - pelvis[:2]) < 0.4
+  cfg.prompt.object = "a spaceship"
+  with pytest.warns(UserWarning, match="names no object of the built-in library"):
+    assert train.object_origin(cfg, anchor) is None
+  cfg.field.object_blob = "origin"
+  with _w.catch_warnings():
+    _w.simplefilter("error")
+    assert train.object_origin(cfg, anchor) is None
