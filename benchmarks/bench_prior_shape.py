@@ -66,7 +66,8 @@ def main(argv=None) -> int:
   centre = jnp.asarray(0.5 * (placed.vertices.min(0) + placed.vertices.max(0)), jnp.float32)
   gspec, gparams, table = assets.load_builtin_guidance(cfg, progress=False)
   gparams = dict(gparams, camera_kappa=jnp.float32(args.camera_kappa),
-                 sharpness=jnp.float32(args.sharpness))
+                 sharpness=jnp.float32(args.sharpness),
+                 object_sharpness=jnp.float32(args.sharpness))
   gspec = dataclasses.replace(gspec, camera_conditioning=args.camera_kappa > 0)
   tspec = train.TrainSpec.from_config(cfg, gspec)
   params = model.init(jax.random.PRNGKey(0))["object"]

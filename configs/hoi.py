@@ -122,6 +122,9 @@ def _paper() -> ml_collections.ConfigDict:
   c.guidance = ml_collections.ConfigDict()
   c.guidance.backend = "auto"           # auto | stable_diffusion | pixel | builtin
   c.guidance.weights_dir = ""           # local diffusers directory ("" = none)
+  # Built-in prior only: lambda of object / interaction captions
+  # (prior.denoiser.PriorSpec.object_sharpness; -1 = its default).
+  c.guidance.builtin_object_sharpness = -1.0
   c.guidance.guidance_scale = -1.0      # < 0: backend default (SD 100, pixel 20)
   c.guidance.weighting = ""             # "" = backend default; uniform | sds | fantasia3d
   c.guidance.t_min = 0.02

@@ -119,6 +119,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "guidance.t_max": (lambda v: isinstance(v, numbers.Real) and 0.0 < v < 1.0,
                        "must be in the open interval (0, 1)"),
     "guidance.grad_clip": (_nonneg, "must be >= 0 (0 disables clipping)"),
+    "guidance.builtin_object_sharpness": (
+        lambda v: isinstance(v, numbers.Real) and (v == -1 or v >= 1),
+        "must be -1 (the built-in prior's default) or a number >= 1"),
     "guidance.sd_resolution": (_positive_int, "must be a positive integer"),
     "body.grid_resolution": (lambda v: _positive_int(v) and v >= 8, "must be an integer >= 8"),
     "pose.top_k": (_positive_int, "must be a positive integer"),

@@ -54,6 +54,8 @@ def test_paper_defaults_match_paper_md():
     ("guidance.t_min", 0.0, "config.guidance.t_min"),
     ("guidance.t_max", 1.0, "config.guidance.t_max"),
     ("field.density_bias", "blob", "config.field.density_bias"),
+    ("field.object_blob", "center", "config.field.object_blob"),
+    ("guidance.builtin_object_sharpness", 0.5, "config.guidance.builtin_object_sharpness"),
     ("render.alpha_mode", "max", "config.render.alpha_mode"),
     ("prompt.human", "   ", "config.prompt.human is empty"),
     ("camera.fovy_range_deg", (70.0, 40.0), "config.camera.fovy_range_deg"),

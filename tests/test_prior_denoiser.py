@@ -131,6 +131,49 @@ def test_sharpness_raises_the_prior_weights_to_a_power():
   np.testing.assert_allclose(np.asarray(got).reshape(2, -1), want, atol=2e-3, rtol=1e-3)
 
 
+def test_object_sharpness_applies_to_object_and_interaction_captions_only():
+  """Per-caption lambda: a human caption uses ``sharpness``, an object and an
+  interaction caption ``object_sharpness``, the empty caption halfway; each
+  row equals the brute-force posterior under pi_i^lambda(y)."""
+  rng = np.random.default_rng(5)
+  n, r = 9, 3
+  bank = rng.uniform(-1, 1, (n, r, r, 3)).astype(np.float32)
+  attrs = np.stack([rng.integers(-1, k, n) for k in denoiser.FACTOR_SIZES], 1)
+  caps = ["a man in a red shirt, side view", "a blue chair, side view",
+          "a man in a red shirt sitting on a blue chair", ""]
+  embs = denoiser.embed_captions(caps)                               # [4, 1, E]
+  lam, lam_o = 2.0, 7.0
+  np.testing.assert_allclose(
+      denoiser.caption_sharpness(jnp.asarray(embs[:, 0]), lam, lam_o),
+      [lam, lam_o, lam_o, 0.5 * (lam + lam_o)], rtol=1e-6)
+  abar = np.linspace(0.999, 0.01, 1000).astype(np.float32)
+  t = np.array([50, 50, 50, 50])
+  x_t = rng.normal(size=(4, r, r, 3)).astype(np.float32)
+  s, tau = 0.1, 4.0
+  got = denoiser.denoise_eps(jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(abar),
+                             jnp.asarray(bank), jnp.asarray(attrs), jnp.asarray(embs),
+                             smoothing=s, temperature=tau, mix=0.01, view_mix=0.5,
+                             sharpness=lam, object_sharpness=lam_o)
+  a, b = np.sqrt(abar[t].astype(np.float64)), np.sqrt(1 - abar[t].astype(np.float64))
+  lams = np.array([lam, lam_o, lam_o, 0.5 * (lam + lam_o)])
+  lp = np.stack([np.asarray(denoiser.log_prior_weights(jnp.asarray(attrs), jnp.asarray(e[0]),
+                                                      0.01, 0.5), np.float64) for e in embs])
+  x0 = brute_force_posterior_mean(x_t.reshape(4, -1).astype(np.float64), a, b,
+                                  bank.reshape(n, -1).astype(np.float64),
+                                  lams[:, None] * lp, s, tau)
+  want = (x_t.reshape(4, -1) - a[:, None] * x0) / b[:, None]
+  np.testing.assert_allclose(np.asarray(got).reshape(4, -1), want, atol=2e-3, rtol=1e-3)
+  # Without object_sharpness every caption uses ``sharpness`` (the old behaviour).
+  same = denoiser.denoise_eps(jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(abar),
+                              jnp.asarray(bank), jnp.asarray(attrs), jnp.asarray(embs),
+                              smoothing=s, temperature=tau, mix=0.01, view_mix=0.5,
+                              sharpness=lam)
+  x0 = brute_force_posterior_mean(x_t.reshape(4, -1).astype(np.float64), a, b,
+                                  bank.reshape(n, -1).astype(np.float64), lam * lp, s, tau)
+  want = (x_t.reshape(4, -1) - a[:, None] * x0) / b[:, None]
+  np.testing.assert_allclose(np.asarray(same).reshape(4, -1), want, atol=2e-3, rtol=1e-3)
+
+
 def test_camera_conditioned_sds_pulls_toward_the_image_seen_from_that_side(builtin_backend):
   """Two bank images with the same caption, a red one seen from +x and a blue
   one from -x: SDS from a camera at +x pushes the render red, from -x blue;
@@ -175,6 +218,14 @@ def test_camera_conditioned_sds_pulls_toward_the_image_seen_from_that_side(built
     ("a man wearing a WORLD lettered T-shirt, side view",
      dict(kind="human", view="side", human_color=None, object=None, object_color=None)),
     ("", dict(kind=None, view=None, human_color=None, object=None, object_color=None)),
+    # A colourless object caption stands for the object's typical colour; an
+    # interaction caption leaves the object colour open.
+    ("a photo of a bike, side view",
+     dict(kind="object", view="side", human_color=None, object="bicycle",
+          object_color="red")),
+    ("a man wearing a WORLD lettered T-shirt riding a bike",
+     dict(kind="interaction", view=None, human_color=None, object="bicycle",
+          object_color=None)),
 ])
 def test_parse_caption(caption, want):
   assert denoiser.parse_caption(caption) == want
@@ -280,3 +331,12 @@ def test_make_params_rejects_bad_banks():
     denoiser.PriorSpec(camera_kappa=-1.0)
   with pytest.raises(ValueError, match="sharpness"):
     denoiser.PriorSpec(sharpness=0.5)
+  with pytest.raises(ValueError, match="object_sharpness"):
+    denoiser.PriorSpec(object_sharpness=0.0)
+
+
+def test_every_object_has_a_visible_typical_colour():
+  from interfusion_jax.prior import colors, objects
+  assert set(objects.TYPICAL_COLORS) == set(objects.OBJECT_NAMES)
+  for name, c in objects.TYPICAL_COLORS.items():
+    assert c in colors.COLOR_NAMES and c != "white", name

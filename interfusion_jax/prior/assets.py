@@ -299,6 +299,11 @@ def load_builtin_guidance(config, progress: bool = True):
                     "BACKENDS['builtin'] = (prior.denoiser.encode, prior.denoiser.predict_eps).")
   g = config.guidance
   pspec = denoiser.PriorSpec()
+  if float(g.get("builtin_object_sharpness", -1.0)) >= 0:
+    try:
+      pspec = dataclasses.replace(pspec, object_sharpness=float(g.builtin_object_sharpness))
+    except ValueError as e:
+      raise BankError(f"config.guidance.builtin_object_sharpness: {e}") from e
   bank = load_default_bank(progress=progress)
   params = prior_params(bank, pspec)
   spec = core.GuidanceSpec(

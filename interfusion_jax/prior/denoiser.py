@@ -93,6 +93,13 @@ class PriorSpec:
       fixed zoom matters too). Default 1: in full training runs (``cpu`` variant)
       lambda = 20 did not give the object its shape and pulled the human
       field off the anchor (human IoU 0.74-0.75, docs/prior.md).
+    object_sharpness: lambda for object and interaction captions: the
+      effective lambda of a caption is sharpness + (object_sharpness -
+      sharpness) (q_object + q_interaction), q its render-kind distribution
+      (the empty caption: halfway). Human and head renders keep
+      ``sharpness``, so the human is not pulled toward bank poses other than
+      the anchor, while the object's views follow their cameras. (The
+      interaction render's gradient does not reach the human field, Eq. 6.)
     beta_schedule / beta_start / beta_end / num_train_timesteps: the DDPM
       schedule whose abar_t the denoiser (and SDS) use.
   """
@@ -102,6 +109,7 @@ class PriorSpec:
   view_mix: float = 0.5
   camera_kappa: float = 8.0
   sharpness: float = 1.0
+  object_sharpness: float = 20.0
   beta_schedule: str = "linear"
   beta_start: float = 1e-4
   beta_end: float = 0.02
@@ -110,12 +118,13 @@ class PriorSpec:
   def __post_init__(self):
     if (self.smoothing < 0 or self.temperature < 1.0 or not 0.0 <= self.mix <= 1.0
         or not 0.0 <= self.view_mix <= 1.0 or self.camera_kappa < 0
-        or self.sharpness < 1.0):
+        or self.sharpness < 1.0 or self.object_sharpness < 1.0):
       raise ValueError(
           f"PriorSpec(smoothing={self.smoothing}, temperature={self.temperature}, "
           f"mix={self.mix}, view_mix={self.view_mix}, camera_kappa={self.camera_kappa}, "
-          f"sharpness={self.sharpness}): need smoothing >= 0, temperature >= 1, "
-          "0 <= mix, view_mix <= 1, camera_kappa >= 0, sharpness >= 1.")
+          f"sharpness={self.sharpness}, object_sharpness={self.object_sharpness}): need "
+          "smoothing >= 0, temperature >= 1, 0 <= mix, view_mix <= 1, camera_kappa >= 0, "
+          "sharpness, object_sharpness >= 1.")
 
 
 # ----------------------------------------------------------------------------
@@ -129,7 +138,10 @@ def parse_caption(caption: str) -> dict[str, Optional[str]]:
   kind: "head" if it contains "the head of"; "interaction" if it names a
   person and an object; "object" if only an object; "human" if only a person
   (or clothing); None for the empty caption. view: "front"/"side"/"back"/
-  "overhead" from "<view> view". Colours follow ``colors.parse_colors``.
+  "overhead" from "<view> view". Colours follow ``colors.parse_colors``; an
+  object caption (kind "object") that names no colour gets the object's
+  ``objects.TYPICAL_COLORS`` entry (interaction captions keep the object
+  colour open: they must not contradict a coloured object prompt).
 
   Args:
     caption: the full prompt as the trainer builds it (prefix, prompt, view
@@ -160,7 +172,8 @@ def parse_caption(caption: str) -> dict[str, Optional[str]]:
     human_color = cols["human"] or cols["object"]
     object_color = None
   elif kind == "object":
-    human_color, object_color = None, cols["object"] or cols["human"]
+    human_color, object_color = None, (cols["object"] or cols["human"]
+                                       or objects.TYPICAL_COLORS.get(obj))
   else:
     human_color, object_color = cols["human"], cols["object"]
   return dict(kind=kind, view=view, human_color=human_color,
@@ -282,14 +295,28 @@ def posterior_mean(x_t: jax.Array, a: jax.Array, b: jax.Array, bank: jax.Array,
   return mbar + k * (x_t - a[:, None] * mbar)
 
 
+def caption_sharpness(emb: jax.Array, sharpness: float | jax.Array,
+                      object_sharpness: float | jax.Array | None = None) -> jax.Array:
+  """lambda(y) per caption (``PriorSpec.object_sharpness``): [B, E] -> [B].
+
+  sharpness + (object_sharpness - sharpness) (q_object + q_interaction), with
+  q the caption's render-kind factor (the first ``len(KINDS)`` numbers).
+  """
+  if object_sharpness is None:
+    return jnp.broadcast_to(jnp.asarray(sharpness, jnp.float32), emb.shape[:1])
+  q = emb[:, KINDS.index("object")] + emb[:, KINDS.index("interaction")]
+  return sharpness + (object_sharpness - sharpness) * q
+
+
 def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
                 bank: jax.Array, attrs: jax.Array, emb: jax.Array, *,
                 smoothing: float | jax.Array, temperature: float | jax.Array,
                 mix: float | jax.Array, view_mix: float | jax.Array | None = None,
                 dirs: jax.Array | None = None,
                 camera_kappa: float | jax.Array = 0.0,
-                sharpness: float | jax.Array = 1.0) -> jax.Array:
-  """E[eps | x_t, y] = (x_t - a E[x0 | x_t, y]) / b, with pi_i(y)^sharpness.
+                sharpness: float | jax.Array = 1.0,
+                object_sharpness: float | jax.Array | None = None) -> jax.Array:
+  """E[eps | x_t, y] = (x_t - a E[x0 | x_t, y]) / b, with pi_i(y)^lambda(y).
 
   Args:
     x_t: [B, R, R, 3] noisy images ([-1, 1] scale).
@@ -301,6 +328,7 @@ def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
       EMBED_DIM + CAMERA_DIMS (camera direction appended).
     dirs, camera_kappa: the camera factor (``log_prior_weights``).
     sharpness: lambda, multiplies the log prior weights (``PriorSpec``).
+    object_sharpness: lambda of object / interaction captions (None = sharpness).
 
   Returns:
     [B, R, R, 3] noise prediction.
@@ -310,8 +338,9 @@ def denoise_eps(x_t: jax.Array, t: jax.Array, alphas_cumprod: jax.Array,
   a, b = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
   flat = x_t.reshape(bsz, -1).astype(jnp.float32)
   bank_flat = bank.reshape(bank.shape[0], -1).astype(jnp.float32)
-  lp = sharpness * log_prior_weights(attrs, emb.reshape(bsz, -1).astype(jnp.float32), mix,
-                                     view_mix, dirs, camera_kappa)
+  e = emb.reshape(bsz, -1).astype(jnp.float32)
+  lam = caption_sharpness(e, sharpness, object_sharpness)
+  lp = lam[:, None] * log_prior_weights(attrs, e, mix, view_mix, dirs, camera_kappa)
   x0 = posterior_mean(flat, a, b, bank_flat, lp, smoothing, temperature)
   return ((flat - a[:, None] * x0) / b[:, None]).reshape(x_t.shape)
 
@@ -341,7 +370,8 @@ def predict_eps(spec: Any, params: Any, x_t: jax.Array, t: jax.Array,
 
   ``params``: dict(alphas_cumprod [T], bank [N, R, R, 3] in [-1, 1], attrs
   [N, F] int32, dirs [N, 3], smoothing [], temperature [], mix [],
-  view_mix [], camera_kappa [], sharpness []) -- see ``make_params``. E = EMBED_DIM, or
+  view_mix [], camera_kappa [], sharpness [], object_sharpness []) -- see
+  ``make_params``. E = EMBED_DIM, or
   EMBED_DIM + CAMERA_DIMS when the trainer appends the camera direction
   (``GuidanceSpec.camera_conditioning``).
   """
@@ -350,7 +380,8 @@ def predict_eps(spec: Any, params: Any, x_t: jax.Array, t: jax.Array,
                      emb, smoothing=params["smoothing"], temperature=params["temperature"],
                      mix=params["mix"], view_mix=params["view_mix"],
                      dirs=params["dirs"], camera_kappa=params["camera_kappa"],
-                     sharpness=params["sharpness"])
+                     sharpness=params["sharpness"],
+                     object_sharpness=params.get("object_sharpness"))
 
 
 def alphas_cumprod(spec: PriorSpec) -> np.ndarray:
@@ -375,7 +406,7 @@ def make_params(images_uint8: np.ndarray, attrs: np.ndarray,
   Returns:
     dict(alphas_cumprod [T], bank [N, R, R, 3] float32 in [-1, 1], attrs
     [N, F] int32, dirs [N, 3] float32, smoothing, temperature, mix,
-    view_mix, camera_kappa, sharpness float32 scalars).
+    view_mix, camera_kappa, sharpness, object_sharpness float32 scalars).
   """
   images_uint8 = np.asarray(images_uint8)
   if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3 or images_uint8.dtype != np.uint8:
@@ -400,4 +431,5 @@ def make_params(images_uint8: np.ndarray, attrs: np.ndarray,
       mix=jnp.float32(spec.mix),
       view_mix=jnp.float32(spec.view_mix),
       camera_kappa=jnp.float32(spec.camera_kappa),
-      sharpness=jnp.float32(spec.sharpness))
+      sharpness=jnp.float32(spec.sharpness),
+      object_sharpness=jnp.float32(spec.object_sharpness))

@@ -332,6 +332,20 @@ GENERATORS: dict[str, Callable[[], Mesh]] = {
 }
 OBJECT_NAMES: tuple[str, ...] = tuple(GENERATORS)
 
+# The colour an object prompt that names no colour stands for
+# (prior.denoiser.parse_caption). A text-to-image model draws "a bike" in some
+# typical colour; the built-in prior's bank has every object in every colour,
+# so without this a colourless prompt averages all colours and the object
+# field drifts to whichever is nearest (measured: a white, invisible haze for
+# the default "a bike"). White is avoided: on the white background an object
+# would vanish.
+TYPICAL_COLORS: dict[str, str] = {
+    "chair": "brown", "bench": "brown", "sofa": "gray", "bicycle": "red",
+    "motorcycle": "black", "horse": "brown", "box": "brown", "ball": "orange",
+    "guitar": "brown", "laptop": "gray", "bed": "blue", "skateboard": "brown",
+    "umbrella": "black", "table": "brown",
+}
+
 # Words (and synonyms) in prompts -> generator name.
 OBJECT_WORDS: dict[str, str] = {
     "chair": "chair", "armchair": "chair", "stool": "chair", "seat": "chair",
