@@ -7,17 +7,9 @@ The scenes are README's default run shortened (``configs/hoi.py:quick``: the
 of README's first command is measured by ``benchmarks/bench_default_run.py``
 (docs/evaluation.md). The outputs bar is ``tests/test_train_smoke.py``.
 
-OPT-IN, NOT IN CI YET: set INTERFUSION_BAR_TESTS=1 to run it (about 12 min
-alone on 2 cores, 17 min with a second job). Its last run (bank v4, camera
-factor, cpu L_H^geo x3) passed 8 of 9 checks: "a yellow bike" came out
-greenish (object hue 42.6 deg from yellow, bar 30), and the human IoU of the
-red/blue scene (0.765) is within 0.015 of its bar. A run earlier the same day
-with bank v2 failed 2 of 9 (purple/orange human IoU 0.749, object hue 33.8
-deg). Until all pairs pass with margin, a CI run of it would be red by
-chance; docs/evaluation.md has the numbers.
+It runs in CI (about 10 min alone on 2 cores). Its last run before it went
+into CI: docs/evaluation.md, "Shortened run".
 """
-import os
-
 import pytest
 
 from configs import hoi
@@ -33,10 +25,6 @@ PAIRS = [
 ]
 SCENES = [f"{p['human'].split()[-2]}-{p['object'].split()[-1]}" for p in PAIRS]
 BARS = evaluate.BARS
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("INTERFUSION_BAR_TESTS") != "1",
-    reason="issue 7 bar run (12-17 min, not yet passing every pair): set INTERFUSION_BAR_TESTS=1")
 
 
 @pytest.fixture(scope="module")
