@@ -60,10 +60,8 @@ def main(argv=None) -> int:
   body_model = assets._body_model("default")  # pylint: disable=protected-access
   pose, orient = assets._library_pose(scenes.INTERACTIONS[args.object][0])  # pylint: disable=protected-access
   body = scenes.posed_body(body_model, pose, orient)
-  placed = placement.place_object(objects.make_object(args.object),
-                                  placement.default_rule(args.object),
-                                  body.vertices, body.faces, body.joints).mesh
-  centre = jnp.asarray(0.5 * (placed.vertices.min(0) + placed.vertices.max(0)), jnp.float32)
+  placed = placement.place_named(args.object, body.vertices, body.faces, body.joints).mesh
+  centre = jnp.asarray(objects.bbox_center(placed), jnp.float32)
   gspec, gparams, table = assets.load_builtin_guidance(cfg, progress=False)
   gparams = dict(gparams, camera_kappa=jnp.float32(args.camera_kappa),
                  sharpness=jnp.float32(args.sharpness),
@@ -103,14 +101,7 @@ def main(argv=None) -> int:
   res, radius = 96, float(cfg.field.radius)
   sigma = evaluate.density_grid(jax.jit(lambda x: model.density(params, x)), res, radius)
   mask = evaluate.occupied(sigma)
-  pts = evaluate.grid_points(res, radius).reshape(-1, 3)
-  query = placement.body_query(body.vertices, body.faces, 128)
-  ious = {}
-  for name in objects.OBJECT_NAMES:
-    m = placement.place_object(objects.make_object(name), placement.default_rule(name),
-                               body.vertices, body.faces, body.joints, query=query).mesh
-    occ = placement.occupied(placement.occupancy(m.vertices, m.faces, 96), pts)
-    ious[name] = evaluate.iou(occ, mask.reshape(-1))
+  ious = evaluate.object_shape_match(sigma, body.vertices, body.faces, body.joints, radius)
   best = max(ious, key=ious.get)
   row = dict(object=args.object, color=args.color, sharpness=args.sharpness,
              camera_kappa=args.camera_kappa, steps=args.steps, train_s=round(train_s, 1),

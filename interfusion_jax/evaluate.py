@@ -252,8 +252,7 @@ def object_shape_match(sigma_object: np.ndarray, vertices: np.ndarray, faces: np
   query = placement.body_query(v, f, 128)
   out = {}
   for name in names or objects.OBJECT_NAMES:
-    placed = placement.place_object(objects.make_object(name), placement.default_rule(name),
-                                    v, f, j, query=query).mesh
+    placed = placement.place_named(name, v, f, j, query=query).mesh
     occ = placement.occupied(placement.occupancy(placed.vertices, placed.faces, 96), pts)
     out[name] = iou(occ, field)
   return out

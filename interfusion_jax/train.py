@@ -275,9 +275,7 @@ def object_origin(config: ml_collections.ConfigDict, anchor: Any) -> np.ndarray 
                   f"({', '.join(objects.OBJECT_NAMES)}); the object blob starts at the origin.")
     return None
   v, f, j = (np.asarray(a) for a in (anchor.vertices, anchor.faces, anchor.joints))
-  placed = placement.place_object(objects.make_object(name), placement.default_rule(name),
-                                  v, f, j).mesh
-  return (0.5 * (placed.vertices.min(0) + placed.vertices.max(0))).astype(np.float32)
+  return objects.bbox_center(placement.place_named(name, v, f, j).mesh).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------

@@ -180,8 +180,7 @@ def build_bank(spec: BankSpec = BankSpec(), scene_spec: Optional[scenes.SceneSpe
       pose, orient = _library_pose(scenes.INTERACTIONS[obj][0])
       body = scenes.posed_body(body_model, pose, orient)
       query = placement.body_query(body.vertices, body.faces, spec.placement_resolution)
-      pl = placement.place_object(objects.make_object(obj), placement.default_rule(obj),
-                                  body.vertices, body.faces, body.joints, query=query)
+      pl = placement.place_named(obj, body.vertices, body.faces, body.joints, query=query)
       placed[obj] = (body, pl)
     body, pl = placed[obj]
     scene = scenes.make_scene(scene_spec, body, obj, hcol, ocol, placed=pl)

@@ -27,6 +27,12 @@ class UnknownObjectError(ValueError):
   """A prompt or name does not map to any built-in object generator."""
 
 
+def bbox_center(mesh: Mesh) -> np.ndarray:
+  """[3] centre of the mesh's axis-aligned bounding box."""
+  v = np.asarray(mesh.vertices)
+  return 0.5 * (v.min(0) + v.max(0))
+
+
 # ----------------------------------------------------------------------------
 # Primitives (each closed, counter-clockwise = outward).
 # ----------------------------------------------------------------------------

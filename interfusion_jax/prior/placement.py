@@ -329,6 +329,25 @@ def place_object(mesh: objects.Mesh, rule: str, vertices: np.ndarray,
   return Placement(objects.transform(mesh, rot, trans), rot, trans, pen, gap, rule)
 
 
+def place_named(object_name: str, vertices: np.ndarray, faces: np.ndarray,
+                joints: np.ndarray, *, query: BodyQuery | None = None) -> Placement:
+  """A built-in object (``objects.make_object``) placed by its ``default_rule``.
+
+  This is how the prior's bank, the shape diagnostic of ``evaluate`` and the
+  trainer's ``object_origin`` place the object a prompt names.
+
+  Args:
+    object_name: a key of ``objects.GENERATORS``.
+    vertices: [V, 3] posed body; faces: [F, 3]; joints: [J, 3].
+    query: precomputed ``body_query`` (built if None).
+
+  Returns:
+    Placement.
+  """
+  return place_object(objects.make_object(object_name), default_rule(object_name),
+                      vertices, faces, joints, query=query)
+
+
 def penetration_fraction(placed: objects.Mesh, vertices: np.ndarray, faces: np.ndarray,
                          resolution: int = 64, max_points: int = 2000) -> float:
   """Fraction of the placed object's volume (grid nodes) inside the body.

@@ -193,9 +193,8 @@ def make_scene(spec: SceneSpec, body: mannequin.PosedBody, object_name: str,
     placed: optional precomputed placement (reused across colours).
   """
   if placed is None:
-    placed = placement.place_object(objects.make_object(object_name),
-                                    placement.default_rule(object_name), body.vertices,
-                                    body.faces, body.joints, query=query)
+    placed = placement.place_named(object_name, body.vertices, body.faces, body.joints,
+                                   query=query)
   labels = clothing_labels(body.vertices, body.joints)
   ocol = np.broadcast_to(colors.color_rgb(object_color), placed.mesh.vertices.shape)
   return Scene(body=body, body_colors=body_colors(labels, human_color), obj=placed.mesh,
@@ -208,8 +207,7 @@ def make_scene(spec: SceneSpec, body: mannequin.PosedBody, object_name: str,
 
 def object_center(scene: Scene) -> np.ndarray:
   """[3] c_O: the centre of the object's bounding box."""
-  v = scene.obj.vertices
-  return 0.5 * (v.min(0) + v.max(0))
+  return objects.bbox_center(scene.obj)
 
 
 def camera_target(scene: Scene, kind: str) -> np.ndarray:
