@@ -8,192 +8,19 @@ Usage::
 
 ``get_config(variant)`` takes an optional variant name after the colon:
 
-* ``paper``   -- every default of the official code (the default variant);
+* ``paper``   -- every default of the official code (the default variant):
+  ``interfusion_jax.stage2.config.default_config()``, where each default is
+  written once, on the schema's section dataclasses;
 * ``cpu``     -- a lighter run for a laptop CPU (README's first command);
 * ``quick``   -- ``cpu`` at 16x16, the CI-sized check of the default-run bars;
 * ``smoke``   -- tiny, finishes in well under 2 minutes on CPU; used by tests.
 
-Every value is validated by ``interfusion_jax.config_validation.validate`` before
+Every value is validated by ``interfusion_jax.stage2.config.validate`` before
 anything is compiled; a bad value fails with a message naming its key.
 """
 import ml_collections
 
-
-def _paper() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  # --- Prompts (T_H, T_O, T_I). ------------------------------------------
-  c.prompt = ml_collections.ConfigDict()
-  c.prompt.human = "a man wearing a WORLD lettered T-shirt"
-  c.prompt.object = "a bike"
-  c.prompt.interaction = "riding a bike"
-  c.prompt.prefix = "a photo of"        # "" disables
-  c.prompt.suffix = "8K, HD"            # "" disables
-  c.prompt.view_dependent = True
-  c.prompt.overhead_elevation_deg = 60.0
-  c.prompt.front_azimuth_deg = 45.0
-  c.prompt.back_azimuth_deg = 135.0
-  c.prompt.head_template = "the head of {human}"
-
-  # --- Field psi (both human and object use the same architecture). ------
-  c.field = ml_collections.ConfigDict()
-  c.field.radius = 2.0                   # scene box [-r, r]^3
-  c.field.n_levels = 16
-  c.field.n_features_per_level = 2
-  c.field.log2_hashmap_size = 19
-  c.field.base_resolution = 16
-  c.field.per_level_scale = 1.4472692
-  c.field.mlp_width = 64
-  c.field.mlp_hidden_layers = 1
-  c.field.density_bias = "blob_magic3d"  # blob_magic3d | blob_dreamfusion | none
-  c.field.density_blob_scale = 10.0
-  c.field.density_blob_std = 0.5
-  # Where the object field's density blob starts: origin (official) | placement
-  # (where the built-in prior's placement rule puts the object named in
-  # prompt.object against the anchor body; c_O starts there too).
-  c.field.object_blob = "origin"
-  c.field.density_activation = "softplus"  # softplus | exp | relu
-  c.field.normals = "analytic"          # analytic | finite_difference
-  c.field.fd_eps = 0.01
-  c.field.compute_dtype = "float32"     # float32 | bfloat16 (MLP only)
-  c.field.hashgrid_backend = "auto"     # auto: C++ jax.ffi kernel on CPU when it builds, else pure JAX | jax | ffi
-
-  # --- Background: neural environment map. ------------------------------
-  c.background = ml_collections.ConfigDict()
-  c.background.kind = "neural"          # neural | solid | white
-  c.background.sh_degree = 3
-  c.background.mlp_width = 16
-  c.background.mlp_hidden_layers = 2
-  c.background.solid_color = (1.0, 1.0, 1.0)
-  c.background.random_white_prob = 0.5  # official background augmentation
-
-  # --- Renderer. ---------------------------------------------------------
-  c.render = ml_collections.ConfigDict()
-  c.render.height = 64
-  c.render.width = 64
-  c.render.batch_size = 1               # cameras per step (global batch)
-  c.render.num_samples = 512            # samples per ray; step = sqrt(3)*2r/N
-  c.render.skip_empty = True            # occupancy-grid empty-space skipping
-  c.render.sample_budget = 0            # avg field evals per ray; 0 = automatic (num_samples // 8)
-  c.render.alpha_mode = "sum_clamped"   # sum_clamped (official) | union
-  c.render.stop_human_grad = True       # Eq. 6 gradient truncation
-  c.render.composite_eps = 1e-6
-  c.render.field_chunks = 1             # >1: evaluate fields in rematerialised chunks (less memory)
-
-  c.occupancy = ml_collections.ConfigDict()
-  c.occupancy.resolution = 32
-  c.occupancy.update_every = 16
-  c.occupancy.ema_decay = 0.95
-  c.occupancy.threshold = 0.01
-  c.occupancy.warmup_steps = 256
-  c.occupancy.dilate = 0                # cells; 1 keeps low-density fringes (not official)
-
-  # --- Shading. ----------------------------------------------------------
-  c.shading = ml_collections.ConfigDict()
-  c.shading.ambient_only_steps = 2001   # ambient only while step < this
-  c.shading.ambient_light = 0.1
-  c.shading.diffuse_light = 0.9
-  c.shading.soft = True
-  c.shading.textureless_prob = 0.5      # after ambient_only_steps
-  c.shading.light_distance_range = (0.8, 1.5)
-  c.shading.light_position_perturb = 1.0
-
-  # --- Cameras. ----------------------------------------------------------
-  c.camera = ml_collections.ConfigDict()
-  c.camera.distance_range = (2.5, 3.0)
-  c.camera.elevation_range_deg = (-10.0, 90.0)
-  c.camera.azimuth_range_deg = (-180.0, 180.0)
-  c.camera.fovy_range_deg = (40.0, 70.0)
-  c.camera.eval_distance = 2.0
-  c.camera.eval_fovy_deg = 70.0
-  c.camera.eval_elevation_deg = 15.0
-  c.camera.up = (0.0, 0.0, 1.0)          # z-up scene
-  # Camera tracing: centre = scale * pos + offset (PAPER.md "Camera tracing").
-  c.camera.object_scale = 0.7
-  c.camera.interaction_scale = 0.8
-  c.camera.human_scale = 0.7
-  c.camera.head_scale = 0.2
-  c.camera.trace_every = 1000
-  c.camera.trace_threshold = 0.5
-  c.camera.trace_resolution = 64
-
-  # --- Guidance (SDS). ---------------------------------------------------
-  c.guidance = ml_collections.ConfigDict()
-  c.guidance.backend = "auto"           # auto | stable_diffusion | pixel | builtin
-  c.guidance.weights_dir = ""           # local diffusers directory ("" = none)
-  # Built-in prior only: lambda of object / interaction captions
-  # (prior.denoiser.PriorSpec.object_sharpness; -1 = its default).
-  c.guidance.builtin_object_sharpness = -1.0
-  c.guidance.guidance_scale = -1.0      # < 0: backend default (SD 100, pixel 20)
-  c.guidance.weighting = ""             # "" = backend default; uniform | sds | fantasia3d
-  c.guidance.t_min = 0.02
-  c.guidance.t_max = 0.98
-  c.guidance.t_anneal = "none"          # none | linear | hifa_sqrt
-  c.guidance.t_anneal_end = 0.5         # final t_max when annealing
-  c.guidance.grad_clip = 0.0            # 0 disables
-  c.guidance.unet_dtype = "float32"     # float32 | bfloat16
-  c.guidance.vae_remat = False
-  c.guidance.memory_efficient_attention = False  # chunked UNet attention (SD 64x64 latents)
-  c.guidance.sd_resolution = 512
-
-  # --- Anchor body / stage 1. -------------------------------------------
-  c.body = ml_collections.ConfigDict()
-  c.body.model = "default"              # default | path to SMPL-X .npz/.pkl
-  c.body.gender = "neutral"
-  c.body.aug_rot = False                # -pi/6 about x
-  c.body.aug_trans = False              # root-centred instead of mean vertex
-  c.body.grid_resolution = 128
-  c.body.cache_dir = ""                 # "" = ~/.cache/interfusion_jax/anchors
-
-  c.pose = ml_collections.ConfigDict()
-  c.pose.anchor_file = ""               # use this anchor .npz instead of retrieval
-  c.pose.codebook = ""                  # "" = built-in library codebook
-  c.pose.clip_dir = ""                  # local FlaxCLIP directory ("" = built-in retrieval)
-  c.pose.top_k = 7
-  c.pose.choose = "best"                # best | rank | clip_rerank | sample
-  c.pose.rank = 0
-  c.pose.dedup = False
-  c.pose.query_template = "a rendered 3d man is {interaction}"
-
-  # --- Losses (Eq. 8). ---------------------------------------------------
-  c.loss = ml_collections.ConfigDict()
-  c.loss.geo_delta = 0.2                # occupancy = 1 - exp(-delta * sigma)
-  c.loss.geo_eta = 0.4                  # proximal-surface width
-  c.loss.geo_max_points = 80000
-  c.loss.geo_reduction = "sum"          # sum | mean
-  c.loss.lambda_sds_human = 1.0
-  c.loss.lambda_geo_human = 1.0
-  c.loss.lambda_object_sds = "official"   # official: floor(step/1000)/10
-  c.loss.lambda_object_geo = "official"   # official | horse
-  c.loss.lambda_object_geo_scale = 1.0    # multiplies the lambda2 schedule (not official; 1 = official)
-  c.loss.schedule_period = 1000           # lambda1/lambda2 step unit (official 1000)
-  c.loss.lambda_orient_start = 10.0
-  c.loss.lambda_orient_end = 1000.0
-  c.loss.lambda_orient_ramp_steps = 5000
-  c.loss.lambda_sparsity = 1.0
-  c.loss.lambda_opaque = 0.0
-
-  # --- Optimizer. --------------------------------------------------------
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr_field = 0.01
-  c.optim.lr_background = 0.001
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
-  c.optim.eps = 1e-15
-
-  # --- Run. --------------------------------------------------------------
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 10000
-  c.train.log_every = 10
-  c.train.val_every = 1000
-  c.train.ckpt_every = 1000
-  c.train.keep_checkpoints = 3
-  c.train.max_consecutive_skips = 20
-  c.train.turntable_frames = 60
-  c.train.mesh_resolution = 128
-  c.train.final_resolution = 0      # size of the final turntables / multiview (0 = render size)
-  return c
+from interfusion_jax.stage2 import config as config_lib
 
 
 def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -294,7 +121,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     raise ValueError(
         f"Unknown config variant {variant!r}; choose one of {sorted(VARIANTS)} "
         "(e.g. --config=configs/hoi.py:smoke).")
-  c = VARIANTS[variant](_paper())
+  c = VARIANTS[variant](config_lib.default_config())
   c.variant = variant
   return c
 
