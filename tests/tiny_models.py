@@ -130,3 +130,43 @@ def make_flax_guidance_dir(path, kind: str = "latent", seed: int = 0) -> pathlib
   text.save_pretrained(str(root / "text_encoder"), params=random_params(shapes, seed + 2))
   _write_scheduler(root)
   return root
+
+
+# ----------------------------------------------------------------------------
+# DeepFloyd IF-I-like models (issue 14).
+# ----------------------------------------------------------------------------
+IF_SAMPLE = 16
+IF_TEXT_DIM = 48  # encoder_hid_dim: the (tiny) T5 width
+IF_SCHEDULER = {"_class_name": "DDPMScheduler", "beta_schedule": "squaredcos_cap_v2",
+                "num_train_timesteps": 1000, "prediction_type": "epsilon",
+                "variance_type": "learned_range", "thresholding": True}
+
+
+def if_unet_kwargs() -> dict:
+  """Every IF-I-XL feature at toy size (block types, added-KV attention with
+  group-norm over the text channels, text_proj, attention pooling, scale-shift
+  resnets, gelu, eps 1e-5, 3 -> 6 channels); 4 levels on 16x16."""
+  return dict(sample_size=IF_SAMPLE, in_channels=3, out_channels=6, layers_per_block=1,
+              block_out_channels=(32, 64, 64, 96),
+              down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
+              up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
+              mid_block_type="UNetMidBlock2DSimpleCrossAttn", attention_head_dim=16,
+              cross_attention_dim=64, encoder_hid_dim=IF_TEXT_DIM, encoder_hid_dim_type="text_proj",
+              addition_embed_type="text", addition_embed_type_num_heads=4,
+              resnet_time_scale_shift="scale_shift", act_fn="gelu", norm_eps=1e-5,
+              cross_attention_norm="group_norm")
+
+
+def make_torch_if_unet(folder, seed: int = 0):
+  """A tiny random IF-like PyTorch UNet saved with ``save_pretrained`` (safetensors).
+
+  Every weight is perturbed away from its init (zero-init convs, unit norm
+  scales, zero biases). Returns the torch module (eval mode).
+  """
+  import torch
+  from diffusers import UNet2DConditionModel
+  torch.manual_seed(seed)
+  unet = UNet2DConditionModel(**if_unet_kwargs())
+  _randomize(unet, torch)
+  unet.save_pretrained(str(folder), safe_serialization=True)
+  return unet.eval()
