@@ -170,3 +170,73 @@ def make_torch_if_unet(folder, seed: int = 0):
   _randomize(unet, torch)
   unet.save_pretrained(str(folder), safe_serialization=True)
   return unet.eval()
+
+
+T5_CORPUS = ["a photo of a man riding a bike, front view, 8K, HD",
+             "a photo of the head of a man, side view", "a photo of a red chair, back view",
+             "a woman sitting on a sofa, overhead view", "a person playing the guitar",
+             "a photo of a dog", "the quick brown fox jumps over the lazy dog"] * 4
+
+
+def write_t5_tokenizer(folder: pathlib.Path, vocab_size: int = 50) -> int:
+  """A tiny T5 sentencepiece (unigram) tokenizer trained offline: ``spiece.model``
+  + ``tokenizer_config.json`` (T5Tokenizer) and its converted ``tokenizer.json``
+  (T5TokenizerFast) in ``folder``. Needs ``sentencepiece``. Returns len(tokenizer)."""
+  import io
+  import sentencepiece as spm
+  from transformers import T5Tokenizer, T5TokenizerFast
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  buf = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(T5_CORPUS), model_writer=buf,
+                                 vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1,
+                                 unk_id=2, bos_id=-1, minloglevel=2)
+  (folder / "spiece.model").write_bytes(buf.getvalue())
+  slow = T5Tokenizer(str(folder / "spiece.model"), extra_ids=10, legacy=True)
+  slow.save_pretrained(str(folder))
+  fast = T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+  fast.save_pretrained(str(folder))
+  return len(slow)
+
+
+def t5_kwargs(vocab_size: int) -> dict:
+  """t5-v1_1 style (gated-gelu, untied lm head) at toy size, width IF_TEXT_DIM."""
+  return dict(vocab_size=vocab_size, d_model=IF_TEXT_DIM, d_kv=8, d_ff=40, num_layers=2,
+              num_heads=6, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+              feed_forward_proj="gated-gelu", tie_word_embeddings=False, is_encoder_decoder=True,
+              dropout_rate=0.0, layer_norm_epsilon=1e-6)
+
+
+def make_torch_t5(root, seed: int = 0, *, variant: str | None = None,
+                  max_shard_size: str = "20KB"):
+  """A tiny random T5EncoderModel in the real IF layout under ``root``:
+  ``tokenizer/`` (``write_t5_tokenizer``) and ``text_encoder/`` saved with
+  ``save_pretrained`` in sharded safetensors (``variant="fp16"``: fp16 weights,
+  ``model.safetensors.index.fp16.json``). Returns the torch module (fp32, eval)."""
+  import torch
+  from transformers import T5Config, T5EncoderModel
+  root = pathlib.Path(root)
+  vocab = write_t5_tokenizer(root / "tokenizer")
+  torch.manual_seed(seed)
+  model = T5EncoderModel(T5Config(**t5_kwargs(vocab))).eval()
+  _randomize(model, torch)
+  if variant == "fp16":
+    import copy
+    copy.deepcopy(model).half().save_pretrained(str(root / "text_encoder"), variant="fp16",
+                                                max_shard_size=max_shard_size, safe_serialization=True)
+  else:
+    model.save_pretrained(str(root / "text_encoder"), max_shard_size=max_shard_size,
+                          safe_serialization=True)
+  return model
+
+
+def make_torch_if_dir(path, seed: int = 0, **t5_kw) -> pathlib.Path:
+  """A tiny IF-I directory: ``unet/`` (make_torch_if_unet), ``text_encoder/`` +
+  ``tokenizer/`` (make_torch_t5), ``scheduler/`` and ``model_index.json``."""
+  root = pathlib.Path(path)
+  make_torch_if_unet(root / "unet", seed)
+  make_torch_t5(root, seed + 1, **t5_kw)
+  (root / "scheduler").mkdir(parents=True, exist_ok=True)
+  (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(IF_SCHEDULER))
+  (root / "model_index.json").write_text(json.dumps({"_class_name": "IFPipeline"}))
+  return root

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from interfusion_jax.guidance import deepfloyd  # DeepFloyd IF stage I (the paper's guidance)
 from interfusion_jax.guidance import analytic, pixel, sds, stable_diffusion
 
 
@@ -27,6 +28,7 @@ from interfusion_jax.guidance import analytic, pixel, sds, stable_diffusion
 DEFAULTS = {
     "stable_diffusion": (100.0, "sds"),
     "pixel": (20.0, "uniform"),
+    "deepfloyd_if": (20.0, "uniform"),  # PAPER.md: CFG 20, w(t) = 1
     "gaussian": (1.0, "uniform"),
     "targets": (1.0, "uniform"),
     "builtin": (10.0, "uniform"),  # interfusion_jax.prior (the offline default)
@@ -62,6 +64,7 @@ def _builtin_predict(spec, params, x_t, t, emb):
 BACKENDS: dict[str, tuple[Callable[..., jax.Array], Callable[..., jax.Array]]] = {
     "stable_diffusion": (stable_diffusion.encode, stable_diffusion.predict_eps),
     "pixel": (pixel.encode, pixel.predict_eps),
+    "deepfloyd_if": (deepfloyd.encode, deepfloyd.predict_eps),
     "gaussian": (_identity_encode, _gaussian_predict),
     "targets": (_identity_encode, _targets_predict),
     "builtin": (_builtin_encode, _builtin_predict),
