@@ -17,12 +17,16 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import camera as camera_lib
-from interfusion_jax import checkpoint as ckpt_lib
-from interfusion_jax import run_io
-from interfusion_jax import train
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.stage2 import checkpoint as ckpt_lib
+from interfusion_jax.stage2 import run_io
+from interfusion_jax.nerf import model as model_lib
+from interfusion_jax.stage2 import loop
+from interfusion_jax.stage2 import setup as setup_lib
+from interfusion_jax.stage2 import step as train
 from interfusion_jax.body.anchor import Anchor
 from interfusion_jax.guidance import core
+from interfusion_jax.stage2 import config as config_lib
 
 if not jax.config.jax_compilation_cache_dir:  # persistent XLA cache: reruns compile fast
   jax.config.update("jax_compilation_cache_dir",
@@ -61,7 +65,7 @@ def _init(key, object_center=(0.3, 0.0, 0.0)):
           "bg_human": {"rgb": jnp.zeros(3)}, "bg_object": {"rgb": jnp.ones(3)}}
 
 
-BLOB = train.ModelFns(field=_blob_field, density=_blob_density, background=_bg, init=_init)
+BLOB = model_lib.ModelFns(field=_blob_field, density=_blob_density, background=_bg, init=_init)
 
 
 def _anchor(res=16, r=2.0, center=(0.0, 0.0, 0.0), radius=0.5, nan=False):
@@ -109,7 +113,8 @@ def _guidance():
 @functools.lru_cache(maxsize=None)
 def _spec(batch=1, devices=1):
   gspec, _, _ = _guidance()
-  return train.TrainSpec.from_config(_config(batch), gspec, model=BLOB, num_devices=devices)
+  del devices  # the spec holds the global batch; the pmap binds the device count
+  return setup_lib.train_spec(_config(batch), gspec, model=BLOB)
 
 
 def _frozen(nan_anchor=False):
@@ -194,7 +199,7 @@ def test_camera_tracing_moves_to_off_centre_object():
   p = _blob_init(jax.random.PRNGKey(0), true_c)
   c = np.asarray(train.object_center(p, jnp.zeros(3), spec))
   # NumPy reference: cell centres with 1 - exp(-0.2 sigma) > 0.5.
-  g, r = spec.trace_resolution, spec.render.radius
+  g, r = spec.sections.camera.trace_resolution, spec.render.radius
   lin = ((np.arange(g) + 0.5) / g * 2 - 1) * r
   pts = np.stack(np.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
   d = np.linalg.norm(pts - true_c, axis=-1)
@@ -218,8 +223,9 @@ def test_view_index_matches_threestudio_rule():
 
 # --- NaN skipping. --------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _jit_step():
-  return train.cached_stepper(_spec(), 1).step  # shared with the loop tests (one compile)
+  return jax.jit(train.make_train_step(_spec()))  # one compile, shared by the tests below
 
 
 def test_nan_step_is_skipped_and_counted():
@@ -245,17 +251,24 @@ def test_loop_aborts_after_consecutive_skips(tmp_path):
   cfg = _config()
   cfg.train.max_consecutive_skips = 2
   spec = _spec()
-  scene = train.Scene(spec, _frozen(nan_anchor=True), None)
+  scene = setup_lib.Scene(spec, _frozen(nan_anchor=True), None)
   paths = run_io.prepare_workdir(tmp_path)
   state = train.init_state(jax.random.PRNGKey(0), spec)
   with pytest.warns(UserWarning, match="non-finite"):
-    with pytest.raises(train.TooManySkipsError, match="2 consecutive"):
-      train.train_loop(state, scene, cfg, paths, progress=False)
+    with pytest.raises(loop.TooManySkipsError, match="2 consecutive"):
+      _train_loop(state, scene, cfg, paths)
   assert ckpt_lib.latest_step(paths.checkpoints) is None or ckpt_lib.all_finite(
       ckpt_lib.restore_latest(ckpt_lib.make_manager(paths.checkpoints, 3), state)[1])
 
 
 # --- Resume and multi-device equality. -------------------------------------------
+
+def _train_loop(state, scene, cfg, paths, **kw):
+  """The one loop on a single scene (a group of one)."""
+  (out,), info = loop.train_loop([state], loop.single_group(scene, cfg, paths), progress=False,
+                                 **kw)
+  return out, info
+
 
 def _leaves(state):
   return jax.tree_util.tree_leaves(jax.device_get(state))
@@ -264,18 +277,17 @@ def _leaves(state):
 def test_resume_is_bit_identical(tmp_path):
   cfg = _config()
   spec = _spec()
-  scene = train.Scene(spec, _frozen(), None)
+  scene = setup_lib.Scene(spec, _frozen(), None)
   fresh = lambda: train.init_state(jax.random.PRNGKey(cfg.seed), spec)
   # Uninterrupted run.
-  full, _ = train.train_loop(fresh(), scene, cfg, run_io.prepare_workdir(tmp_path / "a"),
-                             progress=False)
+  full, _ = _train_loop(fresh(), scene, cfg, run_io.prepare_workdir(tmp_path / "a"))
   # "Killed" after 3 steps (checkpoint at 2 only), then resumed from disk.
   paths = run_io.prepare_workdir(tmp_path / "b")
-  train.train_loop(fresh(), scene, cfg, paths, stop_after=3, progress=False)
+  _train_loop(fresh(), scene, cfg, paths, stop_after=3)
   assert ckpt_lib.latest_step(paths.checkpoints) == 2
-  state = train.restore_or_init(cfg, spec, paths, resume=True)
+  state = loop.restore_or_init(cfg, spec, paths, resume=True)
   assert int(state.step) == 2
-  resumed, _ = train.train_loop(state, scene, cfg, paths, progress=False)
+  resumed, _ = _train_loop(state, scene, cfg, paths)
   assert int(resumed.step) == int(full.step) == cfg.train.steps
   for a, b in zip(_leaves(full), _leaves(resumed)):
     np.testing.assert_array_equal(a, b)
@@ -287,38 +299,52 @@ def test_resume_flags(tmp_path):
   cfg = _config()
   spec = _spec()
   paths = run_io.prepare_workdir(tmp_path)
-  with pytest.raises(train.TrainSetupError, match="no checkpoint"):
-    train.restore_or_init(cfg, spec, paths, resume=True)
-  assert int(train.restore_or_init(cfg, spec, paths, resume=None).step) == 0
+  with pytest.raises(setup_lib.TrainSetupError, match="no checkpoint"):
+    loop.restore_or_init(cfg, spec, paths, resume=True)
+  assert int(loop.restore_or_init(cfg, spec, paths, resume=None).step) == 0
   mgr = ckpt_lib.make_manager(paths.checkpoints, 2)
   ckpt_lib.save(mgr, 4, train.init_state(jax.random.PRNGKey(0), spec)._replace(
       step=jnp.int32(4)))
-  with pytest.raises(train.TrainSetupError, match="--noresume"):
-    train.restore_or_init(cfg, spec, paths, resume=False)
-  assert int(train.restore_or_init(cfg, spec, paths, resume=None).step) == 4
+  with pytest.raises(setup_lib.TrainSetupError, match="--noresume"):
+    loop.restore_or_init(cfg, spec, paths, resume=False)
+  assert int(loop.restore_or_init(cfg, spec, paths, resume=None).step) == 4
+
+
+def _replicate(tree, n):
+  return jax.tree_util.tree_map(lambda x: jnp.stack([jnp.asarray(x)] * n), tree)
 
 
 @pytest.mark.slow
-def test_multi_device_matches_single_device():
+def test_pmapped_step_equals_jitted_sharded_step():
+  """The card's pmappable step: pmap over 4 devices (1 camera each, gradient pmean)
+  equals the loop's jit with NamedSharding (4 cameras sharded over 4 devices) and
+  the plain single-device jit."""
   assert jax.local_device_count() >= 4, "conftest forces 4 host devices"
   frozen = _frozen()
-  one = _spec(batch=4, devices=1)
-  four = _spec(batch=4, devices=4)
-  assert one.batch_size == 4 and four.batch_size == 1
-  s1 = train.init_state(jax.random.PRNGKey(0), one)
-  s4 = train.replicate(s1, 4)
-  f1 = jax.jit(train.make_train_step(one))
-  st4 = train.make_stepper(four, 4)
-  fz4 = train.replicate(frozen, 4)
+  spec = _spec(batch=4)
+  s1 = train.init_state(jax.random.PRNGKey(0), spec)
+  f1 = jax.jit(train.make_train_step(spec))
+  pstep = jax.pmap(train.make_train_step(spec, axis_name="devices", num_shards=4),
+                   axis_name="devices", in_axes=(0, 0, None))
+  s4, fz4 = _replicate(s1, 4), _replicate(frozen, 4)
+  sharded = loop.compile_group(spec, 1, num_devices=4)
+  assert sharded.num_devices == 4
+  ss = jax.device_put(loop.stack([s1]), sharded.scene_sharding)
+  fzs = loop.place_frozen({"guidance": frozen["guidance"], "text": loop.stack([frozen["text"]]),
+                           "anchor": loop.stack([frozen["anchor"]])}, sharded)
   for i in range(3):
     key = jax.random.PRNGKey(10 + i)
     s1, m1 = f1(s1, frozen, key)
-    s4, m4 = st4.step(s4, fz4, key)
+    s4, m4 = pstep(s4, fz4, key)
+    ss, ms = sharded.step(ss, fzs, key[None])
   assert float(m1["skipped"]) == 0.0
   np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"][0]), rtol=1e-4)
-  for a, b in zip(jax.tree_util.tree_leaves(s1.params),
-                  jax.tree_util.tree_leaves(train.unreplicate(s4.params))):
+  np.testing.assert_allclose(float(ms["loss"][0]), float(m4["loss"][0]), rtol=1e-4)
+  for a, b, c in zip(jax.tree_util.tree_leaves(s1.params),
+                     jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[0], s4.params)),
+                     jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[0], ss.params))):
     np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(c, b, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -341,7 +367,7 @@ def test_ctrl_c_writes_checkpoint_and_exits_cleanly(tmp_path, monkeypatch):
   cfg = _config()
   cfg.train.ckpt_every = 100
   spec = _spec()
-  real = train.cached_stepper(spec, 1)
+  real = loop.cached_compile(spec, 1)
   calls = []
 
   def step(*args):
@@ -350,13 +376,15 @@ def test_ctrl_c_writes_checkpoint_and_exits_cleanly(tmp_path, monkeypatch):
       raise KeyboardInterrupt
     return real.step(*args)
 
-  monkeypatch.setattr(train, "cached_stepper", lambda s, n: real._replace(step=step))
+  import dataclasses
+  monkeypatch.setattr(loop, "cached_compile",
+                      lambda *a, **k: dataclasses.replace(real, step=step))
   paths = run_io.prepare_workdir(tmp_path)
-  state, info = train.train_loop(train.init_state(jax.random.PRNGKey(0), spec),
-                                 train.Scene(spec, _frozen(), None), cfg, paths, progress=False)
+  state, info = _train_loop(train.init_state(jax.random.PRNGKey(0), spec),
+                            setup_lib.Scene(spec, _frozen(), None), cfg, paths)
   assert info["interrupted"] and int(state.step) == 2
   assert ckpt_lib.latest_step(paths.checkpoints) == 2
-  restored = train.restore_or_init(cfg, spec, paths, resume=True)
+  restored = loop.restore_or_init(cfg, spec, paths, resume=True)
   for a, b in zip(_leaves(state), _leaves(restored)):
     np.testing.assert_array_equal(a, b)
 
@@ -387,10 +415,11 @@ def test_sds_terms_hand_the_camera_direction_to_every_guidance_call(monkeypatch)
 
 def test_placement_blob_starts_at_the_origin_given_and_is_never_trained():
   import dataclasses
-  from interfusion_jax import field as field_lib
-  spec = dataclasses.replace(_spec(), object_blob="placement")
-  model = train.model_fns_from_config(_config())   # the real hash-grid field
-  spec = dataclasses.replace(spec, model=model)
+  from interfusion_jax.nerf import field as field_lib
+  cfg = _config()
+  cfg.field.object_blob = "placement"
+  model = setup_lib.model_fns(config_lib.parse(cfg))   # the real hash-grid field
+  spec = setup_lib.train_spec(cfg, _spec().guidance, model=model)
   origin = np.array([0.1, -0.35, -0.25], np.float32)
   state = train.init_state(jax.random.PRNGKey(0), spec, origin)
   np.testing.assert_array_equal(state.params["object"]["blob_center"], origin)
@@ -426,15 +455,15 @@ def test_object_origin_puts_the_named_object_where_the_prior_places_it():
   assert cfg.field.object_blob == "placement"
   assert hoi.get_config("paper").field.object_blob == "origin"
   cfg.prompt.object = "a blue chair"
-  o = train.object_origin(cfg, anchor)
+  o = setup_lib.object_origin(cfg, anchor)
   pelvis = np.asarray(body.joints)[0]
   # "under the pelvis": below it, within a chair's half-depth horizontally.
   assert o.shape == (3,) and o[2] < pelvis[2] - 0.1
   assert np.linalg.norm(o[:2] - pelvis[:2]) < 0.4
   cfg.prompt.object = "a spaceship"
   with pytest.warns(UserWarning, match="names no object of the built-in library"):
-    assert train.object_origin(cfg, anchor) is None
+    assert setup_lib.object_origin(cfg, anchor) is None
   cfg.field.object_blob = "origin"
   with _w.catch_warnings():
     _w.simplefilter("error")
-    assert train.object_origin(cfg, anchor) is None
+    assert setup_lib.object_origin(cfg, anchor) is None

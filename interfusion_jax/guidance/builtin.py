@@ -43,7 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interfusion_jax.prior import colors, objects
+from interfusion_jax.guidance import captions as colors
+from interfusion_jax.guidance import captions as objects
+from interfusion_jax.guidance import schedule
 
 KINDS = ("human", "object", "interaction", "head")
 VIEWS = ("front", "side", "back", "overhead")
@@ -72,8 +74,8 @@ class PriorSpec:
       bank images (tau = 1: the exact posterior of the smoothed model). In
       D = 3072 pixel dimensions the exact posterior is a hard nearest
       neighbour that ignores the caption; tau = 100 lets the caption weights
-      compete with the image distance (measured: SDS then reaches the
-      requested hue, see tests/test_prior_denoiser.py).
+      compete with the image distance (tests/test_prior_denoiser.py checks
+      that SDS then reaches the requested hue).
     mix: the per-factor floor of the caption weights (0 = hard matching).
     view_mix: the floor of the view factor (views are coarse and the bank
       has few images per (colour, view), so the view only tilts the weights).
@@ -85,14 +87,10 @@ class PriorSpec:
       the image term ||x_t - a m_i||^2 / (2 v tau) spreads the bank over
       hundreds of nats while the conditioning spans tens, so without
       sharpening each view is pulled toward whichever bank image is nearest
-      in pixels, whatever its camera, and the object field became a blob.
-      Measured with ``benchmarks/bench_prior_shape.py`` (one blue-chair
-      field alone, bank v4): IoU with the chair 0.150 and a blob at kappa 0,
-      lambda 1; 0.212 and a chair silhouette at kappa 8, lambda 20. On the
-      mixed-zoom bank v3, lambda 20 alone gave 0.175, still a blob (the
-      fixed zoom matters too). This lambda applies to human and head
-      captions; default 1: in full ``cpu`` runs lambda = 20 for the human
-      pulled it off the anchor (human IoU 0.74-0.75, docs/prior.md).
+      in pixels, whatever its camera. This lambda applies to human and head
+      captions (default 1, so the human stays on its anchor). Figures behind
+      both defaults: docs/evaluation.md, "Measurement notes moved from the
+      code".
     object_sharpness: lambda for object and interaction captions: the
       effective lambda of a caption is sharpness + (object_sharpness -
       sharpness) (q_object + q_interaction), q its render-kind distribution
@@ -100,8 +98,7 @@ class PriorSpec:
       ``sharpness``, so the human is not pulled toward bank poses other than
       the anchor, while the object's views follow their cameras. (The
       interaction render's gradient does not reach the human field, Eq. 6.)
-      Default 20: on full ``cpu`` runs the chair's named-shape IoU rose from
-      0.078 to 0.111 and the human IoU from 0.806 to 0.838 (docs/prior.md).
+      Default 20.
     beta_schedule / beta_start / beta_end / num_train_timesteps: the DDPM
       schedule whose abar_t the denoiser (and SDS) use.
   """
@@ -388,7 +385,6 @@ def predict_eps(spec: Any, params: Any, x_t: jax.Array, t: jax.Array,
 
 def alphas_cumprod(spec: PriorSpec) -> np.ndarray:
   """[T] float32 abar_t of the prior's DDPM schedule."""
-  from interfusion_jax.guidance import schedule
   return schedule.alphas_cumprod_from_config(dict(
       beta_schedule=spec.beta_schedule, beta_start=spec.beta_start,
       beta_end=spec.beta_end, num_train_timesteps=spec.num_train_timesteps))

@@ -186,3 +186,51 @@ def hue_distance(a_deg: float, b_deg: float) -> float:
 def color_hue(name: str) -> float:
   """Hue (degrees) of a vocabulary colour."""
   return float(rgb_to_hsv(color_rgb(name))[0])
+
+
+# ---------------------------------------------------------------------------
+# Object vocabulary: the built-in prior's object types and their prompt words.
+
+OBJECT_NAMES: tuple[str, ...] = (
+    "chair", "bench", "sofa", "bicycle", "motorcycle", "horse", "box", "ball",
+    "guitar", "laptop", "bed", "skateboard", "umbrella", "table")
+
+# The colour an object prompt that names no colour stands for
+# (guidance.builtin.parse_caption). A text-to-image model draws "a bike" in
+# some typical colour; the built-in prior's bank has every object in every
+# colour, so without this a colourless prompt averages all colours and the
+# object field drifts to whichever is nearest. White is avoided: on the white
+# background an object would vanish.
+TYPICAL_COLORS: dict[str, str] = {
+    "chair": "brown", "bench": "brown", "sofa": "gray", "bicycle": "red",
+    "motorcycle": "black", "horse": "brown", "box": "brown", "ball": "orange",
+    "guitar": "brown", "laptop": "gray", "bed": "blue", "skateboard": "brown",
+    "umbrella": "black", "table": "brown",
+}
+
+# Words (and synonyms) in prompts -> generator name.
+OBJECT_WORDS: dict[str, str] = {
+    "chair": "chair", "armchair": "chair", "stool": "chair", "seat": "chair",
+    "bench": "bench", "sofa": "sofa", "couch": "sofa",
+    "bike": "bicycle", "bicycle": "bicycle", "cycle": "bicycle",
+    "motorcycle": "motorcycle", "motorbike": "motorcycle", "scooter": "motorcycle",
+    "moped": "motorcycle", "horse": "horse", "pony": "horse",
+    "box": "box", "crate": "box", "package": "box", "parcel": "box", "cardboard": "box",
+    "ball": "ball", "basketball": "ball", "football": "ball", "soccer": "ball",
+    "volleyball": "ball", "guitar": "guitar", "laptop": "laptop",
+    "computer": "laptop", "notebook": "laptop", "bed": "bed",
+    "skateboard": "skateboard", "longboard": "skateboard", "umbrella": "umbrella",
+    "parasol": "umbrella", "table": "table", "desk": "table",
+}
+
+
+def object_from_text(text: str) -> Optional[str]:
+  """Generator name of the first object word in a prompt, or None.
+
+  "riding a bike" -> "bicycle"; plurals are accepted ("balls").
+  """
+  for w in tokenize(text):
+    for cand in (w, w[:-1] if w.endswith("s") else w, w[:-2] if w.endswith("es") else w):
+      if cand in OBJECT_WORDS:
+        return OBJECT_WORDS[cand]
+  return None

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from interfusion_jax.guidance import deepfloyd  # DeepFloyd IF stage I (the paper's guidance)
-from interfusion_jax.guidance import analytic, pixel, sds, stable_diffusion
+from interfusion_jax.guidance import analytic, builtin, pixel, sds, stable_diffusion
 
 
 # kind -> (default guidance scale, default weighting).
@@ -50,16 +50,6 @@ def _targets_predict(spec, params, x_t, t, emb):
   return analytic.targets_eps(x_t, t, params["alphas_cumprod"], params["targets"])
 
 
-def _builtin_encode(spec, params, images, key):
-  from interfusion_jax.prior import denoiser  # lazy: prior imports guidance
-  return denoiser.encode(spec, params, images, key)
-
-
-def _builtin_predict(spec, params, x_t, t, emb):
-  from interfusion_jax.prior import denoiser
-  return denoiser.predict_eps(spec, params, x_t, t, emb)
-
-
 # kind -> (encode, predict_eps). Analytic kinds work in [0, 1] image space.
 BACKENDS: dict[str, tuple[Callable[..., jax.Array], Callable[..., jax.Array]]] = {
     "stable_diffusion": (stable_diffusion.encode, stable_diffusion.predict_eps),
@@ -67,7 +57,7 @@ BACKENDS: dict[str, tuple[Callable[..., jax.Array], Callable[..., jax.Array]]] =
     "deepfloyd_if": (deepfloyd.encode, deepfloyd.predict_eps),
     "gaussian": (_identity_encode, _gaussian_predict),
     "targets": (_identity_encode, _targets_predict),
-    "builtin": (_builtin_encode, _builtin_predict),
+    "builtin": (builtin.encode, builtin.predict_eps),
 }
 
 

@@ -1,13 +1,8 @@
-"""Meshes from trained fields: marching cubes with vertex colours -> GLB and OBJ.
+"""Meshes from fields: marching cubes with vertex colours -> GLB and OBJ bytes and files.
 
-CLI::
-
-    python -m interfusion_jax.export --workdir=runs/bike [--resolution=256] [--threshold=25]
-
-writes ``<workdir>/final/mesh_{human,object,combined}.{glb,obj}`` from the
-latest checkpoint. The library part (``extract_mesh``, ``write_obj``,
-``write_glb``) only needs callables ``points [N, 3] -> density [N]`` and
-``points [N, 3] -> rgb [N, 3]``.
+``extract_mesh`` only needs callables ``points [N, 3] -> density [N]`` and
+``points [N, 3] -> rgb [N, 3]``; the command line that applies it to a run is
+``python -m interfusion_jax.export`` (``interfusion_jax/export.py``).
 """
 from __future__ import annotations
 
@@ -150,39 +145,9 @@ def glb_bytes(mesh: Mesh) -> bytes:
 
 def write_mesh(stem: str | pathlib.Path, mesh: Mesh) -> list[pathlib.Path]:
   """Writes ``stem.glb`` and ``stem.obj`` atomically; returns both paths."""
-  from interfusion_jax import run_io
+  from interfusion_jax.stage2 import run_io
   stem = pathlib.Path(stem)
   out = [stem.with_suffix(".glb"), stem.with_suffix(".obj")]
   run_io.atomic_write_bytes(out[0], glb_bytes(mesh))
   run_io.atomic_write_bytes(out[1], obj_bytes(mesh))
   return out
-
-
-def main(argv=None) -> int:
-  """``python -m interfusion_jax.export --workdir=runs/x``: meshes from the latest checkpoint."""
-  import argparse
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument("--workdir", required=True, help="a run directory of interfusion_jax.train")
-  parser.add_argument("--resolution", type=int, default=0,
-                      help="marching-cubes lattice size (default config.train.mesh_resolution)")
-  parser.add_argument("--threshold", type=float, default=None,
-                      help="density iso-level (default ln2 / config.loss.geo_delta)")
-  parser.add_argument("--out", default="", help="output directory (default <workdir>/final)")
-  args = parser.parse_args(argv)
-  from interfusion_jax import render_cli, train
-  loaded = render_cli.load_run_or_report(args.workdir)
-  if loaded is None:
-    return 2
-  config, spec, state = loaded
-  out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "final")
-  out.mkdir(parents=True, exist_ok=True)
-  res = args.resolution or int(config.train.mesh_resolution)
-  files, meshes = train.write_meshes(state, spec, out, res, args.threshold)
-  for name, m in meshes.items():
-    print(f"{name}: {len(m.vertices)} vertices, {len(m.faces)} faces")
-  print("\n".join(sorted(files.values())))
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

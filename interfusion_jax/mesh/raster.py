@@ -785,8 +785,8 @@ def render_mesh_batch(vertices, faces, c2ws, fovy_deg: float, height: int,
     ambient, diffuse: Lambert weights, rgb = albedo (ambient + diffuse n.l+).
     background: [3] colour of empty pixels.
     smooth_normals: interpolate area-weighted vertex normals, else flat.
-    cull_backfaces: see RasterSpec (off by default; on is ~1.5x faster for
-      closed, consistently wound meshes such as SMPL-X bodies).
+    cull_backfaces: see RasterSpec (off by default; on is faster for closed,
+      consistently wound meshes such as SMPL-X bodies, docs/mesh_render.md).
     near: near clipping depth (see RasterSpec).
     supersample: s > 1 renders s x s samples per pixel and box-filters them
       (anti-aliasing, s^2 times the work); see ``downsample``.

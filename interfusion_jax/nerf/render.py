@@ -26,10 +26,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from interfusion_jax import camera as camera_lib
-from interfusion_jax import occupancy as occ_lib
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.nerf import occupancy as occ_lib
 
 FieldFn = Callable[[Any, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]]
 
@@ -78,19 +77,6 @@ class RenderSpec:
     """Marching step sqrt(3) * 2r / N."""
     return math.sqrt(3.0) * 2.0 * self.radius / self.num_samples
 
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "RenderSpec":
-    """Reads cfg.render and cfg.field.radius; sample_budget 0 -> num_samples // 8."""
-    r = cfg.render
-    n = int(r.num_samples)
-    budget = int(r.get("sample_budget", 0)) or max(1, n // 8)
-    return cls(radius=float(cfg.field.radius), num_samples=n,
-               sample_budget=budget, skip_empty=bool(r.get("skip_empty", True)),
-               alpha_mode=str(r.get("alpha_mode", "sum_clamped")),
-               stop_human_grad=bool(r.get("stop_human_grad", True)),
-               composite_eps=float(r.get("composite_eps", 1e-6)),
-               field_chunks=int(r.get("field_chunks", 1)))
-
 
 # ----------------------------------------------------------------------------
 # Shading.
@@ -122,12 +108,6 @@ class ShadingSpec:
   diffuse_light: float = 0.9
   soft: bool = True
   textureless_prob: float = 0.5
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "ShadingSpec":
-    s = cfg.shading
-    return cls(ambient_light=float(s.ambient_light), diffuse_light=float(s.diffuse_light),
-               soft=bool(s.soft), textureless_prob=float(s.textureless_prob))
 
 
 def sample_shading(key, light_position, ambient_only, spec: ShadingSpec) -> Shading:
@@ -581,10 +561,3 @@ def to_image(out: RenderOutput, height: int, width: int) -> dict:
               opacity=out.opacity.reshape(height, width),
               depth=out.depth.reshape(height, width),
               normal=out.normal.reshape(height, width, 3))
-
-
-if __name__ == "__main__":
-  # `python -m interfusion_jax.render --workdir=runs/x` renders a checkpoint;
-  # the CLI lives in render_cli.py so this module stays pure.
-  from interfusion_jax import render_cli
-  raise SystemExit(render_cli.main())

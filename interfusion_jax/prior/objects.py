@@ -14,7 +14,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from interfusion_jax.prior import colors
+from interfusion_jax.guidance import captions as colors
+from interfusion_jax.guidance.captions import OBJECT_NAMES, OBJECT_WORDS, TYPICAL_COLORS, object_from_text  # noqa: F401 (re-exported vocabulary)
 
 
 class Mesh(NamedTuple):
@@ -336,48 +337,9 @@ GENERATORS: dict[str, Callable[[], Mesh]] = {
     "guitar": guitar, "laptop": laptop, "bed": bed, "skateboard": skateboard,
     "umbrella": umbrella, "table": table,
 }
-OBJECT_NAMES: tuple[str, ...] = tuple(GENERATORS)
-
-# The colour an object prompt that names no colour stands for
-# (prior.denoiser.parse_caption). A text-to-image model draws "a bike" in some
-# typical colour; the built-in prior's bank has every object in every colour,
-# so without this a colourless prompt averages all colours and the object
-# field drifts to whichever is nearest (measured: a white, invisible haze for
-# the default "a bike"). White is avoided: on the white background an object
-# would vanish.
-TYPICAL_COLORS: dict[str, str] = {
-    "chair": "brown", "bench": "brown", "sofa": "gray", "bicycle": "red",
-    "motorcycle": "black", "horse": "brown", "box": "brown", "ball": "orange",
-    "guitar": "brown", "laptop": "gray", "bed": "blue", "skateboard": "brown",
-    "umbrella": "black", "table": "brown",
-}
-
-# Words (and synonyms) in prompts -> generator name.
-OBJECT_WORDS: dict[str, str] = {
-    "chair": "chair", "armchair": "chair", "stool": "chair", "seat": "chair",
-    "bench": "bench", "sofa": "sofa", "couch": "sofa",
-    "bike": "bicycle", "bicycle": "bicycle", "cycle": "bicycle",
-    "motorcycle": "motorcycle", "motorbike": "motorcycle", "scooter": "motorcycle",
-    "moped": "motorcycle", "horse": "horse", "pony": "horse",
-    "box": "box", "crate": "box", "package": "box", "parcel": "box", "cardboard": "box",
-    "ball": "ball", "basketball": "ball", "football": "ball", "soccer": "ball",
-    "volleyball": "ball", "guitar": "guitar", "laptop": "laptop",
-    "computer": "laptop", "notebook": "laptop", "bed": "bed",
-    "skateboard": "skateboard", "longboard": "skateboard", "umbrella": "umbrella",
-    "parasol": "umbrella", "table": "table", "desk": "table",
-}
-
-
-def object_from_text(text: str) -> Optional[str]:
-  """Generator name of the first object word in a prompt, or None.
-
-  "riding a bike" -> "bicycle"; plurals are accepted ("balls").
-  """
-  for w in colors.tokenize(text):
-    for cand in (w, w[:-1] if w.endswith("s") else w, w[:-2] if w.endswith("es") else w):
-      if cand in OBJECT_WORDS:
-        return OBJECT_WORDS[cand]
-  return None
+# The caption vocabulary (object names, prompt words, typical colours) lives in
+# guidance.captions; every name there has a generator here.
+assert tuple(GENERATORS) == OBJECT_NAMES, "guidance.captions.OBJECT_NAMES and GENERATORS differ"
 
 
 def make_object(name: str) -> Mesh:

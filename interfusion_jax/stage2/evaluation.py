@@ -17,11 +17,19 @@ like ``body.anchor``; a voxel is the cube of side ``2 r / (R - 1)`` around a nod
 from __future__ import annotations
 
 import math
+import pathlib
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from interfusion_jax.guidance import captions as colors
+from interfusion_jax.prior import objects, placement
+from interfusion_jax.stage2 import losses
+from interfusion_jax.stage2 import loop
+from interfusion_jax.stage2 import outputs as outputs_lib
+from interfusion_jax.stage2 import setup as setup_lib
 
 DensityFn = Callable[[jax.Array], jax.Array]   # [N, 3] -> [N] density sigma
 
@@ -79,8 +87,8 @@ def density_grid(density_fn: DensityFn, resolution: int, radius: float,
 
 
 def occupancy(sigma: np.ndarray, delta: float = 0.2) -> np.ndarray:
-  """NeRF occupancy 1 - exp(-delta sigma) (PAPER.md Eq. 4 "NeRF occupancy"). Same shape."""
-  return 1.0 - np.exp(-delta * np.asarray(sigma, np.float64))
+  """``losses.nerf_occupancy`` (PAPER.md "NeRF occupancy") in float64 NumPy. Same shape."""
+  return losses.nerf_occupancy(np.asarray(sigma, np.float64), delta)
 
 
 def occupied(sigma: np.ndarray, delta: float = 0.2, threshold: float = 0.5) -> np.ndarray:
@@ -146,7 +154,6 @@ def covered_hue(rgb: np.ndarray, opacity: np.ndarray, min_opacity: float = 0.5,
   Returns:
     hue in [0, 360), NaN when no covered pixel is saturated enough.
   """
-  from interfusion_jax.prior import colors
   rgb = np.asarray(rgb, np.float64).reshape(-1, 3)
   sel = np.asarray(opacity).reshape(-1) >= min_opacity
   if not sel.any():
@@ -156,7 +163,6 @@ def covered_hue(rgb: np.ndarray, opacity: np.ndarray, min_opacity: float = 0.5,
 
 def hue_error(hue_deg: float, color_name: str) -> float:
   """Circular distance (degrees, [0, 180]) from a hue to a named colour; NaN hue -> 180."""
-  from interfusion_jax.prior import colors
   if hue_deg is None or math.isnan(hue_deg):
     return 180.0
   return colors.hue_distance(hue_deg, colors.color_hue(color_name))
@@ -169,7 +175,6 @@ def named_colors(config) -> dict:
     {"human": name | None, "object": name | None}; greys (black, white, gray)
     carry no hue and are reported as None.
   """
-  from interfusion_jax.prior import colors
   out = {}
   for part in ("human", "object"):
     words = [colors.canonical_color(w) for w in colors.tokenize(str(getattr(config.prompt, part)))]
@@ -244,7 +249,6 @@ def object_shape_match(sigma_object: np.ndarray, vertices: np.ndarray, faces: np
   Returns:
     {name: IoU in [0, 1]}.
   """
-  from interfusion_jax.prior import objects, placement
   res = np.asarray(sigma_object).shape[0]
   pts = grid_points(res, radius).reshape(-1, 3)
   field = occupied(sigma_object, delta).reshape(-1)
@@ -268,11 +272,10 @@ def render_hues(params, occupancy_grid, object_center, spec,
   Returns:
     {"human": hue_deg, "object": hue_deg} (NaN when a field covers no saturated pixel).
   """
-  from interfusion_jax import train
   imgs = {"human": ([], []), "object": ([], [])}
   for az in azimuths:
-    out = train._eval_fn(spec)(params, occupancy_grid,   # pylint: disable=protected-access
-                               train.eval_cameras(spec, object_center, az))
+    out = outputs_lib.eval_fn(spec)(params, occupancy_grid,
+                                    outputs_lib.eval_cameras(spec, object_center, az))
     for name in imgs:
       d = jax.device_get(out[name])
       imgs[name][0].append(np.asarray(d["rgb"]))
@@ -285,7 +288,7 @@ def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
 
   Args:
     config: the run's config (for the prompts' colour words).
-    spec: its ``train.TrainSpec``; state: a host ``train.TrainState``.
+    spec: its ``step.TrainSpec``; state: a host ``step.TrainState``.
     anchor: ``body.anchor.Anchor`` built on a ``resolution``^3 grid.
     resolution: R of the evaluation grid (issue 7: 128).
 
@@ -305,7 +308,7 @@ def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
   sig = {name: density_grid(lambda x, p=state.params[name]: dens(p, x), resolution, radius)
          for name in ("human", "object")}
   m = geometry_metrics(sig["human"], sig["object"], np.asarray(anchor.occupancy) > 0.5,
-                       np.asarray(anchor.distance), radius, spec.geo_delta)
+                       np.asarray(anchor.distance), radius, spec.sections.loss.geo_delta)
   hues = render_hues(state.params, state.occupancy, state.object_center, spec)
   names = named_colors(config)
   for part in ("human", "object"):
@@ -313,10 +316,9 @@ def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
     m[f"{part}_color"] = names[part]
     m[f"{part}_hue_error_deg"] = (None if names[part] is None
                                   else hue_error(hues[part], names[part]))
-  from interfusion_jax.prior import objects
   named = objects.object_from_text(str(config.prompt.object))
   shapes = object_shape_match(sig["object"], anchor.vertices, anchor.faces, anchor.joints,
-                              radius, spec.geo_delta)
+                              radius, spec.sections.loss.geo_delta)
   m["object_named"] = named
   m["object_named_shape_iou"] = shapes.get(named) if named else None
   m["object_best_shape"] = max(shapes, key=shapes.get)
@@ -330,18 +332,15 @@ def anchor_for_run(config, workdir: Optional[str], resolution: int):
 
   Uses ``<workdir>/anchor/anchor.npz`` when present, else the config's stage-1 pose.
   """
-  import pathlib
-  from interfusion_jax import train
   cfg = config.copy_and_resolve_references()
   if workdir is not None and (pathlib.Path(workdir) / "anchor" / "anchor.npz").exists():
     cfg.pose.anchor_file = str(pathlib.Path(workdir) / "anchor" / "anchor.npz")
   cfg.body.grid_resolution = int(resolution)
-  return train.prepare_anchor(cfg, None)[0]
+  return setup_lib.prepare_anchor(cfg, None)[0]
 
 
 def evaluate_run(workdir: str, resolution: int = 128) -> dict:
-  """``evaluate_state`` on the newest checkpoint of a run directory (``train.load_trained``)."""
-  from interfusion_jax import train
-  config, spec, state = train.load_trained(workdir)
+  """``evaluate_state`` on the newest checkpoint of a run directory (``loop.load_trained``)."""
+  config, spec, state = loop.load_trained(workdir)
   return evaluate_state(config, spec, state, anchor_for_run(config, workdir, resolution),
                         resolution)

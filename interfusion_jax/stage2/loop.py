@@ -1,0 +1,447 @@
+"""The one training loop, for a single run and for a sweep of scenes.
+
+A *group* is S >= 1 scenes that share one ``TrainSpec`` (everything static):
+their states, prompt tables and anchors are stacked along a leading scene
+axis and trained by one compiled ``jax.vmap`` of ``step.train_step``; the
+guidance weights are shared (``in_axes=None``), never copied per scene. A
+single run is a group of one.
+
+Devices are handled by ``jax.jit`` with ``NamedSharding`` over a 1-D mesh
+of the local devices (axis ``"devices"``):
+
+* a sweep's scene axis is sharded over the devices when S divides evenly;
+* a single run with a camera batch B > 1 shards the cameras (``TrainSpec.
+  camera_sharding``); parameters, optimizer state and frozen inputs are
+  replicated, and XLA inserts the gradient all-reduce.
+
+Scene i draws the step keys ``fold_in(PRNGKey(seed_i), step)``, the same as
+a single run with its seed, so scene i of a sweep follows the trajectory of
+its single run (up to float reassociation).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import sys
+import time
+import warnings
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from interfusion_jax.guidance import core as guidance_core
+from interfusion_jax.stage2 import checkpoint as ckpt_lib
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import outputs as outputs_lib
+from interfusion_jax.stage2 import run_io
+from interfusion_jax.stage2 import schedules
+from interfusion_jax.stage2 import setup as setup_lib
+from interfusion_jax.stage2 import step as step_lib
+
+FROZEN_AXES = {"guidance": None, "text": 0, "anchor": 0}
+AXIS = "devices"
+
+
+class TooManySkipsError(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+# ----------------------------------------------------------------------------
+# Stacking and devices.
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """Stacks identically structured pytrees along a new leading scene axis."""
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+def unstack(tree: Any, n: int) -> list:
+  """Inverse of ``stack``: n host pytrees."""
+  host = jax.device_get(tree)
+  return [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), host) for i in range(n)]
+
+
+def device_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh (axis "devices") over the first ``num_devices`` local devices (default all)."""
+  devices = jax.local_devices()
+  return Mesh(np.array(devices[:num_devices or len(devices)]), (AXIS,))
+
+
+def usable_devices(n: int, available: int) -> int:
+  """The most devices d <= available that divide n (camera batch or scene count)."""
+  return max(d for d in range(1, min(available, n) + 1) if n % d == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """One group's compiled step and camera tracer, and how its arrays are placed.
+
+  step(states [S...], frozen, keys [S, 2]) -> (states, metrics [S]);
+  trace(params_object [S...], centers [S, 3]) -> centers [S, 3].
+  """
+  step: Any
+  trace: Any
+  scene_sharding: NamedSharding     # the stacked states and per-scene frozen inputs
+  replicated: NamedSharding         # the shared guidance weights
+  num_devices: int
+
+
+def compile_group(spec: step_lib.TrainSpec, num_scenes: int,
+                  num_devices: int | None = None) -> Compiled:
+  """Jitted, vmapped step and tracer for ``num_scenes`` scenes of one spec.
+
+  The scene axis is sharded over the largest device count dividing
+  ``num_scenes``; with one scene and a camera batch, the cameras are sharded
+  over the largest device count dividing ``render.batch_size`` instead.
+  """
+  available = num_devices or jax.local_device_count()
+  batch = spec.sections.render.batch_size
+  if num_scenes > 1:
+    d = usable_devices(num_scenes, available)
+    mesh = device_mesh(d)
+    scene_sh = NamedSharding(mesh, P(AXIS))
+  else:
+    d = usable_devices(batch, available)
+    mesh = device_mesh(d)
+    scene_sh = NamedSharding(mesh, P())
+    if d > 1:
+      spec = dataclasses.replace(spec, camera_sharding=NamedSharding(mesh, P(AXIS)))
+  repl = NamedSharding(mesh, P())
+  step = jax.vmap(step_lib.make_train_step(spec), in_axes=(0, FROZEN_AXES, 0))
+  trace = jax.vmap(functools.partial(step_lib.object_center, spec=spec))
+  frozen_sh = {"guidance": repl, "text": scene_sh, "anchor": scene_sh}
+  return Compiled(
+      step=jax.jit(step, in_shardings=(scene_sh, frozen_sh, scene_sh),
+                   out_shardings=(scene_sh, scene_sh), donate_argnums=(0,)),
+      trace=jax.jit(trace, in_shardings=(scene_sh, scene_sh), out_shardings=scene_sh),
+      scene_sharding=scene_sh, replicated=repl, num_devices=d)
+
+
+_COMPILED: dict = {}
+
+
+def cached_compile(spec: step_lib.TrainSpec, num_scenes: int,
+                   num_devices: int | None = None) -> Compiled:
+  """``compile_group`` memoised per (spec identity, scenes, devices): one compile per process."""
+  key = (id(spec), num_scenes, num_devices)
+  if key not in _COMPILED:
+    _COMPILED[key] = (spec, compile_group(spec, num_scenes, num_devices))
+  return _COMPILED[key][1]
+
+
+def place_frozen(frozen: dict, compiled: Compiled) -> dict:
+  """The stacked frozen inputs on the devices: guidance replicated, the rest per scene."""
+  return {"guidance": jax.device_put(frozen["guidance"], compiled.replicated),
+          "text": jax.device_put(frozen["text"], compiled.scene_sharding),
+          "anchor": jax.device_put(frozen["anchor"], compiled.scene_sharding)}
+
+
+# ----------------------------------------------------------------------------
+# Groups of scenes.
+
+
+@dataclasses.dataclass
+class Group:
+  """S scenes that share one spec: the stacked frozen inputs plus per-scene parts.
+
+  frozen: {"guidance": shared params, "text": stacked [S, ...], "anchor": stacked};
+  scenes: the per-scene ``setup.Scene``; configs: the per-scene configs;
+  paths: the per-scene run directories (None: nothing is written).
+  """
+  spec: step_lib.TrainSpec
+  frozen: dict
+  scenes: list
+  configs: list
+  paths: list
+
+
+def build_group(configs: Sequence[ml_collections.ConfigDict], paths: Sequence | None = None,
+                guidance=None) -> Group:
+  """Loads the guidance once and each scene's prompt table and anchor.
+
+  Args:
+    configs: one config per scene; they may differ only in non-static
+      settings (prompts, pose choice, seed).
+    paths: per-scene ``run_io.RunPaths`` (or None entries / None).
+    guidance: optional (GuidanceSpec, params, table) for the first scene (tests).
+
+  Raises:
+    setup.TrainSetupError: when the scenes' static settings differ.
+  """
+  paths = list(paths) if paths is not None else [None] * len(configs)
+  first = setup_lib.build_scene(configs[0], paths[0], guidance=guidance)
+  scenes = [first] + [setup_lib.build_scene(c, p, shared=first)
+                      for c, p in zip(configs[1:], paths[1:])]
+  for i, s in enumerate(scenes[1:], 1):
+    if s.spec != first.spec:
+      raise setup_lib.TrainSetupError(
+          f"scene {i} has static settings different from scene 0; scenes trained together "
+          "may differ only in prompts, pose choice and seed (group them by static settings).")
+    s.spec = first.spec   # one spec object: one compiled program
+  frozen = {"guidance": first.frozen["guidance"],
+            "text": stack([s.frozen["text"] for s in scenes]),
+            "anchor": stack([s.frozen["anchor"] for s in scenes])}
+  return Group(first.spec, frozen, scenes, list(configs), paths)
+
+
+def single_group(scene: setup_lib.Scene, config: ml_collections.ConfigDict,
+                 paths: run_io.RunPaths | None) -> Group:
+  """The group of one already built scene (a single run)."""
+  frozen = {"guidance": scene.frozen["guidance"], "text": stack([scene.frozen["text"]]),
+            "anchor": stack([scene.frozen["anchor"]])}
+  return Group(scene.spec, frozen, [scene], [config], [paths])
+
+
+def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
+                    paths: run_io.RunPaths | None, resume: bool | None,
+                    origin=None) -> step_lib.TrainState:
+  """Fresh state, or the newest loadable checkpoint.
+
+  resume None: resume automatically when checkpoints exist; True: a
+  checkpoint must exist; False: start fresh (existing checkpoints are an error).
+  origin: the fresh state's object origin (``setup.object_origin``).
+  """
+  fresh = step_lib.init_state(jax.random.PRNGKey(int(config.seed)), spec, origin)
+  if paths is None:
+    return fresh
+  has = ckpt_lib.latest_step(paths.checkpoints) is not None
+  if resume is False:
+    if has:
+      raise setup_lib.TrainSetupError(
+          f"{paths.checkpoints} already holds checkpoints but --noresume was given; use "
+          "--resume (or drop the flag) to continue, or choose a new --workdir.")
+    return fresh
+  if not has:
+    if resume:
+      raise setup_lib.TrainSetupError(
+          f"--resume given but {paths.checkpoints} holds no checkpoint.")
+    return fresh
+  manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
+  restored = ckpt_lib.restore_latest(manager, fresh)
+  if restored is None:
+    if resume:
+      raise setup_lib.TrainSetupError(f"No loadable checkpoint in {paths.checkpoints}.")
+    warnings.warn("No loadable checkpoint; starting from scratch.")
+    return fresh
+  step, host = restored
+  print(f"Resuming from step {step} ({paths.checkpoints}).", file=sys.stderr)
+  run_io.truncate_metrics(paths.metrics, step)
+  return jax.tree_util.tree_map(jnp.asarray, host)
+
+
+def train_loop(states: list, group: Group, *, total_steps: int | None = None,
+               num_devices: int | None = None, stop_after: int | None = None,
+               progress: bool = True) -> tuple[list, dict]:
+  """Runs the group's scenes from their (common) step to ``total_steps`` together.
+
+  Per scene: metrics every ``train.log_every`` steps, validation grids every
+  ``val_every`` and checkpoints every ``ckpt_every`` steps (and at the end or
+  on Ctrl-C) into its run directory, when it has one. ``stop_after`` (tests)
+  returns after that many steps, like a killed run.
+
+  Args:
+    states: one host ``TrainState`` per scene, all at the same step.
+    total_steps: default ``configs[0].train.steps``.
+
+  Returns:
+    (host TrainStates, info dict: "last_metrics" [per scene], "interrupted",
+     "steps_per_second", "wall_time_s", "steps_run", "num_devices").
+
+  Raises:
+    TooManySkipsError: after ``train.max_consecutive_skips`` non-finite steps in
+      a row (of any scene).
+  """
+  spec, n = group.spec, len(group.scenes)
+  tc = group.configs[0].train
+  starts = {int(s.step) for s in states}
+  if len(starts) != 1:
+    raise setup_lib.TrainSetupError(
+        f"scenes trained together must start at the same step; got steps {sorted(starts)}.")
+  start = starts.pop()
+  total = int(tc.steps if total_steps is None else total_steps)
+  compiled = cached_compile(spec, n, num_devices)
+  frozen = place_frozen(group.frozen, compiled)
+  dstate = jax.device_put(stack(states), compiled.scene_sharding)
+  seeds = jnp.asarray([jax.random.PRNGKey(int(c.seed)) for c in group.configs])
+  managers = [ckpt_lib.make_manager(p.checkpoints, tc.keep_checkpoints) if p else None
+              for p in group.paths]
+  writers = [run_io.MetricsWriter(p) if p else None for p in group.paths]
+  bar = run_io.Progress(total * n, initial=start * n, disable=not progress)
+  last = [{} for _ in range(n)]
+  interrupted, done, step = False, 0, start
+
+  def host_states():
+    return unstack(dstate, n)
+
+  def checkpoint(hosts, at):
+    for m, h in zip(managers, hosts):
+      if m is not None and at > 0:
+        ckpt_lib.save(m, at, h)
+
+  t0 = time.perf_counter()
+  try:
+    while step < total and (stop_after is None or done < stop_after):
+      if schedules.trace_due(step, spec.schedule.trace_every):
+        dstate = dstate._replace(object_center=compiled.trace(dstate.params["object"],
+                                                              dstate.object_center))
+      keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(seeds)
+      dstate, metrics = compiled.step(dstate, frozen, keys)
+      step += 1
+      done += 1
+      skipped = np.asarray(metrics["skipped"]) > 0
+      if skipped.any():
+        runs = np.asarray(dstate.consecutive_skips)
+        for i in np.flatnonzero(skipped):
+          warnings.warn(f"step {step - 1}{f' (scene {i})' if n > 1 else ''}: non-finite loss "
+                        f"or gradient; update skipped ({int(runs[i])} in a row).")
+        if runs.max() >= tc.max_consecutive_skips:
+          raise TooManySkipsError(
+              f"{int(runs.max())} consecutive steps had a non-finite loss or gradient (step "
+              f"{step - 1}); aborting. Lower the learning rates or the guidance scale, or "
+              "check the guidance weights. The last checkpoint holds only finite values.")
+      if step % tc.log_every == 0 or step == total:
+        host = jax.device_get(metrics)
+        last = [{k: float(v[i]) for k, v in host.items()} for i in range(n)]
+        for w, m in zip(writers, last):
+          if w is not None:
+            w.write(step, m)
+        bar.update(step, float(np.mean([m["loss"] for m in last])), n=0)
+      bar.update(step, None, n=n)
+      if step % tc.val_every == 0 or step == total:
+        for h, p in zip(host_states(), group.paths):
+          if p is not None:
+            run_io.write_png(p.val / f"step_{step:06d}.png",
+                             outputs_lib.validation_grid(h.params, h.occupancy,
+                                                         h.object_center, spec))
+      if step % tc.ckpt_every == 0 or step == total:
+        checkpoint(host_states(), step)
+  except KeyboardInterrupt:
+    interrupted = True
+    checkpoint(host_states(), step)
+    logging.warning("Interrupted at step %d; checkpoint written. Resume with --resume.", step)
+  finally:
+    bar.close()
+    for w in writers:
+      if w is not None:
+        w.close()
+  dt = time.perf_counter() - t0
+  info = {"last_metrics": last, "interrupted": interrupted,
+          "steps_per_second": done / dt if dt > 0 else 0.0, "wall_time_s": dt,
+          "steps_run": done, "num_devices": compiled.num_devices}
+  return host_states(), info
+
+
+# ----------------------------------------------------------------------------
+# Whole runs.
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: str | None) -> run_io.RunPaths | None:
+  """Config validation and the work directory, before any compilation."""
+  config_lib.parse(config)
+  if workdir is None:
+    return None
+  try:
+    return run_io.prepare_workdir(workdir)
+  except run_io.WorkdirError as e:
+    raise setup_lib.TrainSetupError(str(e)) from e
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool | None = None,
+        guidance=None, num_devices: int | None = None, stop_after: int | None = None,
+        progress: bool = True, final_outputs: bool = True) -> dict:
+  """The whole stage-2 run of one scene; returns summary.json's content (or loop info).
+
+  Args:
+    config: a config from configs/hoi.py (validated here).
+    workdir: run directory.
+    resume: None auto / True required / False fresh (see ``restore_or_init``).
+    guidance: optional (GuidanceSpec, params, text table) override (tests).
+    num_devices: local devices to use (default: all that divide the camera batch).
+    stop_after: stop after this many steps without final outputs (tests).
+  """
+  paths = preflight(config, workdir)
+  scene = setup_lib.build_scene(config, paths, guidance=guidance)
+  group = single_group(scene, config, paths)
+  run_io.save_config(paths, config)
+  state = restore_or_init(config, group.spec, paths, resume, scene.object_origin)
+  (state,), info = train_loop([state], group, num_devices=num_devices, stop_after=stop_after,
+                              progress=progress)
+  info["last_metrics"] = info["last_metrics"][0]
+  info["state"] = state
+  if info["interrupted"] or not final_outputs or int(state.step) < int(config.train.steps):
+    return info
+  summary = outputs_lib.write_final_outputs(state, scene, config, paths, info)
+  summary["state"] = state
+  return summary
+
+
+PROMPT_KEYS = ("human", "object", "interaction")
+
+
+def scene_configs(base: ml_collections.ConfigDict,
+                  prompts: Sequence[dict]) -> list[ml_collections.ConfigDict]:
+  """One validated config per prompt dict (keys among human / object / interaction).
+
+  Raises:
+    ValueError: for an empty prompt list or an unknown key; config.ConfigError
+      for a value the schema rejects (e.g. an empty prompt).
+  """
+  if not prompts:
+    raise ValueError("scene_configs: no prompts given; pass at least one "
+                     "{'human': ..., 'object': ..., 'interaction': ...} dict.")
+  out = []
+  for i, p in enumerate(prompts):
+    bad = sorted(set(p) - set(PROMPT_KEYS))
+    if bad:
+      raise ValueError(f"scene_configs: prompt {i} has unknown keys {bad}; "
+                       f"use {list(PROMPT_KEYS)}.")
+    c = base.copy_and_resolve_references()
+    for k, v in p.items():
+      setattr(c.prompt, k, str(v))
+    config_lib.parse(c)
+    out.append(c)
+  return out
+
+
+def train_sweep(configs: Sequence[ml_collections.ConfigDict], *, steps: int | None = None,
+                guidance=None, progress: bool = True,
+                num_devices: int | None = None) -> dict:
+  """Trains every scene for ``steps`` (default config.train.steps) steps at once, in memory.
+
+  The step is compiled once for all scenes; nothing is written.
+
+  Returns:
+    {"group": Group, "states": [host TrainState per scene],
+     "metrics": [last metrics dict per scene], "wall_time_s", "steps"}.
+  """
+  group = build_group(configs, guidance=guidance)
+  states = [restore_or_init(c, group.spec, None, None, s.object_origin)
+            for c, s in zip(configs, group.scenes)]
+  total = int(configs[0].train.steps if steps is None else steps)
+  states, info = train_loop(states, group, total_steps=total, num_devices=num_devices,
+                            progress=progress)
+  return {"group": group, "states": states, "metrics": info["last_metrics"],
+          "wall_time_s": info["wall_time_s"], "steps": total}
+
+
+def load_trained(workdir: str, guidance_spec: Any = None):
+  """(config, TrainSpec, host TrainState) of the latest checkpoint in a run directory.
+
+  The guidance is not loaded (it is not needed to render or export).
+  """
+  config = run_io.load_config(workdir)
+  paths = run_io.RunPaths(pathlib.Path(workdir).absolute())
+  gspec = guidance_spec or guidance_core.GuidanceSpec(kind="gaussian", guidance_scale=1.0,
+                                                      weighting="uniform")
+  spec = setup_lib.train_spec(config, gspec)
+  manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
+  restored = ckpt_lib.restore_latest(manager, step_lib.init_state(jax.random.PRNGKey(0), spec))
+  if restored is None:
+    raise FileNotFoundError(f"No loadable checkpoint in {paths.checkpoints}; train first.")
+  return config, spec, restored[1]

@@ -1,0 +1,189 @@
+"""What a run shows: validation grids, turntables, the multi-view grid, meshes, summary.json.
+
+Evaluation renders are albedo-only, on white, at the eval camera of
+``config.camera`` (distance, elevation, fovy), around c_O for the object,
+c_O / 2 for the interaction scene and the origin for the human.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from interfusion_jax.mesh import export as mesh_export
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.nerf import render as render_lib
+from interfusion_jax.stage2 import run_io
+from interfusion_jax.stage2 import setup as setup_lib
+from interfusion_jax.stage2 import step as step_lib
+
+Params = dict
+
+
+def eval_cameras(spec: step_lib.TrainSpec, object_center, azimuth_deg: float) -> dict:
+  """Evaluation cameras at one azimuth: {"object", "human", "interaction"} -> Camera."""
+  c = spec.camera
+  make = lambda target: jax.tree_util.tree_map(
+      lambda x: x[0], camera_lib.orbit_cameras(1, c.eval_distance, c.eval_elevation_deg,
+                                               c.eval_fovy_deg, target=target, up=c.up,
+                                               azimuth_start_deg=azimuth_deg))
+  oc = jnp.asarray(object_center, jnp.float32)
+  return {"object": make(oc), "human": make(jnp.zeros(3)), "interaction": make(0.5 * oc)}
+
+
+def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec) -> dict:
+  """Albedo renders on white of the object, human and interaction scene.
+
+  Returns:
+    {name: {"rgb": [H, W, 3], "normal": [H, W, 3] display in [0, 1], "opacity": [H, W]}}.
+  """
+  fn, h, w = spec.model.field, spec.height, spec.width
+  out = {}
+  for name, cam in cams.items():
+    rays_o, rays_d = render_lib.camera_rays(cam, h, w)
+    bg = jnp.ones(3, jnp.float32)
+    if name == "interaction":
+      r = render_lib.render_two_fields(fn, params["human"], fn, params["object"], rays_o,
+                                       rays_d, bg, spec.render, occupancy=occupancy)
+    else:
+      r = render_lib.render_rays(fn, params[name], rays_o, rays_d, bg, spec.render,
+                                 occupancy=occupancy)
+    img = render_lib.to_image(r, h, w)
+    out[name] = {"rgb": img["rgb"], "opacity": img["opacity"],
+                 "normal": render_lib.normals_to_image(img["normal"], img["opacity"])}
+  return out
+
+
+_EVAL_FNS: dict = {}
+
+
+def eval_fn(spec: step_lib.TrainSpec):
+  """``render_eval`` jitted for one spec, memoised on the spec's identity (a spec may
+  hold an unhashable Flax module), so each spec compiles once per process."""
+  if id(spec) not in _EVAL_FNS:
+    _EVAL_FNS[id(spec)] = (spec, jax.jit(lambda p, o, c: render_eval(p, o, c, spec)))
+  return _EVAL_FNS[id(spec)][1]
+
+
+def at_size(spec: step_lib.TrainSpec, size: int) -> step_lib.TrainSpec:
+  """``spec`` rendering ``size`` x ``size`` pixels (0: unchanged)."""
+  if not size:
+    return spec
+  render = dataclasses.replace(spec.sections.render, height=size, width=size)
+  return dataclasses.replace(spec, sections=dataclasses.replace(spec.sections, render=render))
+
+
+def validation_grid(params: Params, occupancy, object_center, spec: step_lib.TrainSpec,
+                    azimuths=(0.0, 90.0)) -> np.ndarray:
+  """uint8 grid: rows object / human / interaction (x azimuths); columns RGB, normals, opacity."""
+  rows = []
+  for az in azimuths:
+    imgs = eval_fn(spec)(params, occupancy, eval_cameras(spec, object_center, az))
+    for name in ("object", "human", "interaction"):
+      d = jax.device_get(imgs[name])
+      rows.append([d["rgb"], d["normal"], d["opacity"]])
+  return run_io.image_grid(rows)
+
+
+def turntables(params: Params, occupancy, object_center, spec: step_lib.TrainSpec,
+               frames: int) -> dict:
+  """{name: list of F uint8 RGB frames} for object / human / interaction (full orbit)."""
+  out = {"object": [], "human": [], "interaction": []}
+  for i in range(frames):
+    imgs = eval_fn(spec)(params, occupancy, eval_cameras(spec, object_center, 360.0 * i / frames))
+    for name in out:
+      out[name].append(run_io.to_uint8(np.asarray(imgs[name]["rgb"])))
+  return out
+
+
+def extract_meshes(params: Params, spec: step_lib.TrainSpec, resolution: int,
+                   threshold: float | None = None) -> dict:
+  """Marching-cubes meshes {"human", "object", "combined"} (mesh.export.Mesh, vertex colours).
+
+  The default iso-level is the camera-tracing level, NeRF occupancy
+  1 - exp(-delta sigma) = 0.5, i.e. sigma = ln 2 / delta.
+  """
+  delta = spec.sections.loss.geo_delta
+  level = math.log(2.0) / delta if threshold is None else threshold
+  density = jax.jit(spec.model.density)
+  albedo = jax.jit(lambda p, x: spec.model.field(p, x)[1])
+  meshes = {}
+  for name in ("human", "object"):
+    p = params[name]
+    meshes[name] = mesh_export.extract_mesh(
+        lambda x, p=p: np.asarray(density(p, jnp.asarray(x))),
+        lambda x, p=p: np.asarray(albedo(p, jnp.asarray(x))),
+        resolution, spec.render.radius, level)
+  meshes["combined"] = mesh_export.merge_meshes([meshes["human"], meshes["object"]])
+  return meshes
+
+
+def write_renders(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: pathlib.Path,
+                  frames: int, size: int = 0) -> dict:
+  """Turntables (MP4, GIF fallback) of the interaction / human / object and multiview.png.
+
+  Args:
+    size: render size in pixels, square (``config.train.final_resolution``;
+      0 = the training render size).
+
+  Returns:
+    {output name: path}.
+  """
+  spec = at_size(spec, size)
+  outputs = {}
+  shots = turntables(state.params, state.occupancy, state.object_center, spec, frames)
+  for name, fr in shots.items():
+    outputs[f"turntable_{name}"] = str(run_io.write_video(out_dir / f"turntable_{name}", fr))
+  n = len(shots["interaction"])
+  pick = sorted(set(int(i * n / 4) for i in range(4)))
+  grid = run_io.image_grid([[shots[name][i] / 255.0 for i in pick]
+                            for name in ("interaction", "human", "object")])
+  run_io.write_png(out_dir / "multiview.png", grid)
+  outputs["multiview"] = str(out_dir / "multiview.png")
+  return outputs
+
+
+def write_meshes(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: pathlib.Path,
+                 resolution: int, threshold: float | None = None) -> tuple[dict, dict]:
+  """mesh_{human,object,combined}.{glb,obj}; returns ({file: path}, {name: Mesh})."""
+  meshes = extract_meshes(state.params, spec, resolution, threshold)
+  outputs = {}
+  for name, mesh in meshes.items():
+    for p in mesh_export.write_mesh(out_dir / f"mesh_{name}", mesh):
+      outputs[p.name] = str(p)
+  return outputs, meshes
+
+
+def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
+                        config: ml_collections.ConfigDict, paths: run_io.RunPaths,
+                        info: dict) -> dict:
+  """Turntables, multi-view grid, meshes and summary.json into <workdir>/final.
+
+  The renders are ``config.train.final_resolution`` pixels square (0: the
+  training render size).
+  """
+  spec = scene.spec
+  outputs = write_renders(state, spec, paths.final, int(config.train.turntable_frames),
+                          int(config.train.final_resolution))
+  mesh_files, meshes = write_meshes(state, spec, paths.final, int(config.train.mesh_resolution))
+  outputs.update(mesh_files)
+  summary = {
+      "final_losses": {k: v for k, v in info.get("last_metrics", {}).items()
+                       if k.startswith("loss") or k.startswith("lambda")},
+      "step": int(state.step),
+      "wall_time_s": info.get("wall_time_s"),
+      "steps_per_second": info.get("steps_per_second"),
+      "total_skipped_steps": int(state.total_skips),
+      "object_center": np.asarray(state.object_center).tolist(),
+      "anchor_pose_id": setup_lib.anchor_id(scene.anchor_pose),
+      "num_devices": info.get("num_devices", 1),
+      "mesh_vertices": {k: int(len(m.vertices)) for k, m in meshes.items()},
+      "outputs": outputs,
+  }
+  run_io.write_json(paths.summary, summary)
+  return summary

@@ -1,0 +1,198 @@
+"""Everything a run needs before its first step, loaded before anything compiles.
+
+``build_scene(config, paths) -> Scene``: the guidance model and prompt
+embeddings (``load_guidance_and_text``), the stage-1 anchor pose and body
+(``prepare_anchor``), the object's starting place (``object_origin``) and the
+static ``TrainSpec`` (``train_spec``). Errors in any of them raise
+``TrainSetupError`` with a message that says what to fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import warnings
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from interfusion_jax.body import anchor as body_anchor
+from interfusion_jax.guidance import captions
+from interfusion_jax.guidance import loading
+from interfusion_jax.mesh import raster
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.nerf import model as model_lib
+from interfusion_jax.pose import anchor as pose_anchor
+from interfusion_jax.prior import assets as prior_assets
+from interfusion_jax.prior import objects, placement
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import run_io
+from interfusion_jax.stage2 import step as step_lib
+
+
+class TrainSetupError(ValueError):
+  """Something the run needs is missing or malformed (raised before compiling)."""
+
+
+def model_fns(run: config_lib.RunConfig) -> model_lib.ModelFns:
+  """The hash-grid fields and backgrounds of ``run`` (shared by train, render, export)."""
+  return model_lib.bind(config_lib.field_spec(run), config_lib.background_spec(run))
+
+
+def train_spec(config: ml_collections.ConfigDict | config_lib.RunConfig, guidance_spec: Any,
+               model: model_lib.ModelFns | None = None) -> step_lib.TrainSpec:
+  """The static TrainSpec of a config (validated here) and a guidance spec.
+
+  Args:
+    model: optional ModelFns override (tests use closed-form fields).
+  """
+  run = config_lib.parse(config)
+  p = run.prompt
+  return step_lib.TrainSpec(
+      model=model or model_fns(run), guidance=guidance_spec,
+      render=config_lib.render_spec(run), shading=config_lib.shading_spec(run),
+      camera=config_lib.camera_spec(run), occupancy=config_lib.occupancy_spec(run),
+      schedule=config_lib.schedule_spec(run),
+      sections=step_lib.StepSections(render=run.render, camera=run.camera,
+                                     background=run.background, loss=run.loss,
+                                     optim=run.optim, field=run.field),
+      views=(float(p.overhead_elevation_deg), float(p.front_azimuth_deg),
+             float(p.back_azimuth_deg)))
+
+
+def object_origin(config: ml_collections.ConfigDict, anchor: Any) -> np.ndarray | None:
+  """Where the object field starts (config.field.object_blob; not in the official code).
+
+  "origin": None (the official blob at the origin, c_O = 0). "placement": the
+  bounding-box centre of the built-in prior's parametric object named in
+  ``config.prompt.object``, placed against the anchor body by its rule
+  (prior.placement) exactly as in the prior's image bank; None, with a
+  warning, when the prompt names no library object.
+
+  Returns:
+    [3] float32 scene coordinates, or None.
+  """
+  if str(config.field.object_blob) != "placement":
+    return None
+  name = captions.object_from_text(str(config.prompt.object))
+  if name is None:
+    warnings.warn(f"config.field.object_blob='placement': the object prompt "
+                  f"{str(config.prompt.object)!r} names no object of the built-in library "
+                  f"({', '.join(captions.OBJECT_NAMES)}); the object blob starts at the origin.")
+    return None
+  v, f, j = (np.asarray(a) for a in (anchor.vertices, anchor.faces, anchor.joints))
+  return objects.bbox_center(placement.place_named(name, v, f, j).mesh).astype(np.float32)
+
+
+def load_guidance_and_text(config: ml_collections.ConfigDict):
+  """(GuidanceSpec, guidance params, prompt embedding table) from config.guidance.
+
+  With ``config.guidance.weights_dir`` empty (or ``backend="builtin"``) the
+  built-in, low-fidelity offline prior is used and the log says so;
+  otherwise the local diffusers directory is loaded.
+
+  Raises:
+    TrainSetupError: when the weights directory is incomplete.
+  """
+  g = config.guidance
+  root = str(g.weights_dir).strip()
+  if not root or g.backend == "builtin":
+    gspec, gparams, table = prior_assets.load_builtin_guidance(config)
+    logging.warning(prior_assets.NOTICE.format(n=int(gparams["bank"].shape[0])))
+    return gspec, gparams, table
+  try:
+    return loading.load_scene_guidance(config, root)
+  except FileNotFoundError as e:
+    raise TrainSetupError(f"config.guidance.weights_dir: {e}") from e
+
+
+def text_table(config: ml_collections.ConfigDict, guidance_kind: str) -> dict:
+  """The prompt-embedding table of one scene under an already chosen guidance backend."""
+  if guidance_kind == "builtin":
+    return prior_assets.builtin_text_table(config)
+  return load_guidance_and_text(config)[2]
+
+
+def load_anchor_pose(config: ml_collections.ConfigDict) -> pose_anchor.AnchorPose:
+  """Stage 1: the anchor pose (config.pose.anchor_file or retrieval from T_I).
+
+  Raises:
+    TrainSetupError: for a missing or malformed anchor file.
+  """
+  try:
+    if str(config.pose.anchor_file).strip():
+      return pose_anchor.load_anchor(config.pose.anchor_file)
+    return pose_anchor.retrieve_anchor(config)
+  except (FileNotFoundError, ValueError) as e:
+    raise TrainSetupError(f"Anchor pose: {e}") from e
+
+
+def anchor_preview(anchor: Any, size: int = 256) -> np.ndarray:
+  """Front and side renders of the anchor body, side by side: uint8 [size, 2 size, 3]."""
+  verts = np.asarray(anchor.vertices)
+  centre = 0.5 * (verts.min(0) + verts.max(0))
+  views = []
+  for az in (0.0, 90.0):
+    cam = camera_lib.orbit_cameras(1, 3.0, 10.0, 50.0, target=centre, azimuth_start_deg=az)
+    views.append(raster.render_mesh(verts, np.asarray(anchor.faces),
+                                    np.asarray(cam.c2w[0]), 50.0, size, size)["rgb"])
+  return run_io.to_uint8(np.concatenate(views, axis=1))
+
+
+def prepare_anchor(config: ml_collections.ConfigDict, paths: run_io.RunPaths | None):
+  """(Anchor pytree, AnchorPose); writes anchor/anchor.npz and anchor.png into the run."""
+  pose = load_anchor_pose(config)
+  try:
+    anchor = body_anchor.prepare_anchor_from_config(config, pose.body_pose, pose.global_orient)
+  except (FileNotFoundError, ValueError) as e:
+    raise TrainSetupError(f"Anchor body (config.body.model={config.body.model!r}): {e}") from e
+  if paths is not None:
+    tmp = paths.anchor_dir / ".anchor.tmp.npz"
+    pose_anchor.save_anchor(tmp, pose)
+    os.replace(tmp, paths.anchor_dir / "anchor.npz")
+    try:
+      run_io.write_png(paths.anchor_dir / "anchor.png", anchor_preview(anchor))
+    except Exception as e:  # pylint: disable=broad-except
+      warnings.warn(f"Could not render the anchor preview ({e}).")
+  return anchor, pose
+
+
+def anchor_id(pose) -> str:
+  """A short id of the anchor pose for summary.json (source / file)."""
+  meta = getattr(pose, "meta", {}) or {}
+  for key in ("source", "anchor_file", "label"):
+    if key in meta:
+      return str(meta[key])
+  return "unknown"
+
+
+@dataclasses.dataclass
+class Scene:
+  """Everything frozen for one run: the spec and the frozen pytree, plus stage-1 meta."""
+  spec: step_lib.TrainSpec
+  frozen: dict
+  anchor_pose: Any = None
+  object_origin: Any = None          # [3] or None (``object_origin``)
+
+
+def build_scene(config: ml_collections.ConfigDict, paths: run_io.RunPaths | None,
+                guidance=None, shared: Scene | None = None) -> Scene:
+  """Loads guidance, prompts and the anchor; builds the TrainSpec.
+
+  Args:
+    guidance: optional (GuidanceSpec, params, text table) override (tests).
+    shared: a scene already built with the same guidance (a sweep's first):
+      its guidance spec and params are reused, only this scene's prompt table
+      is encoded.
+  """
+  if shared is not None:
+    gspec, gparams = shared.spec.guidance, shared.frozen["guidance"]
+    table = text_table(config, gspec.kind)
+  else:
+    gspec, gparams, table = guidance if guidance is not None else load_guidance_and_text(config)
+  anchor, pose = prepare_anchor(config, paths)
+  spec = train_spec(config, gspec, model=shared.spec.model if shared is not None else None)
+  return Scene(spec, {"guidance": gparams, "text": table, "anchor": anchor}, pose,
+               object_origin(config, anchor))
+
