@@ -18,9 +18,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from interfusion_jax.body import model as body_model
 from interfusion_jax.pose import anchor as anchor_lib
 from interfusion_jax.pose import choose as choose_lib
+from interfusion_jax.pose import clip as clip_lib
 from interfusion_jax.pose import codebook as codebook_lib
+from interfusion_jax.pose import render
 from interfusion_jax.pose import retrieval
 
 log = logging.getLogger("interfusion_jax.pose")
@@ -30,7 +33,6 @@ def write_contact_sheet(path, body, cb: codebook_lib.Codebook,
                         cands: retrieval.Candidates, chosen: int) -> pathlib.Path:
   """Renders the candidates (front | side view) into a PNG captioned "rank score label"."""
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  from interfusion_jax.pose import render  # pylint: disable=g-import-not-at-top
   spec = render.PoseRenderSpec(azimuths_deg=(0.0, 90.0), height=160, width=160)
   idx = cands.indices
   views = render.render_poses(body, cb.poses[idx], cb.global_orients[idx], spec)["rgb"]
@@ -62,11 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--no_sheet", action="store_true", help="skip the contact sheet")
   a = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
-  from interfusion_jax.body import model as body_model  # pylint: disable=g-import-not-at-top
   cb = codebook_lib.load(a.codebook or None)
   clip = None
   if a.clip_dir:
-    from interfusion_jax.pose import clip as clip_lib  # pylint: disable=g-import-not-at-top
     clip = clip_lib.load_clip(a.clip_dir)
   body = body_model.load_body_model(a.body) if (clip is not None or not a.no_sheet) else None
   anchor, cands = anchor_lib.find_anchor(

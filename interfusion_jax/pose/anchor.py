@@ -22,7 +22,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from interfusion_jax.body import model as body_model
 from interfusion_jax.pose import choose as choose_lib
+from interfusion_jax.pose import clip as clip_lib
 from interfusion_jax.pose import codebook as codebook_lib
 from interfusion_jax.pose import retrieval
 
@@ -114,7 +116,6 @@ def find_anchor(cb: codebook_lib.Codebook, interaction: str, *, clip=None, body=
           "choose = 'clip_rerank' needs a CLIP model: set config.pose.clip_dir "
           "(--clip_dir), or use choose = best | rank | sample.")
     if body is None:
-      from interfusion_jax.body import model as body_model  # pylint: disable=g-import-not-at-top
       body = body_model.load_body_model("default")
     idx = cands.indices
     rer = choose_lib.clip_rerank_scores(clip, body, cb.poses[idx], cb.global_orients[idx],
@@ -155,10 +156,8 @@ def retrieve_anchor(config) -> AnchorPose:
   cb = codebook_lib.load(pc.codebook or None)
   clip = body = None
   if pc.clip_dir:
-    from interfusion_jax.pose import clip as clip_lib  # pylint: disable=g-import-not-at-top
     clip = clip_lib.load_clip(pc.clip_dir)
   if clip is not None:
-    from interfusion_jax.body import model as body_model  # pylint: disable=g-import-not-at-top
     body = body_model.load_body_model(config.body.model, config.body.gender)
   scene = f"{config.prompt.human} {config.prompt.interaction}".strip()
   anchor, _ = find_anchor(

@@ -33,8 +33,13 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from sklearn.cluster import KMeans
 
+from interfusion_jax.body import model as body_model
+from interfusion_jax.body.model import body_model_digest
+from interfusion_jax.pose import clip as clip_lib
 from interfusion_jax.pose import codebook as codebook_lib
+from interfusion_jax.pose import library
 from interfusion_jax.pose import poseset as poseset_lib
+from interfusion_jax.pose import render as render_lib
 
 log = logging.getLogger(__name__)
 DEFAULT_K = 2048
@@ -140,7 +145,6 @@ def pose_features(poses: np.ndarray, orients: np.ndarray) -> np.ndarray:
 
 
 def _cache_key(poses, orients, clip, body, spec, chunk) -> str:
-  from interfusion_jax.body.model import body_model_digest  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256()
   h.update(np.ascontiguousarray(poses, np.float32).tobytes())
   h.update(np.ascontiguousarray(orients, np.float32).tobytes())
@@ -165,8 +169,6 @@ def embed_poses(body, clip, poses: np.ndarray, orients: np.ndarray, spec,
   Returns:
     [N, D] unit-norm pose embeddings.
   """
-  from interfusion_jax.pose import clip as clip_lib  # pylint: disable=g-import-not-at-top
-  from interfusion_jax.pose import render as render_lib  # pylint: disable=g-import-not-at-top
   n = poses.shape[0]
   cdir = None
   if cache_dir:
@@ -216,7 +218,6 @@ def build_clip_codebook(ps: poseset_lib.PoseSet, body, clip, *, k: int = DEFAULT
   Returns:
     Codebook with embedding_space "clip".
   """
-  from interfusion_jax.pose import render as render_lib  # pylint: disable=g-import-not-at-top
   spec = spec or render_lib.PoseRenderSpec()
   orients = ps.global_orient if use_orient else np.zeros_like(ps.global_orient)
   emb = embed_poses(body, clip, ps.body_pose, orients, spec, cache_dir, chunk, progress)
@@ -247,7 +248,6 @@ def library_pose_set(augment_per_pose: int = 8, sigma: float = 0.06,
   Returns:
     PoseSet with N = L (1 + augment_per_pose) poses; phrase = library label.
   """
-  from interfusion_jax.pose import library  # pylint: disable=g-import-not-at-top
   poses, orients, labels, _ = library.library_arrays()
   bp, go, ph = [], [], []
   for i in range(len(labels)):
@@ -261,7 +261,6 @@ def library_pose_set(augment_per_pose: int = 8, sigma: float = 0.06,
 
 def library_phrases() -> dict[str, tuple[str, ...]]:
   """Library label -> all its phrases."""
-  from interfusion_jax.pose import library  # pylint: disable=g-import-not-at-top
   return {p.label: p.phrases for p in library.build_library()}
 
 
@@ -287,8 +286,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ps = library_pose_set(a.augment) if a.library else poseset_lib.load_pose_set(a.poses)
   log.info("pose set: %d poses", len(ps))
   if a.clip_dir:
-    from interfusion_jax.body import model as body_model  # pylint: disable=g-import-not-at-top
-    from interfusion_jax.pose import clip as clip_lib  # pylint: disable=g-import-not-at-top
     clip = clip_lib.load_clip(a.clip_dir)
     body = body_model.load_body_model(a.body)
     cb = build_clip_codebook(ps, body, clip, k=a.k, seed=a.seed, use_orient=a.use_orient or a.library,

@@ -16,7 +16,9 @@ from typing import Optional
 
 import numpy as np
 
+from interfusion_jax.pose import clip as clip_lib
 from interfusion_jax.pose import codebook as codebook_lib
+from interfusion_jax.pose import render
 from interfusion_jax.pose.retrieval import Candidates
 
 METHODS = ("best", "rank", "clip_rerank", "sample")
@@ -58,8 +60,6 @@ def clip_rerank_scores(clip, body, poses: np.ndarray, orients: np.ndarray,
   Returns:
     [k] float32 scores.
   """
-  from interfusion_jax.pose import clip as clip_lib  # pylint: disable=g-import-not-at-top
-  from interfusion_jax.pose import render  # pylint: disable=g-import-not-at-top
   spec = spec or render.PoseRenderSpec()
   views = render.render_poses(body, poses, orients, spec)["rgb"]
   b, v = views.shape[:2]

@@ -16,7 +16,11 @@ from typing import Optional
 
 import numpy as np
 
+from interfusion_jax.body import model as body_model
+from interfusion_jax.pose import build
+from interfusion_jax.pose import clip as clip_lib
 from interfusion_jax.pose import codebook as codebook_lib
+from interfusion_jax.pose import render
 from interfusion_jax.pose import text_match
 
 log = logging.getLogger(__name__)
@@ -113,8 +117,6 @@ def codebook_clip_embeddings(cb: codebook_lib.Codebook, clip, body=None,
           f"model in {clip.name!r} has projection_dim {clip.dim}; rebuild the "
           "codebook with this CLIP model (python -m interfusion_jax.pose.build).")
     return cb.embeddings
-  from interfusion_jax.body import model as body_model  # pylint: disable=g-import-not-at-top
-  from interfusion_jax.pose import build, render  # pylint: disable=g-import-not-at-top
   log.info("codebook has no CLIP embeddings: rendering and embedding its %d key poses",
            cb.size)
   body = body if body is not None else body_model.load_body_model("default")
@@ -145,7 +147,6 @@ def retrieve(cb: codebook_lib.Codebook, interaction: str, *, clip=None, k: int =
         "The interaction text is empty; give one such as 'riding a bike' "
         "(--text or config.prompt.interaction).")
   if clip is not None:
-    from interfusion_jax.pose import clip as clip_lib  # pylint: disable=g-import-not-at-top
     q = query_text(template, interaction)
     scores = clip_scores(clip_lib.text_features(clip, [q])[0],
                          codebook_clip_embeddings(cb, clip, body, spec))

@@ -26,12 +26,18 @@ import pathlib
 from typing import Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from interfusion_jax import camera as camera_lib
-from interfusion_jax.prior import colors, denoiser, objects, placement, scenes
+from interfusion_jax.body import model as body_lib
+from interfusion_jax.guidance import core, prompts
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.pose import library
+from interfusion_jax.prior import objects, placement, scenes
+from interfusion_jax.guidance import captions as colors
+from interfusion_jax.guidance import builtin as denoiser
 
-BANK_VERSION = 4   # 3: camera directions (dirs); 4: fixed camera zoom, 48 object views
+BANK_VERSION = 4   # bump when the bank's contents change (history: docs/evaluation.md)
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_PATH = ASSETS_DIR / "prior_bank.npz"
 
@@ -58,10 +64,9 @@ class BankSpec:
     fovy_deg, distance: every bank camera has this field of view and
       distance (its direction is random). A render of the same object at
       another zoom is a scaled image, which the denoiser cannot relate to a
-      bank image; bank images of mixed zoom averaged into a blob. The ``cpu``
-      config variants train with the same fixed zoom
+      bank image. The ``cpu`` config variants train with the same fixed zoom
       (``config.camera.fovy_range_deg`` / ``distance_range``); 0 = the
-      training distribution of ``camera.py`` (bank v3).
+      training distribution of ``nerf/camera.py``.
     interaction_views: interaction renders per (object, clothing colour,
       object colour).
     interaction_object_colors: object colours rendered per (object, clothing
@@ -100,15 +105,13 @@ def _body_model(which: str):
   if which == "mannequin":
     return None
   try:
-    from interfusion_jax.body import model
-    return model.load_body_model("default")
+    return body_lib.load_body_model("default")
   except (FileNotFoundError, ImportError):
     return None
 
 
 @functools.lru_cache(maxsize=1)
 def _library():
-  from interfusion_jax.pose import library
   return library.library_arrays()
 
 
@@ -292,10 +295,9 @@ def load_builtin_guidance(config, progress: bool = True):
   Returns:
     (spec, params, table) like ``train.load_guidance_and_text``.
   """
-  from interfusion_jax.guidance import core
   if "builtin" not in core.BACKENDS:
     raise BankError("guidance/core.py does not register the 'builtin' backend; add "
-                    "BACKENDS['builtin'] = (prior.denoiser.encode, prior.denoiser.predict_eps).")
+                    "BACKENDS['builtin'] = (guidance.builtin.encode, guidance.builtin.predict_eps).")
   g = config.guidance
   pspec = denoiser.PriorSpec()
   if float(g.get("builtin_object_sharpness", -1.0)) >= 0:
@@ -323,7 +325,5 @@ def builtin_text_table(config) -> dict:
   Returns:
     ``prompts.embedding_table`` output ({name: [V, 1, D]}, "uncond": [1, D]).
   """
-  import jax.numpy as jnp
-  from interfusion_jax.guidance import prompts
   return prompts.embedding_table(lambda texts: jnp.asarray(denoiser.embed_captions(texts)),
                                  prompts.PromptSpec.from_config(config))

@@ -16,6 +16,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from interfusion_jax.body import anchor
 from interfusion_jax.prior import objects
 
 # SMPL-X joint ids (55-joint layout; the first 22 are shared with SMPL).
@@ -201,7 +202,6 @@ def occupancy(vertices: np.ndarray, faces: np.ndarray, resolution: int = 96,
   Returns:
     Occupancy.
   """
-  from interfusion_jax.body import anchor  # NumPy-only helper
   v = np.asarray(vertices, np.float64)
   f = np.asarray(faces)
   lo, hi = v.min(0), v.max(0)

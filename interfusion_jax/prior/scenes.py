@@ -24,8 +24,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from interfusion_jax import camera as camera_lib
-from interfusion_jax import mesh_render
+from interfusion_jax.body import anchor, lbs
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.mesh import raster as mesh_render
 from interfusion_jax.guidance import prompts as prompts_lib
 from interfusion_jax.prior import colors, mannequin, objects, placement
 
@@ -158,7 +159,6 @@ def posed_body(body_model, body_pose: np.ndarray, global_orient: np.ndarray
   """
   if body_model is None:
     return mannequin.posed_mannequin(body_pose, global_orient)
-  from interfusion_jax.body import anchor, lbs
   v, j = lbs.pose_body(body_model, np.asarray(body_pose, np.float32),
                        np.asarray(global_orient, np.float32))
   v, j = anchor.scene_transform(np.asarray(v), np.asarray(j), aug_rot=False, aug_trans=False)

@@ -20,7 +20,8 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
-import ml_collections
+
+from interfusion_jax.guidance import sds
 
 # lambda2 = (ends, shoulders, middle) for the two official configs.
 _LAMBDA2_LEVELS = {
@@ -144,7 +145,6 @@ def max_timestep_fraction(step: Any, spec: ScheduleSpec) -> Any:
   Returns:
     A 0-d float32 array in (0, 1).
   """
-  from interfusion_jax.guidance import sds  # local: keeps schedules import-light
   return jnp.asarray(sds.anneal_t_max(step, spec.total_steps, spec.t_max,
                                       spec.t_anneal_end, spec.t_anneal), jnp.float32)
 
