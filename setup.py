@@ -42,7 +42,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["interfusion_jax", "interfusion_jax.*"]),
-    package_data={"interfusion_jax": ["assets/*", "assets/**/*"]},
+    package_data={"interfusion_jax": ["assets/*", "assets/**/*", "nerf/*.cc"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,

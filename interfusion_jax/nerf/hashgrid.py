@@ -27,6 +27,7 @@ import ctypes
 import dataclasses
 import functools
 import hashlib
+import importlib.resources
 import math
 import os
 import shutil
@@ -326,189 +327,16 @@ def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
 
 # --------------------------------------------------------------------------
 # Optional C++ kernel (jax.ffi), built on first use with the system compiler.
+@functools.lru_cache(maxsize=None)
+def kernel_source() -> str:
+  """The C++ source of the optional kernel (``nerf/hashgrid_kernel.cc``, package data)."""
+  return importlib.resources.files(__package__).joinpath(_KERNEL_FILE).read_text()
+
+
 # --------------------------------------------------------------------------
 
-_KERNEL_SRC = r"""
-// interfusion_jax hash-grid kernels: same layout, hash and float ops as the
-// pure-JAX path of interfusion_jax/hashgrid.py.
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <thread>
-#include <vector>
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
-
-namespace {
-
-constexpr uint32_t kP1 = 2654435761u, kP2 = 805459861u;
-constexpr int64_t kAhead = 16;
-
-inline void Corners(const float* x, int32_t res, bool dense, uint32_t mask,
-                    uint32_t* rows, float* w) {
-  uint32_t t0[3], t1[3];
-  float f0[3], f1[3];
-  const uint32_t primes[3] = {1u, kP1, kP2};
-  uint32_t stride = 1;
-  for (int d = 0; d < 3; ++d) {
-    float xc = std::min(std::max(x[d], 0.0f), 1.0f);
-    float pos = xc * static_cast<float>(res);
-    float cf = std::min(std::max(std::floor(pos), 0.0f), static_cast<float>(res - 1));
-    float fr = pos - cf;
-    uint32_t ci = static_cast<uint32_t>(cf);
-    f0[d] = 1.0f - fr;
-    f1[d] = fr;
-    if (dense) {
-      t0[d] = ci * stride;
-      t1[d] = (ci + 1u) * stride;
-      stride *= static_cast<uint32_t>(res + 1);
-    } else {
-      t0[d] = ci * primes[d];
-      t1[d] = (ci + 1u) * primes[d];
-    }
-  }
-  for (int c = 0; c < 8; ++c) {
-    const int bx = c & 1, by = (c >> 1) & 1, bz = (c >> 2) & 1;
-    const uint32_t a = bx ? t1[0] : t0[0], b = by ? t1[1] : t0[1],
-                   e = bz ? t1[2] : t0[2];
-    rows[c] = dense ? a + b + e : ((a ^ b ^ e) & mask);
-    w[c] = ((bx ? f1[0] : f0[0]) * (by ? f1[1] : f0[1])) * (bz ? f1[2] : f0[2]);
-  }
-}
-
-int NumThreads(int64_t work) {
-  int hw = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* e = std::getenv("INTERFUSION_JAX_KERNEL_THREADS")) hw = std::atoi(e);
-  int n = std::max(1, std::min(hw, 8));
-  return work < 4096 ? 1 : n;
-}
-
-template <typename Fn>
-void ParallelFor(int64_t n, int threads, Fn fn) {
-  if (threads <= 1) { fn(0, n, 0); return; }
-  std::vector<std::thread> pool;
-  int64_t chunk = (n + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    int64_t lo = t * chunk, hi = std::min(n, lo + chunk);
-    if (lo >= hi) break;
-    pool.emplace_back(fn, lo, hi, t);
-  }
-  for (auto& th : pool) th.join();
-}
-
-}  // namespace
-
-// out[l, n, f] = sum_c w_c table[off_l + row_c, f]  (level-major: one level's
-// table stays cache-hot during its pass and every write is contiguous).
-ffi::Error FwdImpl(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> x,
-                   ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
-                   int32_t log2_t) {
-  const int64_t F = table.dimensions()[1];
-  const int64_t N = x.dimensions()[0];
-  const int64_t L = levels.dimensions()[0];
-  const float* T = table.typed_data();
-  const float* X = x.typed_data();
-  const int32_t* lv = levels.typed_data();
-  float* O = out->typed_data();
-  const uint32_t mask = (1u << log2_t) - 1u;
-  for (int64_t l = 0; l < L; ++l) {
-    const int32_t res = lv[3 * l], dense = lv[3 * l + 1];
-    const int64_t off = lv[3 * l + 2];
-    float* Ol = O + l * N * F;
-    ParallelFor(N, NumThreads(N), [&](int64_t lo, int64_t hi, int) {
-      // Ring of corners computed kAhead points early, their rows prefetched.
-      uint32_t ring_rows[kAhead][8];
-      float ring_w[kAhead][8];
-      for (int64_t n = lo; n < std::min(hi, lo + kAhead); ++n)
-        Corners(X + 3 * n, res, dense != 0, mask, ring_rows[n % kAhead], ring_w[n % kAhead]);
-      for (int64_t n = lo; n < hi; ++n) {
-        uint32_t rows[8];
-        float w[8];
-        std::memcpy(rows, ring_rows[n % kAhead], sizeof(rows));
-        std::memcpy(w, ring_w[n % kAhead], sizeof(w));
-        const int64_t m = n + kAhead;
-        if (m < hi) {
-          uint32_t* r = ring_rows[m % kAhead];
-          Corners(X + 3 * m, res, dense != 0, mask, r, ring_w[m % kAhead]);
-          for (int c = 0; c < 8; ++c) __builtin_prefetch(T + (off + r[c]) * F, 0, 1);
-        }
-        for (int64_t f = 0; f < F; ++f) {
-          float acc = 0.0f;
-          for (int c = 0; c < 8; ++c) acc = acc + w[c] * T[(off + rows[c]) * F + f];
-          Ol[n * F + f] = acc;
-        }
-      }
-    });
-  }
-  return ffi::Error::Success();
-}
-
-// grad[off_l + row_c, f] += w_c g[l, n, f]; levels own disjoint rows, so
-// threads split the levels and never race.
-ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
-                   ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
-                   int32_t log2_t) {
-  const int64_t N = x.dimensions()[0];
-  const int64_t L = levels.dimensions()[0];
-  const int64_t F = out->dimensions()[1];
-  const int64_t R = out->dimensions()[0];
-  const float* G = g.typed_data();
-  const float* X = x.typed_data();
-  const int32_t* lv = levels.typed_data();
-  float* O = out->typed_data();
-  std::memset(O, 0, sizeof(float) * R * F);
-  const uint32_t mask = (1u << log2_t) - 1u;
-  const int threads = static_cast<int>(std::min<int64_t>(NumThreads(N), L));
-  ParallelFor(threads, threads, [&](int64_t t0, int64_t, int) {
-    uint32_t rows[8];
-    float w[8];
-    for (int64_t l = t0; l < L; l += threads) {
-      const int32_t res = lv[3 * l], dense = lv[3 * l + 1];
-      const int64_t off = lv[3 * l + 2];
-      const float* Gl = G + l * N * F;
-      uint32_t ring_rows[kAhead][8];
-      float ring_w[kAhead][8];
-      for (int64_t n = 0; n < std::min<int64_t>(N, kAhead); ++n)
-        Corners(X + 3 * n, res, dense != 0, mask, ring_rows[n % kAhead], ring_w[n % kAhead]);
-      for (int64_t n = 0; n < N; ++n) {
-        std::memcpy(rows, ring_rows[n % kAhead], sizeof(rows));
-        std::memcpy(w, ring_w[n % kAhead], sizeof(w));
-        const int64_t m = n + kAhead;
-        if (m < N) {
-          uint32_t* r = ring_rows[m % kAhead];
-          Corners(X + 3 * m, res, dense != 0, mask, r, ring_w[m % kAhead]);
-          for (int c = 0; c < 8; ++c) __builtin_prefetch(O + (off + r[c]) * F, 1, 1);
-        }
-        const float* gn = Gl + n * F;
-        for (int c = 0; c < 8; ++c) {
-          float* o = O + (off + rows[c]) * F;
-          for (int64_t f = 0; f < F; ++f) o[f] += w[c] * gn[f];
-        }
-      }
-    }
-  });
-  return ffi::Error::Success();
-}
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridFwd, FwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("log2_t"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridBwd, BwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("log2_t"));
-"""
+# The kernel source: hashgrid_kernel.cc beside this module (package data).
+_KERNEL_FILE = "hashgrid_kernel.cc"
 
 _CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
               "-ffp-contract=off")
@@ -540,7 +368,7 @@ def _register_ffi_kernel() -> str:
         "hash-grid backend 'ffi' needs a C++17 compiler (g++/c++, or set CXX); "
         "none found. Use config.field.hashgrid_backend=jax (the default).")
   key = hashlib.sha256(
-      (_KERNEL_SRC + jax.__version__ + " ".join(_CXX_FLAGS)).encode()).hexdigest()[:16]
+      (kernel_source() + jax.__version__ + " ".join(_CXX_FLAGS)).encode()).hexdigest()[:16]
   so_path = os.path.join(_kernel_cache_dir(), f"hashgrid_{key}.so")
   if not os.path.exists(so_path):
     os.makedirs(os.path.dirname(so_path), exist_ok=True)
@@ -548,7 +376,7 @@ def _register_ffi_kernel() -> str:
       src = os.path.join(tmp, "hashgrid.cc")
       out = os.path.join(tmp, "hashgrid.so")
       with open(src, "w") as f:
-        f.write(_KERNEL_SRC)
+        f.write(kernel_source())
       cmd = [cxx, *_CXX_FLAGS, "-I", jax.ffi.include_dir(), src, "-o", out]
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
       if proc.returncode != 0:

@@ -29,6 +29,7 @@ import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 
 class WorkdirError(FileNotFoundError):
@@ -188,15 +189,15 @@ class MetricsWriter:
 
 
 def _tensorboard_writer(logdir: pathlib.Path):
-  for mod in ("tensorboardX", "torch.utils.tensorboard"):
-    if mod.startswith("torch"):
-      continue  # the core never imports torch
-    try:
-      module = __import__(mod, fromlist=["SummaryWriter"])
-      return module.SummaryWriter(str(logdir))
-    except ImportError:
-      continue
-  return None
+  """A tensorboardX SummaryWriter, or None when tensorboardX (optional) is not installed.
+
+  (torch.utils.tensorboard is never tried: the core never imports torch.)
+  """
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tensorboardX.SummaryWriter(str(logdir))
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
@@ -304,27 +305,21 @@ def write_video(path_stem: str | os.PathLike, frames: Sequence[np.ndarray],
 # Progress.
 
 class Progress:
-  """tqdm progress bar showing step, it/s, total loss and ETA (falls back to prints)."""
+  """tqdm progress bar showing step, it/s, total loss and ETA."""
 
   def __init__(self, total: int, initial: int = 0, disable: bool = False):
     self._t0 = time.perf_counter()
     self._initial = initial
-    try:
-      from tqdm import tqdm
-      self._bar = tqdm(total=total, initial=initial, disable=disable, dynamic_ncols=True,
-                       desc="train", unit="it")
-    except ImportError:
-      self._bar = None
+    self._bar = tqdm(total=total, initial=initial, disable=disable, dynamic_ncols=True,
+                     desc="train", unit="it")
 
   def update(self, step: int, loss: float | None = None, n: int = 1) -> None:
-    if self._bar is not None:
-      self._bar.update(n)
-      if loss is not None:
-        self._bar.set_postfix(step=step, loss=f"{loss:.4g}", refresh=False)
+    self._bar.update(n)
+    if loss is not None:
+      self._bar.set_postfix(step=step, loss=f"{loss:.4g}", refresh=False)
 
   def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
+    self._bar.close()
 
   def steps_per_second(self, step: int) -> float:
     dt = time.perf_counter() - self._t0
