@@ -1,4 +1,7 @@
 """SDS math: CFG, weighting, gradient, loss form, timesteps, annealing, schedule."""
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,3 +118,82 @@ def test_schedule_matches_diffusers(name):
   got = schedule.alphas_cumprod_from_config(
       {"beta_schedule": name, "beta_start": 0.00085, "beta_end": 0.012})
   np.testing.assert_allclose(got, ref.numpy(), rtol=2e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------
+# The same closed forms under chex.variants (jitted, eager, device-placed,
+# pmapped over the 4 forced host devices). String and static arguments are
+# bound with functools.partial: the pmap variant broadcasts every argument.
+# ----------------------------------------------------------------------------
+
+_VARIANTS = dict(with_jit=True, without_jit=True, with_device=True, with_pmap=True)
+
+
+class SdsVariantsTest(chex.TestCase):
+
+  @chex.variants(**_VARIANTS)
+  def test_sds_gradient_matches_formula(self):
+    rng = np.random.default_rng(3)
+    ec, eu, n = (rng.standard_normal((3, 4, 5, 2)).astype(np.float32) for _ in range(3))
+    t, abar = np.array([20, 500, 979]), _abar()
+    for weighting in ("uniform", "sds", "fantasia3d"):
+      fn = self.variant(functools.partial(sds.sds_gradient, guidance_scale=7.5,
+                                          weighting=weighting))
+      got = fn(ec, eu, n, t, abar)
+      chex.assert_shape(got, ec.shape)
+      chex.assert_tree_all_finite(got)
+      w = _np_weight(abar[t], weighting)[:, None, None, None]
+      np.testing.assert_allclose(got, w * (8.5 * ec - 7.5 * eu - n), rtol=1e-5, atol=1e-4)
+
+  @chex.variants(**_VARIANTS)
+  def test_sds_gradient_nonfinite_and_clip(self):
+    ec = np.array([[np.nan, 1.0, np.inf, 3.0]], np.float32)
+    zeros = np.zeros_like(ec)
+    fn = self.variant(functools.partial(sds.sds_gradient, guidance_scale=1.0,
+                                        weighting="uniform", clip=2.5))
+    g = fn(ec, zeros, zeros, np.array([3]), _abar())
+    chex.assert_shape(g, (1, 4))
+    chex.assert_tree_all_finite(g)
+    np.testing.assert_allclose(g, [[0.0, 2.0, 0.0, 2.5]])
+
+  @chex.variants(**_VARIANTS)
+  def test_sds_loss_value_and_gradient(self):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 8, 8, 4)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((3, 8, 8, 4)), jnp.float32)
+    fn = self.variant(sds.sds_loss)
+    value, grad = fn(x, g), jax.grad(fn)(x, g)
+    chex.assert_shape(value, ())
+    chex.assert_shape(grad, x.shape)
+    chex.assert_tree_all_finite((value, grad))
+    np.testing.assert_allclose(value, 0.5 * np.sum(np.square(g)) / 3, rtol=1e-5)
+    np.testing.assert_allclose(grad, g / 3, rtol=1e-5, atol=1e-6)
+
+  @chex.variants(**_VARIANTS)
+  def test_cfg_and_add_noise(self):
+    rng = np.random.default_rng(2)
+    ec, eu = rng.standard_normal((2, 10)).astype(np.float32)
+    cfg = self.variant(functools.partial(sds.classifier_free_guidance, guidance_scale=20.0))
+    e = cfg(ec, eu)
+    chex.assert_shape(e, (10,))
+    chex.assert_tree_all_finite(e)
+    np.testing.assert_allclose(e, 21 * ec - 20 * eu, rtol=1e-5, atol=1e-5)
+    x, n = rng.standard_normal((2, 2, 3, 3, 1)).astype(np.float32)
+    t, abar = np.array([0, 999]), _abar()
+    xt = self.variant(sds.add_noise)(x, n, t, abar)
+    chex.assert_shape(xt, x.shape)
+    chex.assert_tree_all_finite(xt)
+    a = abar[t][:, None, None, None]
+    np.testing.assert_allclose(xt, np.sqrt(a) * x + np.sqrt(1 - a) * n, rtol=1e-6, atol=1e-6)
+
+  @chex.variants(**_VARIANTS)
+  def test_sample_timesteps_and_anneal(self):
+    t_max = self.variant(functools.partial(sds.anneal_t_max, total_steps=1000, start=0.98,
+                                           end=0.5, kind="hifa_sqrt"))(jnp.int32(250))
+    chex.assert_shape(t_max, ())
+    chex.assert_tree_all_finite(t_max)
+    np.testing.assert_allclose(t_max, 0.98 - 0.48 * 0.5, rtol=1e-6)
+    sample = self.variant(lambda key, hi: sds.sample_timesteps(key, 4096, 0.02, hi, 1000))
+    t = sample(jax.random.PRNGKey(1), jnp.float32(0.5))
+    chex.assert_shape(t, (4096,))
+    assert int(t.min()) >= 20 and int(t.max()) == 500

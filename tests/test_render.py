@@ -2,6 +2,7 @@
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -258,6 +259,71 @@ def test_two_field_render_stop_human_grad():
 
 
 # ----------------------------------------------------------------------------
+# Eq. 6 under chex.variants: jitted, eager, device-placed inputs, and (for the
+# per-sample compositing, a pure array function) pmapped over the 4 forced host
+# devices. Static arguments are bound with functools.partial.
+_VARIANTS = dict(with_jit=True, without_jit=True, with_device=True, with_pmap=True)
+
+
+class CompositingVariantsTest(chex.TestCase):
+
+  @chex.variants(**_VARIANTS)
+  def test_composite_two_fields_matches_formula(self):
+    rng = np.random.default_rng(2)
+    a_h, a_o = (rng.uniform(0, 1, (4, 7)).astype(np.float32) for _ in range(2))
+    a_h[0, 0] = a_o[0, 0] = 0.0
+    c_h, c_o = (rng.uniform(0, 1, (4, 7, 3)).astype(np.float32) for _ in range(2))
+    want_c = (a_h[..., None] * c_h + a_o[..., None] * c_o) / np.maximum(a_h + a_o,
+                                                                      1e-6)[..., None]
+    want_a = {"sum_clamped": np.clip(a_h + a_o, 0, 1), "union": 1 - (1 - a_h) * (1 - a_o)}
+    for mode, want in want_a.items():
+      a, c = self.variant(functools.partial(render.composite_two_fields, mode=mode))(
+          a_h, c_h, a_o, c_o)
+      chex.assert_shape(a, (4, 7))
+      chex.assert_shape(c, (4, 7, 3))
+      chex.assert_tree_all_finite((a, c))
+      np.testing.assert_allclose(a, want, atol=1e-6, err_msg=mode)
+      np.testing.assert_allclose(c, want_c, atol=1e-5, err_msg=mode)
+      np.testing.assert_allclose(c[0, 0], 0.0)
+
+  @chex.variants(**_VARIANTS)
+  def test_composite_stop_gradient_switch(self):
+    a_h, a_o = jnp.array([0.3, 0.2]), jnp.array([0.1, 0.4])
+    c_h, c_o = jnp.full((2, 3), 0.9), jnp.full((2, 3), 0.1)
+    for stop in (True, False):
+      comp = self.variant(functools.partial(render.composite_two_fields, stop_human_grad=stop))
+
+      def loss(a_h, c_h, a_o, comp=comp):
+        a, c = comp(a_h, c_h, a_o, c_o)
+        return jnp.sum(a) + jnp.sum(a[:, None] * c)
+
+      g = jax.grad(loss, argnums=(0, 1, 2))(a_h, c_h, a_o)
+      chex.assert_shape(g, [(2,), (2, 3), (2,)])
+      chex.assert_tree_all_finite(g)
+      human = float(jnp.abs(g[0]).sum() + jnp.abs(g[1]).sum())
+      assert (human == 0.0) if stop else (human > 0.0)
+      assert float(jnp.abs(g[2]).sum()) > 0.0
+
+  @chex.variants(with_jit=True, without_jit=True, with_device=True)
+  def test_union_two_field_render_equals_summed_density(self):
+    spec = render.RenderSpec(num_samples=32, sample_budget=32, alpha_mode="union")
+    o, d = _camera_rays(3, 3)
+    ph = dict(sigma=jnp.float32(0.4), rgb=jnp.array([1.0, 0.0, 0.0]))
+    po = dict(sigma=jnp.float32(1.2), rgb=jnp.array([0.0, 0.0, 1.0]))
+    two = self.variant(lambda ph, po, o, d: render.render_two_fields(
+        constant_field, ph, constant_field, po, o, d, jnp.zeros(3), spec))(ph, po, o, d)
+    chex.assert_shape([two.rgb, two.normal], (9, 3))
+    chex.assert_shape([two.opacity, two.depth], (9,))
+    chex.assert_shape([two.weights, two.alpha], (9, 32))
+    chex.assert_tree_all_finite((two.rgb, two.opacity, two.depth, two.weights, two.alpha))
+    both = dict(sigma=jnp.float32(1.6), rgb=jnp.array([0.25, 0.0, 0.75]))
+    one = _render(constant_field, both, o, d, jnp.zeros(3), spec)
+    np.testing.assert_allclose(two.opacity, one.opacity, atol=1e-5)
+    np.testing.assert_allclose(two.weights, one.weights, atol=1e-6)
+    a_h, a_o = np.asarray(two.aux["alpha_h"]), np.asarray(two.aux["alpha_o"])
+    np.testing.assert_allclose(two.alpha, 1 - (1 - a_h) * (1 - a_o), atol=1e-6)
+
+
 # Gradients vs finite differences.
 # ----------------------------------------------------------------------------
 

@@ -6,11 +6,15 @@ All functions are pure and jittable; users unit-test them with chex. Shapes use
 * ``orient_loss``, ``sparsity_loss``, ``opaque_loss``: PAPER.md "L_reg".
 * ``human_geometry_loss``: PAPER.md Eq. 4 (L_H^geo), official semantics.
 * ``object_geometry_loss``: PAPER.md Eq. 7 (L_O^geo), official semantics.
+* ``nerf_occupancy``: PAPER.md "NeRF occupancy", the one place the formula
+  ``clamp(1 - exp(-0.2 sigma), 0, 1.1)`` is written (geometric losses, camera
+  tracing, mesh export and the bar metrics all call it).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Clamp of the occupancy indicator inside the cross-entropy (official: 1e-4).
 CE_CLAMP = 1e-4
@@ -71,17 +75,29 @@ def opaque_loss(opacity: jax.Array) -> jax.Array:
   return -jnp.mean(o * jnp.log(o) + (1.0 - o) * jnp.log(1.0 - o))
 
 
-def occupancy_from_density(sigma: jax.Array, delta: float = 0.2) -> jax.Array:
-  """NeRF occupancy of the geometric losses: ``clamp(1 - exp(-delta*sigma), 0, 1.1)``.
+def nerf_occupancy(sigma, delta: float = 0.2):
+  """NeRF occupancy, PAPER.md "NeRF occupancy: alpha = clamp(1 - exp(-0.2 sigma), 0, 1.1)".
+
+  ``alpha = clamp(1 - exp(-delta sigma), 0, OCC_MAX = 1.1)``. Used by L_H^geo
+  (Eq. 4) and L_O^geo (Eq. 7), and thresholded at 0.5 by camera tracing, mesh
+  export and the bar metrics. For ``sigma >= 0`` the clamp never binds (alpha
+  lies in [0, 1)); it maps negative densities to 0.
 
   Args:
-    sigma: densities ``[...]``.
-    delta: the official pseudo step length, 0.2.
+    sigma: densities ``[...]``. A JAX array (or tracer, Python scalar) is
+      computed with ``jax.numpy``; a NumPy array with NumPy in its own dtype
+      (e.g. float64 for the host-side metrics of ``stage2.evaluation``).
+    delta: the pseudo step length (official 0.2).
 
   Returns:
-    Occupancy with the shape of ``sigma``.
+    alpha, same shape and array type as ``sigma``.
   """
-  return jnp.clip(1.0 - jnp.exp(-delta * sigma), 0.0, OCC_MAX)
+  xp = np if isinstance(sigma, (np.ndarray, np.generic)) else jnp
+  return xp.clip(1.0 - xp.exp(-delta * sigma), 0.0, OCC_MAX)
+
+
+# The name the geometric losses and the trainer used before ``nerf_occupancy``.
+occupancy_from_density = nerf_occupancy
 
 
 def _cross_entropy(p: jax.Array, q: jax.Array) -> jax.Array:
@@ -122,7 +138,7 @@ def human_geometry_loss(sigma: jax.Array, inside: jax.Array, sq_dist: jax.Array,
   Returns:
     A scalar.
   """
-  occ = occupancy_from_density(sigma, delta)
+  occ = nerf_occupancy(jnp.asarray(sigma), delta)
   is_in = (jnp.asarray(inside) > 0.5).astype(occ.dtype)
   ce = _cross_entropy(occ, is_in)
   proximal = 1.0 - jnp.exp(-sq_dist / (2.0 * eta**2))
@@ -150,7 +166,7 @@ def object_geometry_loss(sigma: jax.Array, inside: jax.Array, *, delta: float = 
   Returns:
     A scalar.
   """
-  occ = occupancy_from_density(sigma, delta)
+  occ = nerf_occupancy(jnp.asarray(sigma), delta)
   is_in = (jnp.asarray(inside) > 0.5).astype(occ.dtype)
   ce = _cross_entropy(occ, jnp.zeros_like(occ))
   v = jnp.ones_like(occ) if valid is None else jnp.asarray(valid, occ.dtype)
