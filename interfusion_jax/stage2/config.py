@@ -1,199 +1,687 @@
-"""Fail-fast validation of an InterFusion ``ConfigDict``.
+"""The config schema: one frozen spec dataclass per config section.
 
-``validate(config)`` runs before anything is compiled. Every problem is
-reported with its dotted key, the bad value and what is allowed, e.g.::
+``configs/hoi.py`` builds its ``ConfigDict`` from ``default_config()`` and
+changes a few values per variant; ``parse(config)`` turns any such
+``ConfigDict`` (with command-line overrides applied) into a ``RunConfig`` of
+section specs, checking every value where its field is declared::
 
-    ConfigError: config.render.height = 0: must be a positive integer.
+    config.render.height            <->  RenderConfig.height
+    config.loss.geo_eta             <->  LossConfig.geo_eta
+
+Contract:
+  * every key of a config section is a field of that section's dataclass and
+    every field is a key (``tests/test_config.py`` checks both directions);
+  * each default is written once: here, or (for a setting that a library
+    spec also has) on the library spec, which the field's default reads;
+  * a bad value raises ``ConfigError`` naming the key, the value and what is
+    allowed; an unknown key raises ``ConfigError`` naming the key and the
+    nearest valid keys.
+
+The library specs that the pure functions take (``nerf.render.RenderSpec``,
+``nerf.camera.CameraSpec``, ...) are derived from a ``RunConfig`` by the
+``*_spec`` functions at the end of this module, the only place where config
+sections are translated into library settings.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
 import numbers
+import sys
 from typing import Any, Callable, Iterable
 
 import ml_collections
 
+from interfusion_jax.body import anchor as anchor_lib
+from interfusion_jax.guidance import core as guidance_core
+from interfusion_jax.guidance import prompts as prompts_lib
+from interfusion_jax.nerf import background as bg_lib
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.nerf import field as field_lib
+from interfusion_jax.nerf import hashgrid
+from interfusion_jax.nerf import occupancy as occ_lib
+from interfusion_jax.nerf import render as render_lib
+from interfusion_jax.stage2 import schedules
+
 
 class ConfigError(ValueError):
-  """A configuration value is invalid. The message names the key."""
+  """A configuration value or key is invalid. The message names the key."""
 
 
-def _get(cfg: ml_collections.ConfigDict, key: str) -> Any:
-  node = cfg
-  for part in key.split("."):
-    if part not in node:
-      raise ConfigError(f"config.{key} is missing; start from configs/hoi.py.")
-    node = node[part]
-  return node
+# ----------------------------------------------------------------------------
+# Value checks (each returns True when the value is allowed).
 
 
-def _positive_int(v) -> bool:
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+def _int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _nonneg_int(v) -> bool:
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+def positive_int(v) -> bool:
+  return _int(v) and v > 0
 
 
-def _positive(v) -> bool:
-  return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0
+def nonneg_int(v) -> bool:
+  return _int(v) and v >= 0
 
 
-def _nonneg(v) -> bool:
-  return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
+def _real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _prob(v) -> bool:
-  return isinstance(v, numbers.Real) and 0.0 <= v <= 1.0
+def positive(v) -> bool:
+  return _real(v) and v > 0
 
 
-def _range(lo=None, hi=None, strict=False) -> Callable[[Any], bool]:
+def nonneg(v) -> bool:
+  return _real(v) and v >= 0
+
+
+def prob(v) -> bool:
+  return _real(v) and 0.0 <= v <= 1.0
+
+
+def boolean(v) -> bool:
+  return isinstance(v, bool)
+
+
+def text(v) -> bool:
+  return isinstance(v, str)
+
+
+def nonempty_text(v) -> bool:
+  return isinstance(v, str) and bool(v.strip())
+
+
+def real_range(lo=None, hi=None, strict=False) -> Callable[[Any], bool]:
+  """A (a, b) pair of numbers with a <= b inside [lo, hi] ((lo, hi) if strict)."""
   def check(v):
-    if not (isinstance(v, (tuple, list)) and len(v) == 2):
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(_real(x) for x in v)):
       return False
     a, b = v
-    if not all(isinstance(x, numbers.Real) for x in v) or a > b:
+    if a > b:
       return False
-    if lo is not None and (a < lo if not strict else a <= lo):
+    if lo is not None and (a <= lo if strict else a < lo):
       return False
-    if hi is not None and (b > hi if not strict else b >= hi):
+    if hi is not None and (b >= hi if strict else b > hi):
       return False
     return True
   return check
 
 
-_CHOICES = {
-    "field.density_bias": ("blob_magic3d", "blob_dreamfusion", "none"),
-    "field.object_blob": ("origin", "placement"),
-    "field.density_activation": ("softplus", "exp", "relu"),
-    "field.normals": ("analytic", "finite_difference"),
-    "field.compute_dtype": ("float32", "bfloat16"),
-    "field.hashgrid_backend": ("jax", "ffi", "auto"),
-    "background.kind": ("neural", "solid", "white"),
-    "render.alpha_mode": ("sum_clamped", "union"),
-    "guidance.backend": ("auto", "stable_diffusion", "pixel", "builtin"),
-    "guidance.weighting": ("", "uniform", "sds", "fantasia3d"),
-    "guidance.t_anneal": ("none", "linear", "hifa_sqrt"),
-    "guidance.unet_dtype": ("float32", "bfloat16"),
-    "pose.choose": ("best", "rank", "clip_rerank", "sample"),
-    "body.gender": ("neutral", "male", "female"),
-    "loss.geo_reduction": ("sum", "mean"),
-    "loss.lambda_object_sds": ("official",),
-    "loss.lambda_object_geo": ("official", "horse"),
+def triple(v) -> bool:
+  return isinstance(v, (tuple, list)) and len(v) == 3 and all(_real(x) for x in v)
+
+
+def setting(default, check: Callable[[Any], bool] | None = None, what: str = "",
+            choices: tuple | None = None):
+  """A section field: its default, and either ``choices`` or a ``check`` with its message."""
+  return dataclasses.field(default=default,
+                           metadata={"check": check, "what": what, "choices": choices})
+
+
+def _lib_default(spec_cls, name: str):
+  """The default of field ``name`` of a library spec (so it is written once, there)."""
+  return {f.name: f.default for f in dataclasses.fields(spec_cls)}[name]
+
+
+_HG = hashgrid.HashGridSpec
+_FS = field_lib.FieldSpec
+_BG = bg_lib.BackgroundSpec
+_RS = render_lib.RenderSpec
+_SS = render_lib.ShadingSpec
+_CS = camera_lib.CameraSpec
+_OS = occ_lib.OccupancySpec
+_SCH = schedules.ScheduleSpec
+_PS = prompts_lib.PromptSpec
+_AS = anchor_lib.AnchorSpec
+
+_POS_INT = (positive_int, "must be a positive integer")
+_NONNEG_INT = (nonneg_int, "must be a non-negative integer")
+_POS = (positive, "must be a positive number")
+_NONNEG = (nonneg, "must be >= 0")
+_PROB = (prob, "must be in [0, 1]")
+_BOOL = (boolean, "must be True or False")
+_TEXT = (text, "must be a string")
+
+
+# ----------------------------------------------------------------------------
+# The sections.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Section:
+  """Base: checks every field against its ``setting`` metadata on construction."""
+
+  SECTION = ""
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, list):  # ConfigDict tuples may arrive as lists
+        object.__setattr__(self, f.name, tuple(v))
+        v = tuple(v)
+      choices, check, what = f.metadata.get("choices"), f.metadata.get("check"), f.metadata.get("what")
+      key = f"config.{self.SECTION}.{f.name}"
+      if choices is not None and v not in choices:
+        raise ConfigError(f"{key} = {v!r}: unknown value; choose one of {list(choices)}.")
+      if check is not None and not check(v):
+        raise ConfigError(f"{key} = {v!r}: {what}.")
+    self.check()
+
+  def check(self) -> None:
+    """Checks across fields of the section (override)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig(_Section):
+  """config.prompt: T_H, T_O, T_I and the prompt decoration (guidance.prompts)."""
+  SECTION = "prompt"
+  human: str = setting("a man wearing a WORLD lettered T-shirt")   # checked in check()
+  object: str = setting("a bike")
+  interaction: str = setting("riding a bike")
+  prefix: str = setting(_lib_default(_PS, "prefix"), *_TEXT)   # "" disables
+  suffix: str = setting(_lib_default(_PS, "suffix"), *_TEXT)   # "" disables
+  view_dependent: bool = setting(_lib_default(_PS, "view_dependent"), *_BOOL)
+  overhead_elevation_deg: float = setting(_lib_default(_PS, "overhead_elevation_deg"),
+                                          _real, "must be a number")
+  front_azimuth_deg: float = setting(_lib_default(_PS, "front_azimuth_deg"), _real,
+                                     "must be a number")
+  back_azimuth_deg: float = setting(_lib_default(_PS, "back_azimuth_deg"), _real,
+                                    "must be a number")
+  head_template: str = setting(_lib_default(_PS, "head_template"),
+                               lambda v: isinstance(v, str) and "{human}" in v,
+                               "must be a string containing {human}")
+
+  def check(self):
+    for name in ("human", "object", "interaction"):
+      if not nonempty_text(getattr(self, name)):
+        raise ConfigError(f"config.prompt.{name} is empty; give a prompt, e.g. "
+                          f"--config.prompt.{name}=\"...\".")
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldConfig(_Section):
+  """config.field: both fields psi_H and psi_O (nerf.hashgrid, nerf.field)."""
+  SECTION = "field"
+  radius: float = setting(_lib_default(_FS, "radius"), *_POS)   # scene box [-r, r]^3
+  n_levels: int = setting(_lib_default(_HG, "n_levels"), *_POS_INT)
+  n_features_per_level: int = setting(_lib_default(_HG, "n_features_per_level"), *_POS_INT)
+  log2_hashmap_size: int = setting(_lib_default(_HG, "log2_hashmap_size"),
+                                   lambda v: positive_int(v) and 8 <= v <= 24,
+                                   "must be an integer in [8, 24]")
+  base_resolution: int = setting(_lib_default(_HG, "base_resolution"), *_POS_INT)
+  per_level_scale: float = setting(_lib_default(_HG, "per_level_scale"),
+                                   lambda v: _real(v) and v >= 1.0, "must be a number >= 1")
+  mlp_width: int = setting(_lib_default(_FS, "mlp_width"), *_POS_INT)
+  mlp_hidden_layers: int = setting(_lib_default(_FS, "mlp_hidden_layers"), *_NONNEG_INT)
+  density_bias: str = setting(_lib_default(_FS, "density_bias"),
+                              choices=field_lib.DENSITY_BIASES)
+  density_blob_scale: float = setting(_lib_default(_FS, "blob_scale"), _real, "must be a number")
+  density_blob_std: float = setting(_lib_default(_FS, "blob_std"), *_POS)
+  # Where the object field's density blob starts: origin (official) | placement
+  # (where the built-in prior's placement rule puts the object named in
+  # prompt.object against the anchor body; c_O starts there too).
+  object_blob: str = setting("origin", choices=("origin", "placement"))
+  density_activation: str = setting(_lib_default(_FS, "density_activation"),
+                                    choices=field_lib.DENSITY_ACTIVATIONS)
+  normals: str = setting(_lib_default(_FS, "normals"), choices=field_lib.NORMAL_MODES)
+  fd_eps: float = setting(_lib_default(_FS, "fd_eps"), *_POS)
+  compute_dtype: str = setting(_lib_default(_FS, "compute_dtype"),
+                               choices=tuple(field_lib.COMPUTE_DTYPES))
+  # auto: the C++ jax.ffi kernel on CPU when it builds, else pure JAX | jax | ffi
+  hashgrid_backend: str = setting(_lib_default(_HG, "backend"), choices=hashgrid.BACKENDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackgroundConfig(_Section):
+  """config.background: the neural environment map (nerf.background)."""
+  SECTION = "background"
+  kind: str = setting(_lib_default(_BG, "kind"), choices=bg_lib.KINDS)
+  sh_degree: int = setting(_lib_default(_BG, "sh_degree"), choices=(1, 2, 3, 4))
+  mlp_width: int = setting(_lib_default(_BG, "mlp_width"), *_POS_INT)
+  mlp_hidden_layers: int = setting(_lib_default(_BG, "mlp_hidden_layers"), *_NONNEG_INT)
+  solid_color: tuple = setting(_lib_default(_BG, "solid_color"), triple, "must be an RGB triple")
+  random_white_prob: float = setting(0.5, *_PROB)  # official background augmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig(_Section):
+  """config.render: image size, camera batch and ray marching (nerf.render)."""
+  SECTION = "render"
+  height: int = setting(64, *_POS_INT)
+  width: int = setting(64, *_POS_INT)
+  batch_size: int = setting(1, *_POS_INT)            # cameras per step (global batch)
+  # samples per ray; step = sqrt(3) * 2r / N
+  num_samples: int = setting(_lib_default(_RS, "num_samples"), *_POS_INT)
+  skip_empty: bool = setting(_lib_default(_RS, "skip_empty"), *_BOOL)  # occupancy-grid skipping
+  # avg field evals per ray; 0 = automatic (num_samples // 8)
+  sample_budget: int = setting(0, nonneg_int, "must be a non-negative integer (0 = automatic)")
+  alpha_mode: str = setting(_lib_default(_RS, "alpha_mode"), choices=render_lib.ALPHA_MODES)
+  stop_human_grad: bool = setting(_lib_default(_RS, "stop_human_grad"), *_BOOL)  # Eq. 6 truncation
+  composite_eps: float = setting(_lib_default(_RS, "composite_eps"), *_POS)
+  # >1: evaluate fields in rematerialised chunks (less memory)
+  field_chunks: int = setting(_lib_default(_RS, "field_chunks"), *_POS_INT)
+
+  def check(self):
+    if self.sample_budget > self.num_samples:
+      raise ConfigError(f"config.render.sample_budget = {self.sample_budget} exceeds "
+                        f"config.render.num_samples = {self.num_samples}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class OccupancyConfig(_Section):
+  """config.occupancy: the empty-space-skipping grid (nerf.occupancy)."""
+  SECTION = "occupancy"
+  resolution: int = setting(_lib_default(_OS, "resolution"), *_POS_INT)
+  update_every: int = setting(_lib_default(_OS, "update_every"), *_POS_INT)
+  ema_decay: float = setting(_lib_default(_OS, "ema_decay"), *_PROB)
+  threshold: float = setting(_lib_default(_OS, "threshold"), nonneg,
+                             "must be a non-negative number")
+  warmup_steps: int = setting(_lib_default(_OS, "warmup_steps"), *_NONNEG_INT)
+  # cells; 1 keeps low-density fringes (not official)
+  dilate: int = setting(_lib_default(_OS, "dilate"), nonneg_int,
+                        "must be a non-negative integer (cells)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadingConfig(_Section):
+  """config.shading: albedo / textureless / diffuse shading and the light."""
+  SECTION = "shading"
+  # albedo (ambient) only while step < this
+  ambient_only_steps: int = setting(_lib_default(_SCH, "ambient_only_steps"), *_NONNEG_INT)
+  ambient_light: float = setting(_lib_default(_SS, "ambient_light"), *_NONNEG)
+  diffuse_light: float = setting(_lib_default(_SS, "diffuse_light"), *_NONNEG)
+  soft: bool = setting(_lib_default(_SS, "soft"), *_BOOL)
+  # grey "textureless" shading with this probability, after ambient_only_steps
+  textureless_prob: float = setting(_lib_default(_SS, "textureless_prob"), *_PROB)
+  light_distance_range: tuple = setting(_lib_default(_CS, "light_distance_range"),
+                                        real_range(lo=0.0), "must be (lo, hi) with 0 <= lo <= hi")
+  light_position_perturb: float = setting(_lib_default(_CS, "light_position_perturb"), *_NONNEG)
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraConfig(_Section):
+  """config.camera: training and eval cameras, and camera tracing."""
+  SECTION = "camera"
+  distance_range: tuple = setting(_lib_default(_CS, "distance_range"),
+                                  real_range(lo=0.0, strict=True),
+                                  "must be (lo, hi) with 0 < lo <= hi")
+  elevation_range_deg: tuple = setting(_lib_default(_CS, "elevation_range_deg"),
+                                       real_range(-90.0, 90.0), "must be (lo, hi) within [-90, 90]")
+  azimuth_range_deg: tuple = setting(_lib_default(_CS, "azimuth_range_deg"),
+                                     real_range(-360.0, 360.0),
+                                     "must be (lo, hi) within [-360, 360]")
+  fovy_range_deg: tuple = setting(_lib_default(_CS, "fovy_range_deg"),
+                                  real_range(0.0, 180.0, strict=True),
+                                  "must be (lo, hi) within (0, 180)")
+  eval_distance: float = setting(_lib_default(_CS, "eval_distance"), *_POS)
+  eval_fovy_deg: float = setting(_lib_default(_CS, "eval_fovy_deg"),
+                                 lambda v: _real(v) and 0 < v < 180, "must be in (0, 180)")
+  eval_elevation_deg: float = setting(_lib_default(_CS, "eval_elevation_deg"),
+                                      lambda v: _real(v) and -90 <= v <= 90,
+                                      "must be in [-90, 90]")
+  up: tuple = setting(_lib_default(_CS, "up"), triple, "must be a 3-vector")  # z-up scene
+  # Camera tracing: centre = scale * pos + offset (PAPER.md "Camera tracing").
+  object_scale: float = setting(0.7, *_POS)
+  interaction_scale: float = setting(0.8, *_POS)
+  human_scale: float = setting(0.7, *_POS)
+  head_scale: float = setting(0.2, *_POS)
+  trace_every: int = setting(_lib_default(_SCH, "trace_every"), *_POS_INT)
+  trace_threshold: float = setting(0.5, *_PROB)
+  trace_resolution: int = setting(64, *_POS_INT)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceConfig(_Section):
+  """config.guidance: the diffusion model and SDS (guidance/)."""
+  SECTION = "guidance"
+  backend: str = setting("auto", choices=("auto", "stable_diffusion", "pixel", "builtin"))
+  weights_dir: str = setting("", *_TEXT)      # local diffusers directory ("" = built-in prior)
+  # Built-in prior only: lambda of object / interaction captions
+  # (guidance.builtin.PriorSpec.object_sharpness; -1 = its default).
+  builtin_object_sharpness: float = setting(
+      -1.0, lambda v: _real(v) and (v == -1 or v >= 1),
+      "must be -1 (the built-in prior's default) or a number >= 1")
+  # < 0: the backend default (Stable Diffusion 100, pixel 20)
+  guidance_scale: float = setting(-1.0, _real, "must be a number (< 0: the backend default)")
+  weighting: str = setting("", choices=("", "uniform", "sds", "fantasia3d"))  # "" = backend default
+  t_min: float = setting(_lib_default(guidance_core.GuidanceSpec, "t_min"),
+                         lambda v: _real(v) and 0.0 < v < 1.0, "must be in the open interval (0, 1)")
+  t_max: float = setting(_lib_default(guidance_core.GuidanceSpec, "t_max"),
+                         lambda v: _real(v) and 0.0 < v < 1.0, "must be in the open interval (0, 1)")
+  t_anneal: str = setting(_lib_default(_SCH, "t_anneal"), choices=("none", "linear", "hifa_sqrt"))
+  t_anneal_end: float = setting(_lib_default(_SCH, "t_anneal_end"),
+                                lambda v: _real(v) and 0.0 < v < 1.0,
+                                "must be in the open interval (0, 1)")  # final t_max when annealing
+  grad_clip: float = setting(_lib_default(guidance_core.GuidanceSpec, "grad_clip"), nonneg,
+                             "must be >= 0 (0 disables clipping)")
+  unet_dtype: str = setting(_lib_default(guidance_core.GuidanceSpec, "unet_dtype"),
+                            choices=("float32", "bfloat16"))
+  vae_remat: bool = setting(_lib_default(guidance_core.GuidanceSpec, "vae_remat"), *_BOOL)
+  memory_efficient_attention: bool = setting(False, *_BOOL)  # chunked UNet attention
+  sd_resolution: int = setting(512, *_POS_INT)
+
+  def check(self):
+    if self.t_min >= self.t_max:
+      raise ConfigError(f"config.guidance.t_min = {self.t_min} must be below "
+                        f"config.guidance.t_max = {self.t_max}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class BodyConfig(_Section):
+  """config.body: the anchor body (body/)."""
+  SECTION = "body"
+  model: str = setting("default", nonempty_text,
+                       "must be 'default' or the path of an SMPL-X .npz/.pkl")
+  gender: str = setting("neutral", choices=("neutral", "male", "female"))
+  aug_rot: bool = setting(_lib_default(_AS, "aug_rot"), *_BOOL)       # -pi/6 about x
+  aug_trans: bool = setting(_lib_default(_AS, "aug_trans"), *_BOOL)   # root-centred, not mean vertex
+  grid_resolution: int = setting(_lib_default(_AS, "resolution"),
+                                 lambda v: positive_int(v) and v >= 8, "must be an integer >= 8")
+  cache_dir: str = setting(_lib_default(_AS, "cache_dir"), *_TEXT)   # "" = ~/.cache/interfusion_jax/anchors
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseConfig(_Section):
+  """config.pose: stage 1, the anchor pose (pose/)."""
+  SECTION = "pose"
+  anchor_file: str = setting("", *_TEXT)     # use this anchor .npz instead of retrieval
+  codebook: str = setting("", *_TEXT)        # "" = built-in library codebook
+  clip_dir: str = setting("", *_TEXT)        # local FlaxCLIP directory ("" = built-in retrieval)
+  top_k: int = setting(7, *_POS_INT)
+  choose: str = setting("best", choices=("best", "rank", "clip_rerank", "sample"))
+  rank: int = setting(0, *_NONNEG_INT)
+  dedup: bool = setting(False, *_BOOL)
+  query_template: str = setting("a rendered 3d man is {interaction}",
+                                lambda v: isinstance(v, str) and "{interaction}" in v,
+                                "must be a string containing {interaction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig(_Section):
+  """config.loss: Eq. 8 weights and the geometric losses (stage2.losses, schedules)."""
+  SECTION = "loss"
+  geo_delta: float = setting(0.2, *_POS)              # occupancy = 1 - exp(-delta * sigma)
+  geo_eta: float = setting(0.4, *_POS)                # proximal-surface width
+  geo_max_points: int = setting(80000, *_POS_INT)
+  geo_reduction: str = setting("sum", choices=("sum", "mean"))
+  lambda_sds_human: float = setting(1.0, *_NONNEG)
+  lambda_geo_human: float = setting(1.0, *_NONNEG)
+  lambda_object_sds: str = setting("official", choices=("official",))  # floor(step/1000)/10
+  lambda_object_geo: str = setting(_lib_default(_SCH, "lambda_object_geo"),
+                                   choices=("official", "horse"))
+  # multiplies the lambda2 schedule (not official; 1 = official)
+  lambda_object_geo_scale: float = setting(_lib_default(_SCH, "object_geo_scale"), *_NONNEG)
+  schedule_period: int = setting(_lib_default(_SCH, "period"), positive_int,
+                                 "must be a positive integer (steps; official 1000)")
+  lambda_orient_start: float = setting(_lib_default(_SCH, "orient_start"), *_NONNEG)
+  lambda_orient_end: float = setting(_lib_default(_SCH, "orient_end"), *_NONNEG)
+  lambda_orient_ramp_steps: int = setting(_lib_default(_SCH, "orient_ramp_steps"), *_NONNEG_INT)
+  lambda_sparsity: float = setting(1.0, *_NONNEG)
+  lambda_opaque: float = setting(0.0, *_NONNEG)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(_Section):
+  """config.optim: Adam (PAPER.md optimizer row)."""
+  SECTION = "optim"
+  lr_field: float = setting(0.01, *_POS)
+  lr_background: float = setting(0.001, *_NONNEG)
+  b1: float = setting(0.9, lambda v: _real(v) and 0.0 <= v < 1.0, "must be in [0, 1)")
+  b2: float = setting(0.99, lambda v: _real(v) and 0.0 <= v < 1.0, "must be in [0, 1)")
+  eps: float = setting(1e-15, *_NONNEG)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Section):
+  """config.train: the loop and its outputs."""
+  SECTION = "train"
+  steps: int = setting(_lib_default(_SCH, "total_steps"), *_POS_INT)
+  log_every: int = setting(10, *_POS_INT)
+  val_every: int = setting(1000, *_POS_INT)
+  ckpt_every: int = setting(1000, *_POS_INT)
+  keep_checkpoints: int = setting(3, *_POS_INT)
+  max_consecutive_skips: int = setting(20, *_POS_INT)
+  turntable_frames: int = setting(60, *_POS_INT)
+  mesh_resolution: int = setting(128, lambda v: positive_int(v) and v >= 4,
+                                 "must be an integer >= 4")
+  # size of the final turntables / multiview (0 = render size)
+  final_resolution: int = setting(0, nonneg_int,
+                                  "must be a non-negative integer (0 = the render size)")
+
+
+SECTIONS: dict[str, type] = {
+    "prompt": PromptConfig, "field": FieldConfig, "background": BackgroundConfig,
+    "render": RenderConfig, "occupancy": OccupancyConfig, "shading": ShadingConfig,
+    "camera": CameraConfig, "guidance": GuidanceConfig, "body": BodyConfig,
+    "pose": PoseConfig, "loss": LossConfig, "optim": OptimConfig, "train": TrainConfig,
 }
-
-_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "field.radius": (_positive, "must be a positive number"),
-    "field.n_levels": (_positive_int, "must be a positive integer"),
-    "field.n_features_per_level": (_positive_int, "must be a positive integer"),
-    "field.log2_hashmap_size": (lambda v: _positive_int(v) and 8 <= v <= 24,
-                                "must be an integer in [8, 24]"),
-    "field.base_resolution": (_positive_int, "must be a positive integer"),
-    "field.per_level_scale": (lambda v: isinstance(v, numbers.Real) and v >= 1.0,
-                              "must be a number >= 1"),
-    "field.mlp_width": (_positive_int, "must be a positive integer"),
-    "field.mlp_hidden_layers": (_nonneg_int, "must be a non-negative integer"),
-    "field.fd_eps": (_positive, "must be a positive number"),
-    "render.height": (_positive_int, "must be a positive integer"),
-    "render.width": (_positive_int, "must be a positive integer"),
-    "render.batch_size": (_positive_int, "must be a positive integer"),
-    "render.num_samples": (_positive_int, "must be a positive integer"),
-    "render.sample_budget": (_nonneg_int, "must be a non-negative integer (0 = automatic)"),
-    "render.field_chunks": (_positive_int, "must be a positive integer"),
-    "occupancy.resolution": (_positive_int, "must be a positive integer"),
-    "occupancy.update_every": (_positive_int, "must be a positive integer"),
-    "occupancy.ema_decay": (_prob, "must be in [0, 1]"),
-    "occupancy.threshold": (_nonneg, "must be a non-negative number"),
-    "occupancy.warmup_steps": (_nonneg_int, "must be a non-negative integer"),
-    "occupancy.dilate": (_nonneg_int, "must be a non-negative integer (cells)"),
-    "shading.ambient_only_steps": (_nonneg_int, "must be a non-negative integer"),
-    "shading.textureless_prob": (_prob, "must be in [0, 1]"),
-    "background.random_white_prob": (_prob, "must be in [0, 1]"),
-    "camera.distance_range": (_range(lo=0.0, strict=True), "must be (lo, hi) with 0 < lo <= hi"),
-    "camera.elevation_range_deg": (_range(-90.0, 90.0), "must be (lo, hi) within [-90, 90]"),
-    "camera.azimuth_range_deg": (_range(-360.0, 360.0), "must be (lo, hi) within [-360, 360]"),
-    "camera.fovy_range_deg": (_range(0.0, 180.0, strict=True), "must be (lo, hi) within (0, 180)"),
-    "camera.trace_every": (_positive_int, "must be a positive integer"),
-    "camera.trace_resolution": (_positive_int, "must be a positive integer"),
-    "guidance.t_min": (lambda v: isinstance(v, numbers.Real) and 0.0 < v < 1.0,
-                       "must be in the open interval (0, 1)"),
-    "guidance.t_max": (lambda v: isinstance(v, numbers.Real) and 0.0 < v < 1.0,
-                       "must be in the open interval (0, 1)"),
-    "guidance.grad_clip": (_nonneg, "must be >= 0 (0 disables clipping)"),
-    "guidance.builtin_object_sharpness": (
-        lambda v: isinstance(v, numbers.Real) and (v == -1 or v >= 1),
-        "must be -1 (the built-in prior's default) or a number >= 1"),
-    "guidance.sd_resolution": (_positive_int, "must be a positive integer"),
-    "body.grid_resolution": (lambda v: _positive_int(v) and v >= 8, "must be an integer >= 8"),
-    "pose.top_k": (_positive_int, "must be a positive integer"),
-    "pose.rank": (_nonneg_int, "must be a non-negative integer"),
-    "loss.geo_delta": (_positive, "must be a positive number"),
-    "loss.geo_eta": (_positive, "must be a positive number"),
-    "loss.geo_max_points": (_positive_int, "must be a positive integer"),
-    "loss.schedule_period": (_positive_int, "must be a positive integer (steps; official 1000)"),
-    "loss.lambda_sparsity": (_nonneg, "must be >= 0"),
-    "loss.lambda_object_geo_scale": (_nonneg, "must be >= 0"),
-    "loss.lambda_opaque": (_nonneg, "must be >= 0"),
-    "optim.lr_field": (_positive, "must be a positive number"),
-    "optim.lr_background": (_nonneg, "must be >= 0"),
-    "optim.b1": (lambda v: isinstance(v, numbers.Real) and 0.0 <= v < 1.0, "must be in [0, 1)"),
-    "optim.b2": (lambda v: isinstance(v, numbers.Real) and 0.0 <= v < 1.0, "must be in [0, 1)"),
-    "optim.eps": (_nonneg, "must be >= 0"),
-    "train.steps": (_positive_int, "must be a positive integer"),
-    "train.log_every": (_positive_int, "must be a positive integer"),
-    "train.val_every": (_positive_int, "must be a positive integer"),
-    "train.ckpt_every": (_positive_int, "must be a positive integer"),
-    "train.keep_checkpoints": (_positive_int, "must be a positive integer"),
-    "train.max_consecutive_skips": (_positive_int, "must be a positive integer"),
-    "train.final_resolution": (_nonneg_int,
-                               "must be a non-negative integer (0 = the render size)"),
-}
-
-_PROMPTS = ("prompt.human", "prompt.object", "prompt.interaction")
+SCALARS = {"seed": (nonneg_int, "must be a non-negative integer"),
+           "variant": (text, "must be a string")}
 
 
-def validate(cfg: ml_collections.ConfigDict, *, keys: Iterable[str] | None = None) -> None:
-  """Checks ``cfg``; raises ``ConfigError`` naming the first bad key.
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """A whole parsed config: ``seed``, ``variant`` and one spec per section."""
+  seed: int
+  variant: str
+  prompt: PromptConfig
+  field: FieldConfig
+  background: BackgroundConfig
+  render: RenderConfig
+  occupancy: OccupancyConfig
+  shading: ShadingConfig
+  camera: CameraConfig
+  guidance: GuidanceConfig
+  body: BodyConfig
+  pose: PoseConfig
+  loss: LossConfig
+  optim: OptimConfig
+  train: TrainConfig
 
-  Args:
-    cfg: a config built from ``configs/hoi.py``.
-    keys: optional subset of dotted keys to check (default: all known keys
-      that are present in ``cfg``). Missing sections are skipped so that
-      partial configs (e.g. in unit tests) can be validated.
+
+def valid_keys() -> list[str]:
+  """Every dotted key of the schema, e.g. "render.height"."""
+  keys = list(SCALARS)
+  for name, cls in SECTIONS.items():
+    keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+  return keys
+
+
+def nearest_keys(key: str, n: int = 3) -> list[str]:
+  """The ``n`` valid dotted keys nearest to ``key`` (always ``n`` of them).
+
+  A key of the same name in another section comes first (``render.radius`` ->
+  ``field.radius``); then the most similar keys of the key's section, or of
+  the whole schema when the section itself is unknown.
   """
-  wanted = set(keys) if keys is not None else None
+  keys = valid_keys()
+  section, name = key.split(".")[0], key.rsplit(".", 1)[-1]
+  same_name = [k for k in keys if k.rsplit(".", 1)[-1] == name and k != key]
+  pool = [k for k in keys if k.startswith(section + ".")] if section in SECTIONS else keys
+  similar = difflib.get_close_matches(key, pool, n=n + len(same_name), cutoff=0.0)
+  return (same_name + [k for k in similar if k not in same_name])[:n]
 
-  def present(key):
-    try:
-      _get(cfg, key)
-      return wanted is None or key in wanted
-    except ConfigError:
-      return False
 
-  for key, allowed in _CHOICES.items():
-    if present(key):
-      v = _get(cfg, key)
-      if v not in allowed:
-        raise ConfigError(
-            f"config.{key} = {v!r}: unknown value; choose one of {list(allowed)}.")
-  for key, (ok, what) in _CHECKS.items():
-    if present(key):
-      v = _get(cfg, key)
-      if not ok(v):
-        raise ConfigError(f"config.{key} = {v!r}: {what}.")
-  for key in _PROMPTS:
-    if present(key):
-      v = _get(cfg, key)
-      if not isinstance(v, str) or not v.strip():
-        raise ConfigError(
-            f"config.{key} is empty; give a prompt, e.g. "
-            f"--config.{key}=\"...\".")
-  if present("guidance.t_min") and present("guidance.t_max"):
-    if cfg.guidance.t_min >= cfg.guidance.t_max:
-      raise ConfigError(
-          f"config.guidance.t_min = {cfg.guidance.t_min} must be below "
-          f"config.guidance.t_max = {cfg.guidance.t_max}.")
-  if present("render.sample_budget") and present("render.num_samples"):
-    if cfg.render.sample_budget > cfg.render.num_samples:
-      raise ConfigError(
-          f"config.render.sample_budget = {cfg.render.sample_budget} exceeds "
-          f"config.render.num_samples = {cfg.render.num_samples}.")
+def unknown_key_error(key: str) -> ConfigError:
+  """The one-line error for an unknown dotted key, naming the nearest valid keys."""
+  key = key[len("config."):] if key.startswith("config.") else key
+  near = ", ".join(f"config.{k}" for k in nearest_keys(key))
+  return ConfigError(f"config.{key} is not a config key. Nearest valid keys: {near}.")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The official defaults (``configs/hoi.py:paper``) as a ``ConfigDict``."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  for name, cls in SECTIONS.items():
+    c[name] = ml_collections.ConfigDict(
+        {f.name: f.default for f in dataclasses.fields(cls)})
+  return c
+
+
+def parse(cfg: ml_collections.ConfigDict | RunConfig) -> RunConfig:
+  """Checks every key and value of ``cfg`` and returns its ``RunConfig``.
+
+  A key missing from a section takes the field's default (e.g. a config saved
+  by an older run).
+
+  Raises:
+    ConfigError: naming the first unknown key (with the nearest valid keys),
+      missing section or bad value.
+  """
+  if isinstance(cfg, RunConfig):
+    return cfg
+  for key in cfg.keys():
+    if key not in SECTIONS and key not in SCALARS:
+      sub = cfg[key]
+      if isinstance(sub, (ml_collections.ConfigDict, dict)) and len(sub):
+        key = f"{key}.{next(iter(sub.keys()))}"   # name the key as it was written
+      raise unknown_key_error(str(key))
+  sections = {}
+  for name, cls in SECTIONS.items():
+    if name not in cfg:
+      raise ConfigError(f"config.{name} is missing; start from configs/hoi.py.")
+    sec = cfg[name]
+    if not isinstance(sec, (ml_collections.ConfigDict, dict)):
+      raise ConfigError(f"config.{name} = {sec!r}: must be a section (start from configs/hoi.py).")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in sec.keys():
+      if key not in names:
+        raise unknown_key_error(f"{name}.{key}")
+    sections[name] = cls(**{k: sec[k] for k in sec.keys()})
+  scalars = {"seed": cfg.get("seed", 0), "variant": cfg.get("variant", "custom")}
+  for k, (ok, what) in SCALARS.items():
+    if not ok(scalars[k]):
+      raise ConfigError(f"config.{k} = {scalars[k]!r}: {what}.")
+  return RunConfig(**scalars, **sections)
+
+
+def validate(cfg: ml_collections.ConfigDict) -> RunConfig:
+  """``parse`` under its older name: checks ``cfg`` before anything compiles."""
+  return parse(cfg)
+
+
+def check_overrides(argv: Iterable[str], flag: str = "config") -> None:
+  """Rejects unknown ``--config.a.b=...`` keys of a command line, before absl parses it.
+
+  Reads ``--config.k=v``, ``--config.k v``, ``-config.k=v`` and ``--noconfig.k``
+  (absl's spellings), up to a bare ``--``.
+
+  Raises:
+    ConfigError: naming the first unknown key and the nearest valid keys.
+  """
+  valid = set(valid_keys())
+  prefixes = tuple(f"{dashes}{no}{flag}." for dashes in ("--", "-") for no in ("", "no"))
+  for arg in argv:
+    if arg == "--":
+      break
+    prefix = next((p for p in prefixes if arg.startswith(p)), None)
+    if prefix is None:
+      continue
+    key = arg[len(prefix):].split("=", 1)[0]
+    if key not in valid:
+      raise unknown_key_error(key)
+
+
+def exit_on_bad_overrides(argv: Iterable[str], flag: str = "config") -> None:
+  """``check_overrides`` for a command line's ``main``: prints one line and exits 2.
+
+  Call it before ``app.run`` so an unknown key never reaches absl (whose
+  ``KeyError`` would end in a traceback)::
+
+      error: config.render.heigth is not a config key. Nearest valid keys: ...
+  """
+  try:
+    check_overrides(argv, flag)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+# ----------------------------------------------------------------------------
+# Library specs derived from a RunConfig (the one translation of sections).
+
+
+def hashgrid_spec(run: RunConfig) -> hashgrid.HashGridSpec:
+  f = run.field
+  return hashgrid.HashGridSpec(
+      n_levels=f.n_levels, n_features_per_level=f.n_features_per_level,
+      log2_hashmap_size=f.log2_hashmap_size, base_resolution=f.base_resolution,
+      per_level_scale=float(f.per_level_scale), backend=f.hashgrid_backend)
+
+
+def field_spec(run: RunConfig) -> field_lib.FieldSpec:
+  f = run.field
+  return field_lib.FieldSpec(
+      grid=hashgrid_spec(run), radius=float(f.radius), mlp_width=f.mlp_width,
+      mlp_hidden_layers=f.mlp_hidden_layers, density_bias=f.density_bias,
+      blob_scale=float(f.density_blob_scale), blob_std=float(f.density_blob_std),
+      density_activation=f.density_activation, normals=f.normals, fd_eps=float(f.fd_eps),
+      compute_dtype=f.compute_dtype)
+
+
+def background_spec(run: RunConfig) -> bg_lib.BackgroundSpec:
+  b = run.background
+  return bg_lib.BackgroundSpec(kind=b.kind, sh_degree=b.sh_degree, mlp_width=b.mlp_width,
+                               mlp_hidden_layers=b.mlp_hidden_layers,
+                               solid_color=tuple(float(c) for c in b.solid_color))
+
+
+def render_spec(run: RunConfig) -> render_lib.RenderSpec:
+  """The renderer's spec; sample_budget 0 -> num_samples // 8."""
+  r = run.render
+  return render_lib.RenderSpec(
+      radius=float(run.field.radius), num_samples=r.num_samples,
+      sample_budget=r.sample_budget or max(1, r.num_samples // 8), skip_empty=r.skip_empty,
+      alpha_mode=r.alpha_mode, stop_human_grad=r.stop_human_grad,
+      composite_eps=float(r.composite_eps), field_chunks=r.field_chunks)
+
+
+def shading_spec(run: RunConfig) -> render_lib.ShadingSpec:
+  s = run.shading
+  return render_lib.ShadingSpec(ambient_light=float(s.ambient_light),
+                                diffuse_light=float(s.diffuse_light), soft=s.soft,
+                                textureless_prob=float(s.textureless_prob))
+
+
+def camera_spec(run: RunConfig) -> camera_lib.CameraSpec:
+  c, s = run.camera, run.shading
+  pair = lambda v: (float(v[0]), float(v[1]))
+  return camera_lib.CameraSpec(
+      distance_range=pair(c.distance_range), elevation_range_deg=pair(c.elevation_range_deg),
+      azimuth_range_deg=pair(c.azimuth_range_deg), fovy_range_deg=pair(c.fovy_range_deg),
+      light_distance_range=pair(s.light_distance_range),
+      light_position_perturb=float(s.light_position_perturb),
+      eval_distance=float(c.eval_distance), eval_fovy_deg=float(c.eval_fovy_deg),
+      eval_elevation_deg=float(c.eval_elevation_deg), up=tuple(float(u) for u in c.up))
+
+
+def occupancy_spec(run: RunConfig) -> occ_lib.OccupancySpec:
+  o, r = run.occupancy, float(run.field.radius)
+  return occ_lib.OccupancySpec(
+      resolution=o.resolution, radius=r, ema_decay=float(o.ema_decay),
+      threshold=float(o.threshold), warmup_steps=o.warmup_steps, update_every=o.update_every,
+      dilate=o.dilate, render_step=math.sqrt(3.0) * 2.0 * r / run.render.num_samples)
+
+
+def schedule_spec(run: RunConfig) -> schedules.ScheduleSpec:
+  l = run.loss
+  return schedules.ScheduleSpec(
+      lambda_object_geo=l.lambda_object_geo, object_geo_scale=float(l.lambda_object_geo_scale),
+      period=l.schedule_period, orient_start=float(l.lambda_orient_start),
+      orient_end=float(l.lambda_orient_end), orient_ramp_steps=l.lambda_orient_ramp_steps,
+      ambient_only_steps=run.shading.ambient_only_steps, trace_every=run.camera.trace_every,
+      t_max=float(run.guidance.t_max), t_anneal=run.guidance.t_anneal,
+      t_anneal_end=float(run.guidance.t_anneal_end), total_steps=run.train.steps)
+
+
+def prompt_spec(run: RunConfig) -> prompts_lib.PromptSpec:
+  return prompts_lib.PromptSpec(**dataclasses.asdict(run.prompt))
+
+
+def anchor_spec(run: RunConfig) -> anchor_lib.AnchorSpec:
+  b = run.body
+  return anchor_lib.AnchorSpec(resolution=b.grid_resolution, radius=float(run.field.radius),
+                               aug_rot=b.aug_rot, aug_trans=b.aug_trans, cache_dir=b.cache_dir)
