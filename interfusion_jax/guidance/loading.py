@@ -296,12 +296,6 @@ def _load_params(folder: pathlib.Path, shapes: Any, rename, *, dtype: str = "flo
 # Components.
 # ----------------------------------------------------------------------------
 def _check_unet_config(cfg: dict, folder: pathlib.Path) -> None:
-  bad = [f"{k}={cfg[k]!r}" for k, ok in _FLAX_UNET_SUPPORTED.items() if k in cfg and cfg[k] not in ok]
-  if bad:
-    raise ModelTypeError(
-        f"UNet in {folder} uses features diffusers' FlaxUNet2DConditionModel does not implement "
-        f"({', '.join(bad)}). DeepFloyd IF stage-I UNets load through load_guidance / "
-        f"load_if_unet; otherwise use a Stable Diffusion 1.x/2.x checkpoint.")
   bad = sorted({f"{k}: {t!r}" for k, v in _block_types(cfg).items() for t in v
                 if t not in SD_BLOCKS[k]})
   if bad:
@@ -309,6 +303,12 @@ def _check_unet_config(cfg: dict, folder: pathlib.Path) -> None:
         f"UNet in {folder} has block types diffusers' FlaxUNet2DConditionModel does not "
         f"build ({'; '.join(bad)}); it supports {SD_BLOCKS}. DeepFloyd IF stage-I UNets load "
         "through load_guidance / load_if_unet.")
+  bad = [f"{k}={cfg[k]!r}" for k, ok in _FLAX_UNET_SUPPORTED.items() if k in cfg and cfg[k] not in ok]
+  if bad:
+    raise ModelTypeError(
+        f"UNet in {folder} uses features diffusers' FlaxUNet2DConditionModel does not implement "
+        f"({', '.join(bad)}). DeepFloyd IF stage-I UNets load through load_guidance / "
+        f"load_if_unet; otherwise use a Stable Diffusion 1.x/2.x checkpoint.")
 
 
 def load_unet(root: PathLike, *, dtype: str = "float32",
