@@ -33,7 +33,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,9 +61,9 @@ class HashGridSpec:
   log2_hashmap_size: int = 19
   base_resolution: int = 16
   per_level_scale: float = 1.4472692
-  # "jax": pure JAX (default); "ffi": the optional C++ kernel (error if it
-  # cannot be built); "auto": the kernel when it builds, else pure JAX.
-  backend: str = "jax"
+  # "auto" (default): the C++ jax.ffi kernel on CPU when it builds, else pure
+  # JAX; "jax": pure JAX; "ffi": the C++ kernel (error if it cannot be built).
+  backend: str = "auto"
 
   def __post_init__(self):
     if self.backend not in BACKENDS:
@@ -85,17 +84,6 @@ class HashGridSpec:
       raise HashGridConfigError(
           f"HashGridSpec.per_level_scale = {self.per_level_scale!r}: must be "
           ">= 1 (set config.field.per_level_scale).")
-
-  @classmethod
-  def from_config(cls, field_cfg: Any) -> "HashGridSpec":
-    """Builds the spec from ``config.field`` (configs/hoi.py)."""
-    return cls(
-        n_levels=int(field_cfg.n_levels),
-        n_features_per_level=int(field_cfg.n_features_per_level),
-        log2_hashmap_size=int(field_cfg.log2_hashmap_size),
-        base_resolution=int(field_cfg.base_resolution),
-        per_level_scale=float(field_cfg.per_level_scale),
-        backend=str(field_cfg.get("hashgrid_backend", "jax")))
 
   @property
   def hashmap_size(self) -> int:
@@ -366,7 +354,7 @@ def _register_ffi_kernel() -> str:
   if not cxx:
     raise KernelUnavailableError(
         "hash-grid backend 'ffi' needs a C++17 compiler (g++/c++, or set CXX); "
-        "none found. Use config.field.hashgrid_backend=jax (the default).")
+        "none found. Use config.field.hashgrid_backend=jax (pure JAX).")
   key = hashlib.sha256(
       (kernel_source() + jax.__version__ + " ".join(_CXX_FLAGS)).encode()).hexdigest()[:16]
   so_path = os.path.join(_kernel_cache_dir(), f"hashgrid_{key}.so")
