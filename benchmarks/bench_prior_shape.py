@@ -31,9 +31,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import hoi  # noqa: E402
-from interfusion_jax import camera as camera_lib  # noqa: E402
-from interfusion_jax import evaluate, run_io, train  # noqa: E402
-from interfusion_jax import render as render_lib  # noqa: E402
+from interfusion_jax.nerf import camera as camera_lib# noqa: E402
+from interfusion_jax import train# noqa: E402
+from interfusion_jax.stage2 import evaluation as evaluate
+from interfusion_jax.stage2 import run_io
+from interfusion_jax.stage2 import config as config_lib  # noqa: E402
+from interfusion_jax.nerf import render as render_lib# noqa: E402
 from interfusion_jax.guidance import core  # noqa: E402
 from interfusion_jax.prior import assets, objects, placement, scenes  # noqa: E402
 
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
   model = train.model_fns_from_config(cfg)
   rspec = render_lib.RenderSpec(radius=float(cfg.field.radius), num_samples=64,
                                 sample_budget=64, skip_empty=False)
-  camspec = camera_lib.CameraSpec.from_config(cfg)
+  camspec = config_lib.camera_spec(config_lib.parse(cfg))
   body_model = assets._body_model("default")  # pylint: disable=protected-access
   pose, orient = assets._library_pose(scenes.INTERACTIONS[args.object][0])  # pylint: disable=protected-access
   body = scenes.posed_body(body_model, pose, orient)

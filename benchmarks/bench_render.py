@@ -27,10 +27,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import hoi  # noqa: E402
-from interfusion_jax import camera  # noqa: E402
-from interfusion_jax import field as field_lib  # noqa: E402
-from interfusion_jax import occupancy as occ  # noqa: E402
-from interfusion_jax import render  # noqa: E402
+from interfusion_jax.nerf import camera# noqa: E402
+from interfusion_jax.nerf import field as field_lib# noqa: E402
+from interfusion_jax.nerf import occupancy as occ# noqa: E402
+from interfusion_jax.nerf import render# noqa: E402
+from interfusion_jax.stage2 import config as config_lib  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "render.json"
 
@@ -121,9 +122,10 @@ def bench_skipping(num_views: int, size: int, budget: int, dilate: int = 0) -> d
 def bench_forward_backward(cfg, repeats: int, chunks: int = 1) -> dict:
   cfg = cfg.copy_and_resolve_references()
   cfg.render.field_chunks = chunks
-  fspec = field_lib.FieldSpec.from_config(cfg.field)
-  rspec = render.RenderSpec.from_config(cfg)
-  ospec = occ.OccupancySpec.from_config(cfg)
+  run = config_lib.parse(cfg)
+  fspec = config_lib.field_spec(run)
+  rspec = config_lib.render_spec(run)
+  ospec = config_lib.occupancy_spec(run)
   h, w = int(cfg.render.height), int(cfg.render.width)
   fn = lambda p, x: field_lib.field_forward_with_normals(p, x, fspec)
   kh, ko = jax.random.split(jax.random.PRNGKey(0))
@@ -133,7 +135,7 @@ def bench_forward_backward(cfg, repeats: int, chunks: int = 1) -> dict:
   grid = jax.jit(lambda k: occ.update_occupancy(occ.init_occupancy(ospec), density, k, 0, ospec))(
       jax.random.PRNGKey(1))
   obj_fn = lambda p, x: fn(p, x - jnp.array([0.6, 0.0, 0.0]))
-  cam = camera.sample_camera(jax.random.PRNGKey(2), camera.CameraSpec.from_config(cfg))
+  cam = camera.sample_camera(jax.random.PRNGKey(2), config_lib.camera_spec(run))
 
   def loss(ph, po, grid, key):
     o, d = render.camera_rays(cam, h, w)
@@ -168,12 +170,13 @@ def bench_forward_backward(cfg, repeats: int, chunks: int = 1) -> dict:
 
 def bench_skipping_real_field(cfg, repeats: int) -> dict:
   """Forward render of the randomly initialised two-field scene: dense vs skipped."""
-  fspec = field_lib.FieldSpec.from_config(cfg.field)
+  run = config_lib.parse(cfg)
+  fspec = config_lib.field_spec(run)
   # Same chunk size (131k points) for both, so the dense reference fits in memory.
-  rspec = dataclasses.replace(render.RenderSpec.from_config(cfg), field_chunks=2)
+  rspec = dataclasses.replace(config_lib.render_spec(run), field_chunks=2)
   dense_spec = render.RenderSpec(num_samples=rspec.num_samples, sample_budget=rspec.num_samples,
                                  field_chunks=16)
-  ospec = occ.OccupancySpec.from_config(cfg)
+  ospec = config_lib.occupancy_spec(run)
   h, w = int(cfg.render.height), int(cfg.render.width)
   shift = jnp.array([0.6, 0.0, 0.0])
   fn = lambda p, x: field_lib.field_forward_with_normals(p, x, fspec)
@@ -184,7 +187,7 @@ def bench_skipping_real_field(cfg, repeats: int) -> dict:
                        + field_lib.field_density(po, x - shift, fspec))
   grid = jax.jit(lambda k: occ.update_occupancy(occ.init_occupancy(ospec), density, k, 0, ospec))(
       jax.random.PRNGKey(1))
-  cam = camera.sample_camera(jax.random.PRNGKey(2), camera.CameraSpec.from_config(cfg))
+  cam = camera.sample_camera(jax.random.PRNGKey(2), config_lib.camera_spec(run))
 
   def make(spec, use_grid):
     def f(ph, po, grid):
@@ -219,7 +222,7 @@ def main():
   args = ap.parse_args()
   parts = set(args.parts.split(","))
   cfg = hoi.get_config()
-  budget = args.budget or render.RenderSpec.from_config(cfg).sample_budget
+  budget = args.budget or config_lib.render_spec(config_lib.parse(cfg)).sample_budget
   out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
   out.update(device=str(jax.devices()[0]), jax=jax.__version__, cpu_count=os.cpu_count())
   if not isinstance(out.get("load_average_at_start"), dict):

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from configs import hoi  # noqa: E402
 from interfusion_jax import train  # noqa: E402
+from interfusion_jax.stage2 import config as config_lib  # noqa: E402
 
 
 def _time(fn, *args, repeats=3):
@@ -51,7 +52,9 @@ def _scene(cfg, guidance):
   from interfusion_jax.body import anchor as body_anchor
   from interfusion_jax.pose import anchor as pose_anchor
   pose = pose_anchor.retrieve_anchor(cfg)
-  anchor = body_anchor.prepare_anchor_from_config(cfg, pose.body_pose, pose.global_orient)
+  anchor = body_anchor.prepare_anchor_from_model(
+      cfg.body.model, cfg.body.gender, pose.body_pose, pose.global_orient,
+      config_lib.anchor_spec(config_lib.parse(cfg)))
   gspec, gparams, table = guidance
   spec = train.TrainSpec.from_config(cfg, gspec)
   return spec, {"guidance": gparams, "text": table, "anchor": anchor}
@@ -68,8 +71,8 @@ def step_time(cfg, guidance, repeats):
 
 
 def breakdown(spec, frozen, state, repeats):
-  from interfusion_jax import camera as camera_lib
-  from interfusion_jax import render as render_lib
+  from interfusion_jax.nerf import camera as camera_lib
+  from interfusion_jax.nerf import render as render_lib
   key = jax.random.PRNGKey(2)
   cam = camera_lib.sample_camera(key, spec.camera)
   cams = train.derived_cameras(cam, state.object_center, frozen["anchor"].head, spec)

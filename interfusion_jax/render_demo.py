@@ -17,6 +17,7 @@ opacity) and ``turntable.gif`` into the workdir.
 import dataclasses
 import os
 import pathlib
+import sys
 from typing import Sequence
 
 from absl import app
@@ -27,13 +28,13 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from interfusion_jax import background as bg_lib
-from interfusion_jax import camera as camera_lib
-from interfusion_jax import config_validation
-from interfusion_jax import field as field_lib
-from interfusion_jax import occupancy as occ_lib
-from interfusion_jax import render
-from interfusion_jax import run_io
+from interfusion_jax.nerf import background as bg_lib
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.nerf import field as field_lib
+from interfusion_jax.nerf import occupancy as occ_lib
+from interfusion_jax.nerf import render
+from interfusion_jax.stage2 import run_io
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "hoi.py")
@@ -79,14 +80,14 @@ def render_turntable(cfg: ml_collections.ConfigDict, workdir, num_frames: int,
     dict(frames=[F paths], gif=path, rgb=[F, H, W, 3] float array,
     opacity=[F, H, W]).
   """
-  config_validation.validate(cfg)
+  run = config_lib.parse(cfg)
   out_dir = pathlib.Path(workdir)
   (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-  fspec = field_lib.FieldSpec.from_config(cfg.field)
-  rspec = render.RenderSpec.from_config(cfg)
-  ospec = occ_lib.OccupancySpec.from_config(cfg)
-  cspec = camera_lib.CameraSpec.from_config(cfg)
-  bspec = bg_lib.BackgroundSpec.from_config(cfg.background)
+  fspec = config_lib.field_spec(run)
+  rspec = config_lib.render_spec(run)
+  ospec = config_lib.occupancy_spec(run)
+  cspec = config_lib.camera_spec(run)
+  bspec = config_lib.background_spec(run)
   key = jax.random.PRNGKey(cfg.seed)
   kh, ko, kb, kg = jax.random.split(key, 4)
   params_h = field_lib.init_field(kh, fspec)
@@ -166,4 +167,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  config_lib.exit_on_bad_overrides(sys.argv[1:])
   app.run(main)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from interfusion_jax.body import anchor, lbs, model, poses
+from interfusion_jax.stage2 import config as config_lib
 
 RES = 64   # the torus grids; the body is checked at 96^3
 
@@ -224,17 +225,20 @@ def test_sample_anchor_fields_fixed_size(sitting):
 def test_spec_from_config():
   from configs import hoi
   cfg = hoi.get_config("smoke")
-  spec = anchor.AnchorSpec.from_config(cfg)
+  spec = config_lib.anchor_spec(config_lib.parse(cfg))
   assert spec.resolution == cfg.body.grid_resolution and spec.radius == cfg.field.radius
 
 
-def test_prepare_anchor_from_config(tmp_path):
+def test_prepare_anchor_from_model(tmp_path):
   from configs import hoi
   cfg = hoi.get_config("smoke")
   cfg.body.cache_dir = str(tmp_path)
-  anc = anchor.prepare_anchor_from_config(cfg, poses.DEMO_POSES["riding"][0])
+  anc = anchor.prepare_anchor_from_model(cfg.body.model, cfg.body.gender,
+                                        poses.DEMO_POSES["riding"][0],
+                                        spec=config_lib.anchor_spec(config_lib.parse(cfg)))
   assert anc.occupancy.shape == (cfg.body.grid_resolution,) * 3
   assert float(anc.occupancy.sum()) > 0 and anc.radius == cfg.field.radius
   cfg.body.model = str(tmp_path / "SMPLX_NEUTRAL.npz")
   with pytest.raises(model.BodyModelNotFoundError, match="WORKSPACE.md"):
-    anchor.prepare_anchor_from_config(cfg, np.zeros(63))
+    anchor.prepare_anchor_from_model(cfg.body.model, cfg.body.gender, np.zeros(63),
+                                     spec=config_lib.anchor_spec(config_lib.parse(cfg)))

@@ -1,4 +1,4 @@
-"""Tests for interfusion_jax.background."""
+"""Tests for interfusion_jax.nerf.background."""
 import dataclasses
 
 import jax
@@ -8,7 +8,8 @@ import pytest
 from scipy import special
 
 from configs.hoi import get_config
-from interfusion_jax import background
+from interfusion_jax.nerf import background
+from interfusion_jax.stage2 import config as config_lib
 
 
 def _dirs(shape, key=0):
@@ -91,8 +92,9 @@ def test_neural_matches_numpy():
 
 @pytest.mark.parametrize("variant", ["paper", "cpu", "smoke"])
 def test_from_config(variant):
-  cfg = get_config(variant).background
-  spec = background.BackgroundSpec.from_config(cfg)
+  config = get_config(variant)
+  cfg = config.background
+  spec = config_lib.background_spec(config_lib.parse(config))
   assert (spec.kind, spec.sh_degree, spec.mlp_width, spec.mlp_hidden_layers) == (
       cfg.kind, cfg.sh_degree, cfg.mlp_width, cfg.mlp_hidden_layers)
   assert spec.n_coefficients == 9

@@ -9,12 +9,14 @@ import numpy as np
 import optax
 import pytest
 
-from interfusion_jax import field, hashgrid, losses
+from interfusion_jax.nerf import field
+from interfusion_jax.nerf import hashgrid
+from interfusion_jax.stage2 import losses
 from interfusion_jax.body import anchor, model, poses
 
 SPEC = field.FieldSpec(
     grid=hashgrid.HashGridSpec(n_levels=8, n_features_per_level=2, log2_hashmap_size=16,
-                               base_resolution=16, per_level_scale=1.6),
+                               base_resolution=16, per_level_scale=1.6, backend="jax"),
     mlp_width=32, mlp_hidden_layers=1)
 
 

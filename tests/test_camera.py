@@ -1,4 +1,4 @@
-"""Tests for interfusion_jax.camera against closed-form geometry."""
+"""Tests for interfusion_jax.nerf.camera against closed-form geometry."""
 import math
 
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import camera
+from interfusion_jax.nerf import camera
+from interfusion_jax.stage2 import config as config_lib
 
 
 def _np(x):
@@ -73,7 +74,7 @@ def test_centre_ray_hits_target_and_fovy_geometry():
 
 
 def test_sampled_cameras_respect_ranges():
-  spec = camera.CameraSpec.from_config(hoi.get_config())
+  spec = config_lib.camera_spec(config_lib.parse(hoi.get_config()))
   cams = jax.jit(jax.vmap(lambda k: camera.sample_camera(k, spec)))(
       jax.random.split(jax.random.PRNGKey(0), 512))
   pos = _np(cams.position)
@@ -119,7 +120,7 @@ def test_orbit_cameras():
   np.testing.assert_allclose(np.degrees(np.arcsin(rel[:, 2] / 2.0)), 15.0, atol=1e-4)
   az = np.degrees(np.unwrap(np.arctan2(rel[:, 1], rel[:, 0])))
   np.testing.assert_allclose(np.diff(az), 45.0, atol=1e-3)
-  spec = camera.CameraSpec.from_config(hoi.get_config())
+  spec = config_lib.camera_spec(config_lib.parse(hoi.get_config()))
   ev = camera.eval_orbit(4, spec)
   np.testing.assert_allclose(np.linalg.norm(_np(ev.position), axis=-1), 2.0, rtol=1e-6)
   np.testing.assert_allclose(np.degrees(_np(ev.fovy)), 70.0, rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Tests for interfusion_jax.field: bias closed forms, MLP/activation, normals."""
+"""Tests for interfusion_jax.nerf.field: bias closed forms, MLP/activation, normals."""
 import dataclasses
 
 import jax
@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from configs.hoi import get_config
-from interfusion_jax import field, hashgrid
+from interfusion_jax.nerf import field
+from interfusion_jax.nerf import hashgrid
+from interfusion_jax.stage2 import config as config_lib
 
 GRID = hashgrid.HashGridSpec(n_levels=3, n_features_per_level=2,
                              log2_hashmap_size=10, base_resolution=4,
-                             per_level_scale=2.0)
+                             per_level_scale=2.0, backend="jax")
 SPEC = field.FieldSpec(grid=GRID, mlp_width=16)
 
 
@@ -164,9 +166,11 @@ def test_bfloat16_compute_runs_and_is_close():
 
 @pytest.mark.parametrize("variant", ["paper", "cpu", "smoke"])
 def test_from_config(variant):
-  cfg = get_config(variant).field
-  spec = field.FieldSpec.from_config(cfg)
-  assert spec.grid == hashgrid.HashGridSpec.from_config(cfg)
+  config = get_config(variant)
+  cfg = config.field
+  run = config_lib.parse(config)
+  spec = config_lib.field_spec(run)
+  assert spec.grid == config_lib.hashgrid_spec(run)
   assert (spec.radius, spec.mlp_width, spec.blob_scale, spec.blob_std) == (
       cfg.radius, cfg.mlp_width, cfg.density_blob_scale, cfg.density_blob_std)
   hash(spec)

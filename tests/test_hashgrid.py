@@ -1,4 +1,4 @@
-"""Tests for interfusion_jax.hashgrid against an independent NumPy encoding."""
+"""Tests for interfusion_jax.nerf.hashgrid against an independent NumPy encoding."""
 import math
 
 import jax
@@ -7,19 +7,20 @@ import numpy as np
 import pytest
 
 from configs.hoi import get_config
-from interfusion_jax import hashgrid
+from interfusion_jax.nerf import hashgrid
+from interfusion_jax.stage2 import config as config_lib
 
 PRIMES = (1, 2654435761, 805459861)
 
 # Two dense levels (res 4, 8: 5^3, 9^3 <= 2^10) and two hashed (res 16, 32).
 SMALL = hashgrid.HashGridSpec(n_levels=4, n_features_per_level=2,
                               log2_hashmap_size=10, base_resolution=4,
-                              per_level_scale=2.0)
+                              per_level_scale=2.0, backend="jax")
 
 # One dense level (res 4) and one hashed level (res 8: 9^3 > 2^8).
 TINY = hashgrid.HashGridSpec(n_levels=2, n_features_per_level=2,
                              log2_hashmap_size=8, base_resolution=4,
-                             per_level_scale=2.0)
+                             per_level_scale=2.0, backend="jax")
 
 
 def np_layout(spec):
@@ -138,7 +139,7 @@ def test_values_match_numpy_including_outside_points():
 
 
 def test_default_spec_values_match_numpy():
-  spec = hashgrid.HashGridSpec()
+  spec = hashgrid.HashGridSpec(backend="jax")
   table = _table(spec)
   x = _points(64, 3)
   got = jax.jit(lambda t, x: hashgrid.hash_encode({"table": t}, x, spec))(table, x)
@@ -211,7 +212,7 @@ def test_second_order_matches_naive():
 
 
 def test_init_range_and_shape():
-  spec = hashgrid.HashGridSpec.from_config(get_config("smoke").field)
+  spec = config_lib.hashgrid_spec(config_lib.parse(get_config("smoke")))
   p = hashgrid.init_hashgrid(jax.random.PRNGKey(0), spec)
   t = np.asarray(p["table"])
   assert t.shape == (spec.total_rows, spec.n_features_per_level)
@@ -221,12 +222,13 @@ def test_init_range_and_shape():
 
 @pytest.mark.parametrize("variant", ["paper", "cpu", "smoke"])
 def test_from_config(variant):
-  cfg = get_config(variant).field
-  spec = hashgrid.HashGridSpec.from_config(cfg)
+  config = get_config(variant)
+  cfg = config.field
+  spec = config_lib.hashgrid_spec(config_lib.parse(config))
   assert spec.n_levels == cfg.n_levels
   assert spec.log2_hashmap_size == cfg.log2_hashmap_size
   assert spec.output_dim == cfg.n_levels * cfg.n_features_per_level
-  assert hash(spec) == hash(hashgrid.HashGridSpec.from_config(cfg))
+  assert hash(spec) == hash(config_lib.hashgrid_spec(config_lib.parse(config)))
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -1,11 +1,12 @@
-"""Tests for interfusion_jax.occupancy against NumPy re-derivations."""
+"""Tests for interfusion_jax.nerf.occupancy against NumPy re-derivations."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import occupancy as occ
+from interfusion_jax.nerf import occupancy as occ
+from interfusion_jax.stage2 import config as config_lib
 
 
 def _ball_density(x, centre=(0.5, -0.25, 0.0), radius=0.6, sigma=30.0):
@@ -14,7 +15,7 @@ def _ball_density(x, centre=(0.5, -0.25, 0.0), radius=0.6, sigma=30.0):
 
 
 def test_from_config_and_init():
-  spec = occ.OccupancySpec.from_config(hoi.get_config())
+  spec = config_lib.occupancy_spec(config_lib.parse(hoi.get_config()))
   assert spec.resolution == 32 and spec.ema_decay == 0.95 and spec.threshold == 0.01
   assert spec.warmup_steps == 256 and spec.radius == 2.0
   assert spec.render_step == pytest.approx(np.sqrt(3) * 4 / 512)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from interfusion_jax.pose import library
-from interfusion_jax.prior import colors, mannequin, placement, scenes
+from interfusion_jax.prior import mannequin, placement, scenes
+from interfusion_jax.guidance import captions as colors
+from interfusion_jax.stage2 import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -28,7 +30,9 @@ def _body(label):
 
 @pytest.fixture(scope="module")
 def chair_scene():
-  spec = scenes.SceneSpec.from_config(_config(), resolution=32)
+  run = config_lib.parse(_config())
+  spec = scenes.SceneSpec.from_specs(config_lib.camera_spec(run), config_lib.prompt_spec(run),
+                                     resolution=32)
   body = _body("sitting on a chair")
   q = placement.body_query(body.vertices, body.faces, 48)
   return spec, scenes.make_scene(spec, body, "chair", "red", "blue", query=q)

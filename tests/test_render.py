@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import camera
-from interfusion_jax import occupancy as occ
-from interfusion_jax import render
+from interfusion_jax.nerf import camera
+from interfusion_jax.nerf import occupancy as occ
+from interfusion_jax.nerf import render
+from interfusion_jax.stage2 import config as config_lib
 
 
 # ----------------------------------------------------------------------------
@@ -258,7 +259,6 @@ def test_two_field_render_stop_human_grad():
   assert norm(gh_off) > 1e-4
 
 
-# ----------------------------------------------------------------------------
 # Eq. 6 under chex.variants: jitted, eager, device-placed inputs, and (for the
 # per-sample compositing, a pure array function) pmapped over the 4 forced host
 # devices. Static arguments are bound with functools.partial.
@@ -324,6 +324,7 @@ class CompositingVariantsTest(chex.TestCase):
     np.testing.assert_allclose(two.alpha, 1 - (1 - a_h) * (1 - a_o), atol=1e-6)
 
 
+# ----------------------------------------------------------------------------
 # Gradients vs finite differences.
 # ----------------------------------------------------------------------------
 
@@ -471,7 +472,7 @@ def test_shade_matches_numpy():
 
 
 def test_sample_shading():
-  spec = render.ShadingSpec.from_config(hoi.get_config())
+  spec = config_lib.shading_spec(config_lib.parse(hoi.get_config()))
   keys = jax.random.split(jax.random.PRNGKey(0), 400)
   light = jnp.array([1.0, 0.0, 0.0])
   amb = jax.vmap(lambda k: render.sample_shading(k, light, True, spec))(keys)
@@ -539,7 +540,7 @@ def test_pmap_over_devices_matches_single_device():
 
 def test_spec_from_config_and_errors():
   cfg = hoi.get_config()
-  spec = render.RenderSpec.from_config(cfg)
+  spec = config_lib.render_spec(config_lib.parse(cfg))
   assert spec.num_samples == 512 and spec.sample_budget == 64 and spec.radius == 2.0
   assert spec.field_chunks == 1
   assert spec.step == pytest.approx(math.sqrt(3) * 4 / 512)
@@ -553,13 +554,13 @@ def test_spec_from_config_and_errors():
 
 
 def test_real_field_two_field_render_smoke():
-  field = pytest.importorskip("interfusion_jax.field")
+  field = pytest.importorskip("interfusion_jax.nerf.field")
   cfg = hoi.get_config("smoke")
-  fspec = field.FieldSpec.from_config(cfg.field)
+  fspec = config_lib.field_spec(config_lib.parse(cfg))
   fn = lambda p, x: field.field_forward_with_normals(p, x, fspec)
   kh, ko = jax.random.split(jax.random.PRNGKey(0))
   ph, po = field.init_field(kh, fspec), field.init_field(ko, fspec)
-  spec = render.RenderSpec.from_config(cfg)
+  spec = config_lib.render_spec(config_lib.parse(cfg))
   o, d = _camera_rays(8, 8)
   out = jax.jit(lambda ph, po: render.render_two_fields(fn, ph, fn, po, o, d, jnp.ones(3), spec))(ph, po)
   assert np.isfinite(np.asarray(out.rgb)).all()

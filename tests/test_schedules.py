@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import schedules
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import schedules
 
 BOUNDARY_STEPS = [0, 1, 999, 1000, 1001, 1999, 2000, 2001, 2500, 4999, 5000, 5001,
                   7999, 8000, 8001, 8999, 9000, 9001, 9999, 10000]
@@ -57,7 +58,7 @@ def test_ambient_and_switches(step):
 
 
 def test_traced_equals_python():
-  spec = schedules.ScheduleSpec.from_config(hoi.get_config())
+  spec = config_lib.schedule_spec(config_lib.parse(hoi.get_config()))
   steps = jnp.asarray(BOUNDARY_STEPS, jnp.int32)
   traced = jax.jit(jax.vmap(lambda s: schedules.step_weights(s, spec)))(steps)
   for i, s in enumerate(BOUNDARY_STEPS):
@@ -68,7 +69,7 @@ def test_traced_equals_python():
 
 def test_timestep_anneal():
   cfg = hoi.get_config()
-  spec = schedules.ScheduleSpec.from_config(cfg)
+  spec = config_lib.schedule_spec(config_lib.parse(cfg))
   assert float(schedules.max_timestep_fraction(7000, spec)) == pytest.approx(0.98)
   lin = spec.__class__(**{**spec.__dict__, "t_anneal": "linear"})
   assert float(schedules.max_timestep_fraction(5000, lin)) == pytest.approx(0.98 + (0.5 - 0.98) * 0.5)
@@ -87,7 +88,7 @@ def test_schedule_period_compresses_lambda1_lambda2(step):
   c = hoi.get_config("paper")
   assert c.loss.schedule_period == 1000           # the official default is untouched
   c.loss.schedule_period = 40
-  spec = schedules.ScheduleSpec.from_config(c)
+  spec = config_lib.schedule_spec(config_lib.parse(c))
   w = schedules.step_weights(jnp.asarray(step), spec)
   assert float(w["lambda_object_sds"]) == pytest.approx(math.floor(step / 40) / 10)
 
@@ -96,9 +97,9 @@ def test_schedule_period_compresses_lambda1_lambda2(step):
 def test_object_geo_scale_multiplies_lambda2(step):
   c = hoi.get_config("paper")
   assert c.loss.lambda_object_geo_scale == 1.0    # official: no scaling
-  base = schedules.step_weights(jnp.asarray(step), schedules.ScheduleSpec.from_config(c))
+  base = schedules.step_weights(jnp.asarray(step), config_lib.schedule_spec(config_lib.parse(c)))
   c.loss.lambda_object_geo_scale = 4.0
-  w = schedules.step_weights(jnp.asarray(step), schedules.ScheduleSpec.from_config(c))
+  w = schedules.step_weights(jnp.asarray(step), config_lib.schedule_spec(config_lib.parse(c)))
   assert float(base["lambda_object_geo"]) == pytest.approx(_paper_lambda2(step, 0.01, 0.1, 0.1))
   assert float(w["lambda_object_geo"]) == pytest.approx(4.0 * _paper_lambda2(step, 0.01, 0.1, 0.1))
   assert float(w["lambda_object_sds"]) == float(base["lambda_object_sds"])

@@ -57,14 +57,6 @@ class AnchorSpec:
   cache_dir: Optional[str] = ""
   flat_hand_mean: bool = False
 
-  @classmethod
-  def from_config(cls, config) -> "AnchorSpec":
-    return cls(resolution=int(config.body.grid_resolution),
-               radius=float(config.field.radius),
-               aug_rot=bool(config.body.aug_rot),
-               aug_trans=bool(config.body.aug_trans),
-               cache_dir=str(config.body.cache_dir))
-
 
 @flax.struct.dataclass
 class Anchor:
@@ -424,11 +416,18 @@ def prepare_anchor(body: BodyModel, body_pose, global_orient=None,
   return Anchor(**{k: jnp.asarray(v) for k, v in arrays.items()}, radius=spec.radius)
 
 
-def prepare_anchor_from_config(config, body_pose, global_orient=None) -> Anchor:
-  """Loads config.body.model and prepares the anchor with AnchorSpec.from_config."""
-  from interfusion_jax.body.model import load_body_model
-  body = load_body_model(config.body.model, config.body.gender)
-  return prepare_anchor(body, body_pose, global_orient, AnchorSpec.from_config(config))
+def prepare_anchor_from_model(model: str, gender: str, body_pose, global_orient=None,
+                              spec: AnchorSpec = AnchorSpec()) -> Anchor:
+  """Loads a body model and prepares its anchor (``prepare_anchor``).
+
+  Args:
+    model: "default" or the path of an SMPL-X .npz/.pkl (config.body.model).
+    gender: "neutral" | "male" | "female" (config.body.gender).
+    body_pose, global_orient: as for ``prepare_anchor``.
+    spec: e.g. ``stage2.config.anchor_spec(run)``.
+  """
+  body = load_body_model(model, gender)
+  return prepare_anchor(body, body_pose, global_orient, spec)
 
 
 # --- JAX lookup. ---------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from interfusion_jax import field
+from interfusion_jax.nerf import field
 
 Params = dict[str, Any]
 
@@ -47,16 +47,6 @@ class BackgroundSpec:
       raise BackgroundConfigError(
           f"BackgroundSpec.solid_color = {self.solid_color!r}: must be an RGB "
           "triple (config.background.solid_color).")
-
-  @classmethod
-  def from_config(cls, background_cfg: Any) -> "BackgroundSpec":
-    """Builds the spec from ``config.background`` (configs/hoi.py)."""
-    return cls(
-        kind=str(background_cfg.kind),
-        sh_degree=int(background_cfg.sh_degree),
-        mlp_width=int(background_cfg.mlp_width),
-        mlp_hidden_layers=int(background_cfg.mlp_hidden_layers),
-        solid_color=tuple(float(c) for c in background_cfg.solid_color))
 
   @property
   def n_coefficients(self) -> int:

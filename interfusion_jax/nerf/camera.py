@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 _EPS = 1e-8
 
@@ -133,24 +132,6 @@ class CameraSpec:
   eval_fovy_deg: float = 70.0
   eval_elevation_deg: float = 15.0
   up: tuple[float, float, float] = (0.0, 0.0, 1.0)
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "CameraSpec":
-    """Builds the spec from the full config (reads cfg.camera and cfg.shading)."""
-    cam, sh = cfg.camera, cfg.get("shading", ml_collections.ConfigDict())
-    pair = lambda v: (float(v[0]), float(v[1]))
-    return cls(
-        distance_range=pair(cam.distance_range),
-        elevation_range_deg=pair(cam.elevation_range_deg),
-        azimuth_range_deg=pair(cam.azimuth_range_deg),
-        fovy_range_deg=pair(cam.fovy_range_deg),
-        light_distance_range=pair(sh.get("light_distance_range", (0.8, 1.5))),
-        light_position_perturb=float(sh.get("light_position_perturb", 1.0)),
-        eval_distance=float(cam.eval_distance),
-        eval_fovy_deg=float(cam.eval_fovy_deg),
-        eval_elevation_deg=float(cam.get("eval_elevation_deg", 15.0)),
-        up=tuple(float(u) for u in cam.get("up", (0.0, 0.0, 1.0))),
-    )
 
 
 def _uniform(key, lo, hi):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interfusion_jax import hashgrid
+from interfusion_jax.nerf import hashgrid
 
 Params = dict[str, Any]
 
@@ -74,22 +74,6 @@ class FieldSpec:
       raise FieldConfigError(
           f"FieldSpec.blob_std = {self.blob_std!r}: must be positive "
           "(config.field.density_blob_std).")
-
-  @classmethod
-  def from_config(cls, field_cfg: Any) -> "FieldSpec":
-    """Builds the spec from ``config.field`` (configs/hoi.py)."""
-    return cls(
-        grid=hashgrid.HashGridSpec.from_config(field_cfg),
-        radius=float(field_cfg.radius),
-        mlp_width=int(field_cfg.mlp_width),
-        mlp_hidden_layers=int(field_cfg.mlp_hidden_layers),
-        density_bias=str(field_cfg.density_bias),
-        blob_scale=float(field_cfg.density_blob_scale),
-        blob_std=float(field_cfg.density_blob_std),
-        density_activation=str(field_cfg.density_activation),
-        normals=str(field_cfg.normals),
-        fd_eps=float(field_cfg.fd_eps),
-        compute_dtype=str(field_cfg.compute_dtype))
 
 
 # --------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 DensityFn = Callable[[jnp.ndarray], jnp.ndarray]  # x [N, 3] -> sigma [N]
 
@@ -50,18 +49,6 @@ class OccupancySpec:
   render_step: float = math.sqrt(3.0) * 4.0 / 512
   occupied_during_warmup: bool = False
   dilate: int = 0
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "OccupancySpec":
-    """Reads cfg.occupancy, cfg.field.radius and cfg.render.num_samples."""
-    r = float(cfg.field.radius)
-    return cls(resolution=int(cfg.occupancy.resolution), radius=r,
-               ema_decay=float(cfg.occupancy.ema_decay),
-               threshold=float(cfg.occupancy.threshold),
-               warmup_steps=int(cfg.occupancy.warmup_steps),
-               update_every=int(cfg.occupancy.update_every),
-               dilate=int(cfg.occupancy.get("dilate", 0)),
-               render_step=math.sqrt(3.0) * 2.0 * r / int(cfg.render.num_samples))
 
 
 def init_occupancy(spec: OccupancySpec) -> OccupancyGrid:

@@ -21,14 +21,14 @@ import functools
 from typing import NamedTuple, Optional
 
 import jax
-import ml_collections
 import numpy as np
 
 from interfusion_jax.body import anchor, lbs
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.mesh import raster as mesh_render
 from interfusion_jax.guidance import prompts as prompts_lib
-from interfusion_jax.prior import colors, mannequin, objects, placement
+from interfusion_jax.prior import mannequin, objects, placement
+from interfusion_jax.guidance import captions as colors
 
 KINDS = ("human", "object", "interaction", "head")
 # kind -> (camera scale, what the camera aims at); PAPER.md "Camera tracing".
@@ -89,12 +89,12 @@ class SceneSpec:
   gender: str = "man"
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, resolution: int = 32) -> "SceneSpec":
-    """Cameras and prompt decoration from the trainer's config."""
-    p = config.prompt
-    return cls(resolution=resolution, cameras=camera_lib.CameraSpec.from_config(config),
-               prompts=prompts_lib.PromptSpec.from_config(config),
-               gender="man" if "woman" not in p.human.lower() else "woman")
+  def from_specs(cls, cameras: camera_lib.CameraSpec, prompts: prompts_lib.PromptSpec,
+                 resolution: int = 32) -> "SceneSpec":
+    """The trainer's cameras and prompt decoration (e.g. ``stage2.config.camera_spec(run)``
+    and ``prompt_spec(run)``); the person word follows ``prompts.human``."""
+    return cls(resolution=resolution, cameras=cameras, prompts=prompts,
+               gender="man" if "woman" not in prompts.human.lower() else "woman")
 
 
 class Scene(NamedTuple):

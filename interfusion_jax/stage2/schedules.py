@@ -46,24 +46,6 @@ class ScheduleSpec:
   t_anneal_end: float = 0.5
   total_steps: int = 10000
 
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "ScheduleSpec":
-    """Builds the spec from a full config made by configs/hoi.py."""
-    return cls(
-        lambda_object_geo=str(cfg.loss.lambda_object_geo),
-        object_geo_scale=float(cfg.loss.get("lambda_object_geo_scale", 1.0)),
-        period=int(cfg.loss.get("schedule_period", 1000)),
-        orient_start=float(cfg.loss.lambda_orient_start),
-        orient_end=float(cfg.loss.lambda_orient_end),
-        orient_ramp_steps=int(cfg.loss.lambda_orient_ramp_steps),
-        ambient_only_steps=int(cfg.shading.ambient_only_steps),
-        trace_every=int(cfg.camera.trace_every),
-        t_max=float(cfg.guidance.t_max),
-        t_anneal=str(cfg.guidance.t_anneal),
-        t_anneal_end=float(cfg.guidance.t_anneal_end),
-        total_steps=int(cfg.train.steps),
-    )
-
 
 def lambda_object_sds(step: Any, period: int = 1000) -> Any:
   """lambda1 of PAPER.md Eq. 8 (object SDS): ``floor(step / 1000) / 10``.
