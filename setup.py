@@ -29,7 +29,7 @@ CORE = [
 TORCH = ["torch==2.13.0"]  # this CPU wheel is on disk on the project machines
 
 EXTRAS = {
-    "test": ["pytest>=8"] + TORCH + ["smplx", "trimesh"],  # trimesh: independent GLB reader
+    "test": ["pytest>=8"] + TORCH + ["smplx", "trimesh", "sentencepiece"],  # trimesh: independent GLB reader; sentencepiece: tiny T5 tokenizer
     "tools": TORCH + ["smplx", "anny"],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["test"] + EXTRAS["tools"]))

@@ -6,14 +6,20 @@ Public API::
   sample_timesteps, anneal_t_max                                   (sds.py)
   GuidanceSpec, guidance_apply, predict_eps, encode, with_camera, BACKENDS (core.py)
   load_guidance, load_text_encoder, load_tokenizer, ...            (loading.py)
+  IFUNet (DeepFloyd IF stage I), load_if_unet                      (deepfloyd.py, loading.py)
+  t5: check_t5_dir, encode_prompts, encode_texts, ...              (t5.py)
   PromptSpec, embedding_table, select_embeddings, view_index, ...  (prompts.py)
 """
 from interfusion_jax.guidance.analytic import gaussian_eps, targets_eps
 from interfusion_jax.guidance.core import (BACKENDS, DEFAULTS, GuidanceSpec, encode,
                                            guidance_apply, predict_cfg_pair, predict_eps,
                                            with_camera)
+from interfusion_jax.guidance import t5
+from interfusion_jax.guidance.deepfloyd import IFUNet
 from interfusion_jax.guidance.loading import (ModelTypeError, WeightsNotFoundError,
-                                              check_model_dir, kind_from_unet_config,
+                                              check_if_unet_config, check_model_dir,
+                                              check_not_if_superres, iter_safetensors,
+                                              kind_from_unet_config, load_if_unet, unet_family,
                                               load_alphas_cumprod, load_guidance,
                                               load_scene_guidance,
                                               load_text_encoder, load_tokenizer, load_unet,
