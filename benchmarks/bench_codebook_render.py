@@ -32,7 +32,7 @@ def main():
   p.add_argument("--poses", type=int, default=32)
   p.add_argument("--naive_poses", type=int, default=4)
   a = p.parse_args()
-  from interfusion_jax import mesh_render
+  from interfusion_jax.mesh import raster as mesh_render
   from interfusion_jax.body import lbs, model
   from interfusion_jax.pose import build, render
   body = model.load_body_model("default")

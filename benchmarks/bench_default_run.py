@@ -104,7 +104,7 @@ def main() -> None:
       sys.exit(f"training failed:\n{result['run']['stderr_tail']}")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   sys.path.insert(0, str(ROOT))
-  from interfusion_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from interfusion_jax.stage2 import evaluation as evaluate# pylint: disable=import-outside-toplevel
   t = time.perf_counter()
   metrics = evaluate.evaluate_run(str(workdir), resolution=args.resolution)
   result["evaluate_s"] = time.perf_counter() - t

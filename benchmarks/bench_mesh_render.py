@@ -1,4 +1,4 @@
-"""Benchmark of interfusion_jax.mesh_render on the pose-codebook workload.
+"""Benchmark of interfusion_jax.mesh.raster on the pose-codebook workload.
 
 Workload (PAPER.md stage 1): a ~10k-vertex / ~20k-face body, 4 azimuths
 (0/90/180/270 deg) at distance 2.7, 224x224, shaded. Bar: >= 20 poses/s
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from interfusion_jax import mesh_render as mr
+from interfusion_jax.mesh import raster as mr
 
 
 def icosphere(subdivisions: int):
@@ -81,7 +81,7 @@ def body_proxy():
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)):
-  """OpenGL c2w [4, 4] (independent of interfusion_jax.camera, by hand)."""
+  """OpenGL c2w [4, 4] (independent of interfusion_jax.nerf.camera, by hand)."""
   eye = np.asarray(eye, float)
   back = eye - np.asarray(target, float)
   back /= np.linalg.norm(back)

@@ -26,8 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import hoi  # noqa: E402
-from interfusion_jax import run_io  # noqa: E402
-from interfusion_jax.prior import assets, denoiser  # noqa: E402
+from interfusion_jax.stage2 import run_io# noqa: E402
+from interfusion_jax.prior import assets# noqa: E402
+from interfusion_jax.guidance import builtin as denoiser
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Naive reference hash encoding: straightforward jnp gather, autodiff scatter.
 
 Same encoding (same table layout, resolutions, hash and corner order) as
-``interfusion_jax.hashgrid.hash_encode``, written the obvious way: per level,
+``interfusion_jax.nerf.hashgrid.hash_encode``, written the obvious way: per level,
 compute the 8 corner indices, gather with plain ``table[idx]`` indexing and
 let ``jax.grad`` produce the scatter-add backward. Used by
 ``benchmarks/bench_hashgrid.py`` as the baseline and by the tests as an
@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from interfusion_jax.hashgrid import HashGridSpec
+from interfusion_jax.nerf.hashgrid import HashGridSpec
 
 _PRIMES = (1, 2654435761, 805459861)
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 import jax.numpy as jnp
 
-from interfusion_jax import checkpoint
+from interfusion_jax.stage2 import checkpoint
 
 
 def _state(v):

@@ -13,7 +13,8 @@ into CI: docs/evaluation.md, "Shortened run".
 import pytest
 
 from configs import hoi
-from interfusion_jax import evaluate, sweep
+from interfusion_jax.stage2 import loop as sweep
+from interfusion_jax.stage2 import evaluation as evaluate
 
 PAIRS = [
     {"human": "a man in a red shirt", "object": "a blue chair",
@@ -34,7 +35,7 @@ def measured():
   out = []
   for cfg, state in zip(cfgs, res["states"]):
     anchor = evaluate.anchor_for_run(cfg, None, 128)
-    m = evaluate.evaluate_state(cfg, res["sweep"].spec, state, anchor, 128)
+    m = evaluate.evaluate_state(cfg, res["group"].spec, state, anchor, 128)
     print(cfg.prompt.human, "/", cfg.prompt.object, {k: m[k] for k in sorted(m)
                                                       if not isinstance(m[k], str)})
     out.append(m)

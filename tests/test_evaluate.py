@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from interfusion_jax import evaluate
+from interfusion_jax.stage2 import evaluation as evaluate
 
 RADIUS = 1.0
 RES = 64
@@ -118,7 +118,7 @@ def test_density_grid_chunks_and_padding():
 
 
 def test_covered_hue_ignores_background_and_grey():
-  from interfusion_jax.prior import colors
+  from interfusion_jax.guidance import captions as colors
   rgb = np.zeros((2, 8, 8, 3))
   rgb[..., :] = colors.color_rgb("green")          # background (low opacity)
   rgb[:, 2:6, 2:6] = colors.color_rgb("blue")      # covered
@@ -139,7 +139,7 @@ def test_named_colors_and_hue_error_wraps():
   assert evaluate.named_colors(c) == {"human": "red", "object": "blue"}
   c.prompt.human, c.prompt.object = "a man wearing a WORLD lettered T-shirt", "a white bike"
   assert evaluate.named_colors(c) == {"human": None, "object": None}
-  from interfusion_jax.prior import colors
+  from interfusion_jax.guidance import captions as colors
   red = colors.color_hue("red")
   assert evaluate.hue_error((red - 20.0) % 360.0, "red") == pytest.approx(20.0)
 

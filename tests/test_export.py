@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from interfusion_jax import export
+from interfusion_jax.mesh import export
 
 
 def _sphere(center, r):

@@ -1,4 +1,4 @@
-"""Tests for interfusion_jax.mesh_render against independent references.
+"""Tests for interfusion_jax.mesh.raster against independent references.
 
 References: analytic point-in-triangle tests at pixel centres, ray-plane
 intersection, brute-force ray casting (Moller-Trumbore, one loop over
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from interfusion_jax import mesh_render as mr
+from interfusion_jax.mesh import raster as mr
 
 
 # ----------------------------------------------------------------------------
@@ -188,8 +188,8 @@ def test_depth_matches_ray_plane_intersection_and_camera_rays():
   zdepth = t * (dirs @ -c2w[:3, 2])
   np.testing.assert_allclose(out["depth"][m], zdepth[m], rtol=1e-5)
   assert np.all(np.isinf(out["depth"][~m]))
-  # Same rays as interfusion_jax.camera (the project's convention).
-  camera = pytest.importorskip("interfusion_jax.camera")
+  # Same rays as interfusion_jax.nerf.camera (the project's convention).
+  camera = pytest.importorskip("interfusion_jax.nerf.camera")
   _, cdirs = camera.pinhole_rays(c2w, math.radians(fovy), h, w)
   np.testing.assert_allclose(np.asarray(cdirs), dirs, atol=1e-5)
 

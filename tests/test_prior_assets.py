@@ -6,7 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from interfusion_jax.prior import assets, colors, denoiser
+from interfusion_jax.prior import assets
+from interfusion_jax.guidance import captions as colors
+from interfusion_jax.guidance import builtin as denoiser
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = assets.BankSpec(objects=("ball",), colors=("red", "green"), human_views=1,

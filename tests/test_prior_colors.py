@@ -4,7 +4,8 @@ import colorsys
 import numpy as np
 import pytest
 
-from interfusion_jax.prior import colors, objects
+from interfusion_jax.prior import objects
+from interfusion_jax.guidance import captions as colors
 
 # Conventional hue of each chromatic word (degrees), +- 25.
 EXPECTED_HUE = {"red": 0, "orange": 30, "yellow": 55, "green": 125, "cyan": 185,

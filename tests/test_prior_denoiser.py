@@ -6,7 +6,9 @@ import optax
 import pytest
 
 from interfusion_jax.guidance import analytic, core
-from interfusion_jax.prior import assets, colors, denoiser
+from interfusion_jax.prior import assets
+from interfusion_jax.guidance import captions as colors
+from interfusion_jax.guidance import builtin as denoiser
 
 
 @pytest.fixture()
@@ -336,7 +338,8 @@ def test_make_params_rejects_bad_banks():
 
 
 def test_every_object_has_a_visible_typical_colour():
-  from interfusion_jax.prior import colors, objects
+  from interfusion_jax.prior import objects
+  from interfusion_jax.guidance import captions as colors
   assert set(objects.TYPICAL_COLORS) == set(objects.OBJECT_NAMES)
   for name, c in objects.TYPICAL_COLORS.items():
     assert c in colors.COLOR_NAMES and c != "white", name

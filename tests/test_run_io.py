@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import run_io
+from interfusion_jax.stage2 import run_io
 
 
 def test_prepare_and_config_roundtrip(tmp_path):

@@ -1,10 +1,14 @@
-"""Prompt sweeps (interfusion_jax/sweep.py): one vmapped step for several scenes."""
+"""Prompt sweeps (stage2/loop.py): one vmapped step for several scenes."""
 import jax
 import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import config_validation, schedules, sweep, train
+from interfusion_jax.stage2 import loop as sweep
+from interfusion_jax.stage2 import setup as setup_lib
+from interfusion_jax.stage2 import step as train
+from interfusion_jax.stage2 import config as config_validation
+from interfusion_jax.stage2 import schedules
 
 PROMPTS = [
     {"human": "a man in a red shirt", "object": "a blue chair",
@@ -36,8 +40,8 @@ def test_scene_configs_sets_prompts_and_validates():
 def test_build_sweep_rejects_different_static_settings():
   a, b = sweep.scene_configs(_base(), PROMPTS)
   b.render.height = 24
-  with pytest.raises(train.TrainSetupError, match="scene 1"):
-    sweep.build_sweep([a, b])
+  with pytest.raises(setup_lib.TrainSetupError, match="scene 1"):
+    sweep.build_group([a, b])
 
 
 def test_stack_unstack_round_trip():
@@ -53,11 +57,11 @@ def test_sweep_scene_matches_a_single_run():
   """Scene i of a sweep follows the trajectory of a single run of its prompts."""
   cfgs = sweep.scene_configs(_base(), PROMPTS)
   out = sweep.train_sweep(cfgs, progress=False)
-  sw = out["sweep"]
+  sw = out["group"]
   # The two scenes see different prompts and anchors, so they must differ.
   p0, p1 = (jax.tree_util.tree_leaves(s.params["object"]) for s in out["states"])
   assert max(float(np.max(np.abs(a - b))) for a, b in zip(p0, p1)) > 1e-4
-  # Reference: the single-scene loop of train.train_loop, written out.
+  # Reference: the single-scene loop, written out with the unvmapped step.
   scene = sw.scenes[1]
   step = jax.jit(train.make_train_step(sw.spec))
   state = train.init_state(jax.random.PRNGKey(int(cfgs[1].seed)), sw.spec)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from interfusion_jax import train
+from interfusion_jax.stage2 import loop as train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", "/tmp/interfusion_jax_test_cache")

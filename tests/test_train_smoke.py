@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax import config_validation
-from interfusion_jax import train
+from interfusion_jax.stage2 import config as config_validation
+from interfusion_jax.stage2 import loop as train
+from interfusion_jax.stage2 import setup as setup_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -77,9 +78,9 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   assert summary["steps_per_second"] > 0 and summary["wall_time_s"] > 0
   assert summary["anchor_pose_id"] and "loss_sds_interaction" in summary["final_losses"]
   # The separate entry points work on the finished run.
-  proc = _run(["interfusion_jax.render_cli", f"--workdir={work}", "--frames=2"])
+  proc = _run(["interfusion_jax.render", f"--workdir={work}", "--frames=2"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  # render_cli re-renders at the run's train.final_resolution too (--frames=2:
+  # render re-renders at the run's train.final_resolution too (--frames=2:
   # 2 views per row).
   assert imageio.imread(work / "renders" / "multiview.png").shape[:2] == (3 * 24 + 4 * 2,
                                                                          2 * 24 + 3 * 2)
@@ -94,8 +95,8 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
 def no_compile(monkeypatch):
   def boom(*a, **k):
     raise AssertionError("compilation started before the input was checked")
-  monkeypatch.setattr(train, "cached_stepper", boom)
-  monkeypatch.setattr(train, "make_stepper", boom)
+  monkeypatch.setattr(train, "cached_compile", boom)
+  monkeypatch.setattr(train, "compile_group", boom)
 
 
 def test_empty_prompt_fails_early(tmp_path, no_compile):
@@ -109,7 +110,7 @@ def test_empty_weights_dir_routes_to_builtin_prior(caplog):
   cfg = hoi.get_config("smoke")
   assert cfg.guidance.weights_dir == ""
   with caplog.at_level("WARNING"):
-    gspec, gparams, table = train.load_guidance_and_text(cfg)
+    gspec, gparams, table = setup_lib.load_guidance_and_text(cfg)
   assert gspec.kind == "builtin"
   assert "LOW FIDELITY" in caplog.text and "weights_dir" in caplog.text
   assert set(table) >= {"human", "head", "object", "interaction", "uncond"}
@@ -119,7 +120,7 @@ def test_empty_weights_dir_routes_to_builtin_prior(caplog):
 def test_missing_weights_fail_early(tmp_path, no_compile):
   cfg = hoi.get_config("smoke")
   cfg.guidance.weights_dir = str(tmp_path / "nowhere")
-  with pytest.raises(train.TrainSetupError, match="weights_dir"):
+  with pytest.raises(setup_lib.TrainSetupError, match="weights_dir"):
     train.run(cfg, str(tmp_path / "w"))
 
 
@@ -129,17 +130,17 @@ def test_bad_anchor_file_fails_early(tmp_path, no_compile):
   np.savez(bad, body_pose=np.zeros(10))
   cfg.pose.anchor_file = str(bad)
   guidance = (None, {}, {})
-  with pytest.raises(train.TrainSetupError, match="63"):
+  with pytest.raises(setup_lib.TrainSetupError, match="63"):
     train.run(cfg, str(tmp_path / "w"), guidance=guidance)
   cfg.pose.anchor_file = str(tmp_path / "missing.npz")
-  with pytest.raises(train.TrainSetupError, match="does not exist"):
+  with pytest.raises(setup_lib.TrainSetupError, match="does not exist"):
     train.run(cfg, str(tmp_path / "w"), guidance=guidance)
 
 
 def test_unwritable_workdir_fails_early(tmp_path, no_compile):
   blocker = tmp_path / "file"
   blocker.write_text("x")
-  with pytest.raises(train.TrainSetupError, match="writable"):
+  with pytest.raises(setup_lib.TrainSetupError, match="writable"):
     train.run(hoi.get_config("smoke"), str(blocker / "run"))
 
 

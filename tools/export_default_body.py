@@ -192,7 +192,8 @@ def contact_sheet(body_path: str, out_png: str, size: int = 256) -> None:
   """Renders the 10 DEMO_POSES of the body at ``body_path`` into a 2x5 sheet."""
   import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
   from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
-  from interfusion_jax import camera, mesh_render  # pylint: disable=import-outside-toplevel
+  from interfusion_jax.nerf import camera# pylint: disable=import-outside-toplevel
+  from interfusion_jax.mesh import raster as mesh_render
   from interfusion_jax.body import anchor, lbs, model, poses  # pylint: disable=import-outside-toplevel
   body = model.load_body_model(body_path)
   tiles = []

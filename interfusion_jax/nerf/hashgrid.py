@@ -315,12 +315,6 @@ def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
 
 # --------------------------------------------------------------------------
 # Optional C++ kernel (jax.ffi), built on first use with the system compiler.
-@functools.lru_cache(maxsize=None)
-def kernel_source() -> str:
-  """The C++ source of the optional kernel (``nerf/hashgrid_kernel.cc``, package data)."""
-  return importlib.resources.files(__package__).joinpath(_KERNEL_FILE).read_text()
-
-
 # --------------------------------------------------------------------------
 
 # The kernel source: hashgrid_kernel.cc beside this module (package data).
@@ -332,6 +326,12 @@ _CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthrea
 
 class KernelUnavailableError(RuntimeError):
   """The optional C++ hash-grid kernel could not be built or loaded."""
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source() -> str:
+  """The C++ source of the optional kernel (``nerf/hashgrid_kernel.cc``, package data)."""
+  return importlib.resources.files(__package__).joinpath(_KERNEL_FILE).read_text()
 
 
 def _kernel_cache_dir() -> str:

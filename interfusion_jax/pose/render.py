@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interfusion_jax import camera as camera_lib
-from interfusion_jax import mesh_render
+from interfusion_jax.nerf import camera as camera_lib
+from interfusion_jax.mesh import raster as mesh_render
 from interfusion_jax.body import lbs
 from interfusion_jax.body.model import BodyModel
 

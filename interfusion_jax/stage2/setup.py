@@ -144,7 +144,9 @@ def prepare_anchor(config: ml_collections.ConfigDict, paths: run_io.RunPaths | N
   """(Anchor pytree, AnchorPose); writes anchor/anchor.npz and anchor.png into the run."""
   pose = load_anchor_pose(config)
   try:
-    anchor = body_anchor.prepare_anchor_from_config(config, pose.body_pose, pose.global_orient)
+    anchor = body_anchor.prepare_anchor_from_model(
+        str(config.body.model), str(config.body.gender), pose.body_pose, pose.global_orient,
+        config_lib.anchor_spec(config_lib.parse(config)))
   except (FileNotFoundError, ValueError) as e:
     raise TrainSetupError(f"Anchor body (config.body.model={config.body.model!r}): {e}") from e
   if paths is not None:
