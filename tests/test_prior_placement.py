@@ -19,12 +19,12 @@ def test_winding_number_matches_analytic_inside_of_a_box_and_sphere():
   pts = rng.uniform(-1, 1, (300, 3))
   b = objects.box((0.1, 0, 0), (1.0, 0.8, 0.6))
   truth = np.all(np.abs(pts - [0.1, 0, 0]) < [0.5, 0.4, 0.3], axis=1)
-  np.testing.assert_allclose(placement.winding_number(pts, *b)[truth], 1.0, atol=1e-6)
-  np.testing.assert_allclose(placement.winding_number(pts, *b)[~truth], 0.0, atol=1e-6)
+  np.testing.assert_allclose(placement.winding_number(pts, b.vertices, b.faces)[truth], 1.0, atol=1e-6)
+  np.testing.assert_allclose(placement.winding_number(pts, b.vertices, b.faces)[~truth], 0.0, atol=1e-6)
   s = objects.sphere((0, 0, 0), 0.7, 16, 32)
   r = np.linalg.norm(pts, axis=1)
   far = np.abs(r - 0.7) > 0.05
-  assert np.array_equal(placement.inside_mesh(pts[far], *s), r[far] < 0.7)
+  assert np.array_equal(placement.inside_mesh(pts[far], s.vertices, s.faces), r[far] < 0.7)
 
 
 def test_occupancy_of_overlapping_union_matches_analytic():

@@ -9,24 +9,15 @@ from __future__ import annotations
 import json
 import pathlib
 import struct
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
+from interfusion_jax import fileio
+from interfusion_jax.mesh.types import Mesh, concat, empty_mesh
+
 # threestudio's default isosurface threshold for implicit volumes.
 DEFAULT_THRESHOLD = 25.0
-
-
-class Mesh(NamedTuple):
-  """A triangle mesh: vertices [V, 3] float32, faces [F, 3] int32, colors [V, 3] in [0, 1]."""
-  vertices: np.ndarray
-  faces: np.ndarray
-  colors: np.ndarray
-
-
-def empty_mesh() -> Mesh:
-  return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32),
-              np.zeros((0, 3), np.float32))
 
 
 def grid_points(resolution: int, radius: float) -> np.ndarray:
@@ -76,15 +67,7 @@ def extract_mesh(density_fn: Callable[[np.ndarray], np.ndarray],
   return Mesh(verts, np.ascontiguousarray(faces), colors)
 
 
-def merge_meshes(meshes: list[Mesh]) -> Mesh:
-  """Concatenates meshes (face indices offset). Returns one Mesh."""
-  meshes = [m for m in meshes if len(m.vertices)]
-  if not meshes:
-    return empty_mesh()
-  offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
-  return Mesh(np.concatenate([m.vertices for m in meshes]),
-              np.concatenate([m.faces + o for m, o in zip(meshes, offsets)]).astype(np.int32),
-              np.concatenate([m.colors for m in meshes]))
+merge_meshes = concat  # the one concatenation (mesh.types.concat)
 
 
 def obj_bytes(mesh: Mesh) -> bytes:
@@ -145,9 +128,8 @@ def glb_bytes(mesh: Mesh) -> bytes:
 
 def write_mesh(stem: str | pathlib.Path, mesh: Mesh) -> list[pathlib.Path]:
   """Writes ``stem.glb`` and ``stem.obj`` atomically; returns both paths."""
-  from interfusion_jax.stage2 import run_io
   stem = pathlib.Path(stem)
   out = [stem.with_suffix(".glb"), stem.with_suffix(".obj")]
-  run_io.atomic_write_bytes(out[0], glb_bytes(mesh))
-  run_io.atomic_write_bytes(out[1], obj_bytes(mesh))
+  fileio.atomic_write_bytes(out[0], glb_bytes(mesh))
+  fileio.atomic_write_bytes(out[1], obj_bytes(mesh))
   return out

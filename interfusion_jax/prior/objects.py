@@ -10,18 +10,13 @@ so an object is a union of watertight components.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
 from interfusion_jax.guidance import captions as colors
+from interfusion_jax.mesh.types import Mesh, concat  # noqa: F401 (the project's one mesh type)
 from interfusion_jax.guidance.captions import OBJECT_NAMES, OBJECT_WORDS, TYPICAL_COLORS, object_from_text  # noqa: F401 (re-exported vocabulary)
-
-
-class Mesh(NamedTuple):
-  """A triangle mesh. vertices [V, 3] float32; faces [F, 3] int32."""
-  vertices: np.ndarray
-  faces: np.ndarray
 
 
 class UnknownObjectError(ValueError):
@@ -41,16 +36,6 @@ def bbox_center(mesh: Mesh) -> np.ndarray:
 
 def _mesh(v, f) -> Mesh:
   return Mesh(np.asarray(v, np.float32), np.asarray(f, np.int32))
-
-
-def concat(meshes: Sequence[Mesh]) -> Mesh:
-  """Union (vertex/face concatenation) of meshes. Returns one Mesh."""
-  vs, fs, off = [], [], 0
-  for m in meshes:
-    vs.append(m.vertices)
-    fs.append(m.faces + off)
-    off += len(m.vertices)
-  return _mesh(np.concatenate(vs), np.concatenate(fs))
 
 
 def transform(mesh: Mesh, rotation=None, translation=(0.0, 0.0, 0.0),

@@ -31,6 +31,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from interfusion_jax.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 (the run's writers)
+
 
 class WorkdirError(FileNotFoundError):
   """The work directory cannot be created or written."""
@@ -93,28 +95,6 @@ def prepare_workdir(workdir: str | os.PathLike) -> RunPaths:
         f"Cannot write to the work directory {paths.root}: {e.strerror or e}. "
         "Choose a writable --workdir.") from e
   return paths
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes ``data`` to ``path`` atomically (temporary file + os.replace)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Atomic UTF-8 text write. See ``atomic_write_bytes``."""
-  atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _jsonable(x: Any) -> Any:
