@@ -23,13 +23,14 @@ CORE = [
     "imageio-ffmpeg",
     "PyMCubes",  # marching cubes for mesh export (export.py)
     "tqdm",
+    "sentencepiece",  # T5 tokenizer of DeepFloyd IF (spiece.model)
 ]
 
 # torch only ever lives behind extras: the core never imports it.
 TORCH = ["torch==2.13.0"]  # this CPU wheel is on disk on the project machines
 
 EXTRAS = {
-    "test": ["pytest>=8"] + TORCH + ["smplx", "trimesh", "sentencepiece"],  # trimesh: independent GLB reader; sentencepiece: tiny T5 tokenizer
+    "test": ["pytest>=8"] + TORCH + ["smplx", "trimesh"],  # trimesh: independent GLB reader
     "tools": TORCH + ["smplx", "anny"],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["test"] + EXTRAS["tools"]))

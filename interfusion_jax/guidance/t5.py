@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interfusion_jax.guidance import loading, prompts
+from interfusion_jax.guidance import prompts
+from interfusion_jax.guidance import weights as loading
 
 PathLike = str | os.PathLike
 MAX_LENGTH = 77  # threestudio's DeepFloyd prompt processor

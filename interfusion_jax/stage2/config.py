@@ -336,7 +336,10 @@ class CameraConfig(_Section):
 class GuidanceConfig(_Section):
   """config.guidance: the diffusion model and SDS (guidance/)."""
   SECTION = "guidance"
-  backend: str = setting("auto", choices=("auto", "stable_diffusion", "pixel", "builtin"))
+  # auto: from the weights directory (an IF stage-I dir -> deepfloyd_if; a UNet with
+  # 4 input channels -> stable_diffusion, 3 -> pixel); "" weights_dir -> builtin.
+  backend: str = setting("auto", choices=("auto", "stable_diffusion", "pixel", "deepfloyd_if",
+                                          "builtin"))
   weights_dir: str = setting("", *_TEXT)      # local diffusers directory ("" = built-in prior)
   # Built-in prior only: lambda of object / interaction captions
   # (guidance.builtin.PriorSpec.object_sharpness; -1 = its default).
@@ -360,6 +363,9 @@ class GuidanceConfig(_Section):
                             choices=("float32", "bfloat16"))
   vae_remat: bool = setting(_lib_default(guidance_core.GuidanceSpec, "vae_remat"), *_BOOL)
   memory_efficient_attention: bool = setting(False, *_BOOL)  # chunked UNet attention
+  # DeepFloyd IF: where T5 prompt embeddings are cached ("" = $INTERFUSION_TEXT_CACHE
+  # or ~/.cache/interfusion_jax/text_embeddings); each prompt is encoded once.
+  text_cache_dir: str = setting("", *_TEXT)
   sd_resolution: int = setting(512, *_POS_INT)
 
   def check(self):

@@ -20,6 +20,8 @@ import numpy as np
 from interfusion_jax.body import anchor as body_anchor
 from interfusion_jax.guidance import captions
 from interfusion_jax.guidance import loading
+from interfusion_jax.guidance import prompts as prompts_lib
+from interfusion_jax.guidance import t5
 from interfusion_jax.mesh import raster
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.nerf import model as model_lib
@@ -108,10 +110,21 @@ def load_guidance_and_text(config: ml_collections.ConfigDict):
 
 
 def text_table(config: ml_collections.ConfigDict, guidance_kind: str) -> dict:
-  """The prompt-embedding table of one scene under an already chosen guidance backend."""
+  """The prompt-embedding table of one scene under an already chosen guidance backend.
+
+  Only the text encoder is loaded (the built-in captions, T5 for DeepFloyd IF
+  with its on-disk cache, CLIP for Stable Diffusion / pixel UNets), never the
+  diffusion model again.
+  """
   if guidance_kind == "builtin":
     return prior_assets.builtin_text_table(config)
-  return load_guidance_and_text(config)[2]
+  root = str(config.guidance.weights_dir).strip()
+  pspec = prompts_lib.PromptSpec.from_config(config)
+  if guidance_kind == "deepfloyd_if":
+    return t5.encode_prompts(root, pspec, cache_dir=str(config.guidance.text_cache_dir) or None)
+  encode = prompts_lib.clip_text_encoder(loading.load_tokenizer(root),
+                                         *loading.load_text_encoder(root))
+  return prompts_lib.embedding_table(encode, pspec)
 
 
 def load_anchor_pose(config: ml_collections.ConfigDict) -> pose_anchor.AnchorPose:
