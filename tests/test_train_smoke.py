@@ -89,6 +89,27 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   assert (tmp_path / "exp" / "mesh_combined.glb").read_bytes()[:4] == b"glTF"
 
 
+@pytest.mark.slow
+def test_smoke_cli_trains_with_a_tiny_deepfloyd_if_dir(tmp_path):
+  """An IF stage-I directory in guidance.weights_dir selects the paper's guidance by
+  itself: T5 prompt embeddings (cached on disk, each prompt encoded once) and the
+  Flax IF UNet, CFG 20, uniform w(t), through the train command line."""
+  pytest.importorskip("sentencepiece")
+  root = tiny_models.make_torch_if_dir(tmp_path / "if")
+  cache = tmp_path / "text_cache"
+  work = tmp_path / "run"
+  proc = _run(["interfusion_jax.train", "--config=configs/hoi.py:smoke", f"--workdir={work}",
+               f"--config.guidance.weights_dir={root}", f"--config.guidance.text_cache_dir={cache}",
+               "--config.train.steps=2", "--config.train.ckpt_every=2", "--noprogress"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  assert rows and all(np.isfinite(r["loss"]) and np.isfinite(r["loss_sds_interaction"])
+                      for r in rows)
+  assert json.loads((work / "final" / "summary.json").read_text())["step"] == 2
+  # 4 prompts x 4 views + the empty prompt, each cached once.
+  assert len(list(cache.rglob("*.npy")) + list(cache.rglob("*.npz"))) >= 1
+
+
 # --- Failures before compilation. ---------------------------------------------
 
 @pytest.fixture
