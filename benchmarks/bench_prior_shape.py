@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from configs import hoi  # noqa: E402
 from interfusion_jax.nerf import camera as camera_lib# noqa: E402
-from interfusion_jax import train# noqa: E402
+from interfusion_jax.stage2 import setup as setup_lib  # noqa: E402
+from interfusion_jax.stage2 import step as train  # noqa: E402
 from interfusion_jax.stage2 import evaluation as evaluate
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import config as config_lib  # noqa: E402
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
   cfg = hoi.get_config("cpu")
   word = scenes.INTERACTIONS[args.object][2]
   cfg.prompt.object = f"a {args.color} {word}" if args.color else f"a {word}"
-  model = train.model_fns_from_config(cfg)
+  model = setup_lib.model_fns(config_lib.parse(cfg))
   rspec = render_lib.RenderSpec(radius=float(cfg.field.radius), num_samples=64,
                                 sample_budget=64, skip_empty=False)
   camspec = config_lib.camera_spec(config_lib.parse(cfg))
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
                  sharpness=jnp.float32(args.sharpness),
                  object_sharpness=jnp.float32(args.sharpness))
   gspec = dataclasses.replace(gspec, camera_conditioning=args.camera_kappa > 0)
-  tspec = train.TrainSpec.from_config(cfg, gspec)
+  tspec = setup_lib.train_spec(cfg, gspec)
   params = model.init(jax.random.PRNGKey(0))["object"]
   opt = optax.adam(float(cfg.optim.lr_field), b1=float(cfg.optim.b1), b2=float(cfg.optim.b2),
                    eps=float(cfg.optim.eps))

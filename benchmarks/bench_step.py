@@ -34,7 +34,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import hoi  # noqa: E402
-from interfusion_jax import train  # noqa: E402
+from interfusion_jax.stage2 import setup as setup_lib  # noqa: E402
+from interfusion_jax.stage2 import step as train  # noqa: E402
 from interfusion_jax.stage2 import config as config_lib  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def _scene(cfg, guidance):
       cfg.body.model, cfg.body.gender, pose.body_pose, pose.global_orient,
       config_lib.anchor_spec(config_lib.parse(cfg)))
   gspec, gparams, table = guidance
-  spec = train.TrainSpec.from_config(cfg, gspec)
+  spec = setup_lib.train_spec(cfg, gspec)
   return spec, {"guidance": gparams, "text": table, "anchor": anchor}
 
 
@@ -110,7 +111,7 @@ def main():
                            "render memory ~6x, which the paper variant needs on a 24 GB CPU host")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step.json"))
   args = parser.parse_args()
-  train.enable_compilation_cache()
+  jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser("~/.cache/interfusion_jax/jax_cache"))
   import tiny_models
   from interfusion_jax.guidance import loading, prompts
   tmp = tempfile.mkdtemp()
