@@ -383,6 +383,8 @@ def composite_two_fields(alpha_h, rgb_h, alpha_o, rgb_o, *, mode: str = "sum_cla
                          stop_human_grad: bool = True, eps: float = 1e-6):
   """Per-sample two-field compositing, PAPER.md Eq. 6.
 
+  Implements PAPER.md Eq. 6 (with ``compositing_weights`` for the w_i^I).
+
   c_I = (alpha_H c_H + alpha_O c_O) / max(alpha_H + alpha_O, eps);
   alpha_I = clamp(alpha_O + alpha_H, 0, 1) ("sum_clamped", official) or
   1 - (1 - alpha_H)(1 - alpha_O) ("union", summed densities). With

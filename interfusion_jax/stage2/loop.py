@@ -128,8 +128,8 @@ _COMPILED: dict = {}
 
 def cached_compile(spec: step_lib.TrainSpec, num_scenes: int,
                    num_devices: int | None = None) -> Compiled:
-  """``compile_group`` memoised per (spec identity, scenes, devices): one compile per process."""
-  key = (id(spec), num_scenes, num_devices)
+  """``compile_group`` memoised per (spec, scenes, devices): one compile per process."""
+  key = (setup_lib.spec_key(spec), num_scenes, num_devices)
   if key not in _COMPILED:
     _COMPILED[key] = (spec, compile_group(spec, num_scenes, num_devices))
   return _COMPILED[key][1]

@@ -119,6 +119,8 @@ def human_geometry_loss(sigma: jax.Array, inside: jax.Array, sq_dist: jax.Array,
                         valid: jax.Array | None = None) -> jax.Array:
   """L_H^geo, PAPER.md Eq. 4, with the official semantics.
 
+  Implements PAPER.md Eq. 4.
+
   ``CE_{p in P_in}(alpha, f(p)) + CE_{p in P_out}(alpha, f(p)) * (1 - exp(-d^2 / (2 eta^2)))``
   with ``alpha = clamp(1 - exp(-delta sigma), 0, 1.1)``, the indicator
   ``f(p) > 0.5`` clamped to [1e-4, 1 - 1e-4] inside the CE. Inside points pull
@@ -151,6 +153,8 @@ def object_geometry_loss(sigma: jax.Array, inside: jax.Array, *, delta: float = 
                          reduction: str = "sum",
                          valid: jax.Array | None = None) -> jax.Array:
   """L_O^geo, PAPER.md Eq. 7: ``CE_{p in P_in}(alpha, 1 - f(p))``, official form.
+
+  Implements PAPER.md Eq. 7.
 
   At points inside the anchor body the target is forced to 0 (the clamped
   indicator 1e-4), so object occupancy there goes to 0: no interpenetration.

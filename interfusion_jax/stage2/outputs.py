@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ import numpy as np
 from interfusion_jax.mesh import export as mesh_export
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.nerf import render as render_lib
+from interfusion_jax.stage2 import report as report_lib
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import setup as setup_lib
 from interfusion_jax.stage2 import step as step_lib
@@ -63,11 +65,12 @@ _EVAL_FNS: dict = {}
 
 
 def eval_fn(spec: step_lib.TrainSpec):
-  """``render_eval`` jitted for one spec, memoised on the spec's identity (a spec may
-  hold an unhashable Flax module), so each spec compiles once per process."""
-  if id(spec) not in _EVAL_FNS:
-    _EVAL_FNS[id(spec)] = (spec, jax.jit(lambda p, o, c: render_eval(p, o, c, spec)))
-  return _EVAL_FNS[id(spec)][1]
+  """``render_eval`` jitted for one spec, memoised by ``setup.spec_key``, so each
+  spec compiles once per process."""
+  key = setup_lib.spec_key(spec)
+  if key not in _EVAL_FNS:
+    _EVAL_FNS[key] = (spec, jax.jit(lambda p, o, c: render_eval(p, o, c, spec)))
+  return _EVAL_FNS[key][1]
 
 
 def at_size(spec: step_lib.TrainSpec, size: int) -> step_lib.TrainSpec:
@@ -162,7 +165,8 @@ def write_meshes(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: 
 def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
                         config: ml_collections.ConfigDict, paths: run_io.RunPaths,
                         info: dict) -> dict:
-  """Turntables, multi-view grid, meshes and summary.json into <workdir>/final.
+  """Turntables, multi-view grid, meshes and summary.json into <workdir>/final, then
+  <workdir>/report.html (``report.write_run_report``).
 
   The renders are ``config.train.final_resolution`` pixels square (0: the
   training render size).
@@ -185,5 +189,11 @@ def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
       "mesh_vertices": {k: int(len(m.vertices)) for k, m in meshes.items()},
       "outputs": outputs,
   }
+  outputs["report"] = str(paths.root / "report.html")
   run_io.write_json(paths.summary, summary)
+  try:
+    report_lib.write_run_report(paths.root)   # reads the files above; no CLIP, no renders
+  except Exception as e:  # pylint: disable=broad-except
+    warnings.warn(f"Could not write {paths.root / 'report.html'} ({e}); the other outputs "
+                  "are complete. Retry with `python -m interfusion_jax.report`.")
   return summary

@@ -63,6 +63,16 @@ def train_spec(config: ml_collections.ConfigDict | config_lib.RunConfig, guidanc
              float(p.back_azimuth_deg)))
 
 
+def spec_key(spec: step_lib.TrainSpec) -> Any:
+  """A memo key of a spec: the spec itself when hashable (equal specs share one
+  compiled program), else its identity (a spec holding an unhashable module)."""
+  try:
+    hash(spec)
+    return spec
+  except TypeError:
+    return ("id", id(spec))
+
+
 def object_origin(config: ml_collections.ConfigDict, anchor: Any) -> np.ndarray | None:
   """Where the object field starts (config.field.object_blob; not in the official code).
 

@@ -290,12 +290,17 @@ def sds_terms(outs: dict, frozen: dict, view: jax.Array, key: jax.Array, t_max: 
 
 
 def human_sds(terms: dict) -> jax.Array:
-  """PAPER.md Eq. 3: L_SDS^H = SDS(x^H; y^H) + SDS(x^{H,h}; y^{H,h}) (human + head renders)."""
+  """PAPER.md Eq. 3: L_SDS^H = SDS(x^H; y^H) + SDS(x^{H,h}; y^{H,h}) (human + head renders).
+
+  Implements PAPER.md Eq. 3.
+  """
   return terms["sds_human"] + terms["sds_head"]
 
 
 def object_sds(terms: dict, lambda_object: jax.Array) -> jax.Array:
   """PAPER.md Eq. 5: L_SDS^O = SDS(x^I; y^I) + lambda1 SDS(x^O; y^O).
+
+  Implements PAPER.md Eq. 5.
 
   The interaction render reaches only psi_O (the human's alpha and colour are
   stop-gradded in Eq. 6); as in the official code, the lambda1 ramp weights
@@ -361,6 +366,8 @@ def regulariser_terms(outs: dict) -> dict:
 
 def total_loss(terms: dict, weights: dict, spec: TrainSpec) -> jax.Array:
   """PAPER.md Eq. 8: L = L_SDS^H + lambda1 L_SDS^O + L_H^geo + lambda2 L_O^geo + lambda3 L_reg.
+
+  Implements PAPER.md Eq. 8.
 
   L_SDS^H is Eq. 3 (``human_sds``) and the lambda1-weighted object part is
   Eq. 5 (``object_sds``); lambda3 L_reg = lambda_orient orient + lambda_sparsity
