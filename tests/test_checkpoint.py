@@ -70,3 +70,12 @@ def test_unwritable_dir(tmp_path):
   f.write_text("x")
   with pytest.raises(checkpoint.CheckpointDirError, match="writable"):
     checkpoint.make_manager(f / "ckpt", keep=1)
+
+
+def test_latest_step_ignores_an_unfinished_step(tmp_path):
+  """A step killed mid-write (Orbax's temporary directory) is not the latest step."""
+  mgr = checkpoint.make_manager(tmp_path / "ckpt", keep=3)
+  checkpoint.save(mgr, 4, _state(4.0))
+  (tmp_path / "ckpt" / "8.orbax-checkpoint-tmp-1234").mkdir()
+  assert checkpoint.latest_step(tmp_path / "ckpt") == 4
+  assert checkpoint.latest_step(tmp_path / "nowhere") is None

@@ -112,9 +112,13 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, An
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
-  """Newest saved step in ``directory`` (None if none), without loading it."""
+  """Newest finalised step in ``directory`` (None if none), without loading it.
+
+  Orbax's own step bookkeeping (``orbax.checkpoint.utils.checkpoint_steps``):
+  unfinished temporary step directories are not counted.
+  """
   path = pathlib.Path(directory)
   if not path.exists():
     return None
-  steps = [int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()]
+  steps = ocp.utils.checkpoint_steps(path)
   return max(steps) if steps else None
