@@ -514,7 +514,7 @@ def object_center(params_object: Params, previous: jax.Array, spec: TrainSpec) -
   """Camera tracing (PAPER.md): c_O = mean of lattice points whose NeRF occupancy > 0.5.
 
   The lattice is the cell centres of a ``camera.trace_resolution``^3 grid over
-  the scene box; the occupancy is ``losses.occupancy_from_density``. If no point is
+  the scene box; the occupancy is ``losses.nerf_occupancy``. If no point is
   occupied the previous centre is kept.
 
   Args:
@@ -528,7 +528,7 @@ def object_center(params_object: Params, previous: jax.Array, spec: TrainSpec) -
   pts = occ_lib.cell_centers(res, spec.render.radius).reshape(-1, 3)
   sigma = jax.lax.map(lambda x: spec.model.density(params_object, x),
                       pts.reshape(-1, res ** 2, 3)).reshape(-1)
-  occ = losses.occupancy_from_density(sigma, spec.sections.loss.geo_delta) > \
+  occ = losses.nerf_occupancy(sigma, spec.sections.loss.geo_delta) > \
       spec.sections.camera.trace_threshold
   count = jnp.sum(occ)
   mean = jnp.sum(jnp.where(occ[:, None], pts, 0.0), axis=0) / jnp.maximum(count, 1)
