@@ -12,12 +12,31 @@ import pathlib
 import tempfile
 
 
+def process_umask() -> int:
+  """The process umask (Linux: read from /proc/self/status; elsewhere set and restored)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes ``data`` to ``path`` atomically (temporary file + os.replace)."""
+  """Writes ``data`` to ``path`` atomically (temporary file + os.replace).
+
+  The file gets the mode a plain ``open(path, "w")`` would give it,
+  ``0o666 & ~umask`` (the temporary file alone would leave 0600).
+  """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
   try:
+    os.chmod(tmp, 0o666 & ~process_umask())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

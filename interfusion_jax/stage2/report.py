@@ -1,0 +1,437 @@
+"""report.html for a run directory and index.html for a sweep directory.
+
+Both pages are single self-contained HTML files that work offline from the
+file system: every picture and video is embedded as a ``data:`` URI, the
+curves are inline SVG drawn here, the one script (table sorting) and the
+style sheet are inline; nothing refers to a network address. Links to the
+meshes and (in index.html) to each run's report.html are relative.
+
+A run's report shows: the prompts, which guidance was used (saying plainly
+when it is the built-in low-fidelity prior), the anchor pose picture and the
+top-k candidates of stage 1, the turntables, the multi-view grid, the newest
+validation grid, loss and lambda curves from ``metrics.jsonl``, the metrics
+(``eval.json`` when ``python -m interfusion_jax.evaluate`` has run, else the
+final losses), timings and the resolved config. Every part is optional: a
+missing file is reported as missing, not an error.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import pathlib
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from interfusion_jax import fileio
+from interfusion_jax.stage2 import rundirs
+
+EMBED_MAX_BYTES = 32 << 20
+MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".jpg": "image/jpeg"}
+BUILTIN_NOTE = ("the built-in offline prior (LOW FIDELITY): a closed-form, camera-conditioned "
+                "denoiser over procedural renders, used because config.guidance.weights_dir is "
+                "empty. It knows a few object types, colours and coarse silhouettes, nothing "
+                "more; point weights_dir at a local Stable Diffusion directory for paper "
+                "quality.")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
+max-width:1200px}
+h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid
+#ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:6px 0;font-size:.9em}td,th{border:1px solid #ccc;
+padding:3px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+th.sortable{cursor:pointer}th.sortable:after{content:" \\2195";color:#999}
+.warn{background:#fff4d6;border:1px solid #e0b84a;padding:8px 12px;border-radius:4px}
+.ok{background:#e8f4ea;border:1px solid #8bc49a;padding:8px 12px;border-radius:4px}
+.row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+figure{margin:0}figcaption{font-size:.85em;color:#555;text-align:center}
+img.pix{image-rendering:pixelated}video,img.turn{width:256px;height:256px;background:#fff;
+border:1px solid #ddd}
+.curve{border:1px solid #ddd;background:#fff}.muted{color:#888}
+pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:480px;font-size:.8em}
+.card{border:1px solid #ccc;border-radius:6px;padding:10px;width:300px}
+.card img{width:100%;image-rendering:pixelated;border:1px solid #eee}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.classList.add('sortable');
+    th.addEventListener('click', function () {
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      var asc = th.getAttribute('data-asc') !== '1';
+      th.setAttribute('data-asc', asc ? '1' : '0');
+      rows.sort(function (a, b) {
+        var x = a.cells[col].getAttribute('data-v') || a.cells[col].textContent;
+        var y = b.cells[col].getAttribute('data-v') || b.cells[col].textContent;
+        var nx = parseFloat(x), ny = parseFloat(y);
+        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+        return asc ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def esc(x: Any) -> str:
+  """HTML-escaped text of any value."""
+  return html.escape(str(x), quote=True)
+
+
+def data_uri(path: pathlib.Path) -> str | None:
+  """``data:<mime>;base64,...`` of a file (None when missing or over EMBED_MAX_BYTES)."""
+  path = pathlib.Path(path)
+  if not path.is_file() or path.stat().st_size > EMBED_MAX_BYTES:
+    return None
+  mime = MIME.get(path.suffix.lower(), "application/octet-stream")
+  return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def fmt(v: Any) -> str:
+  """Compact text of a metric value."""
+  if v is None:
+    return "—"
+  if isinstance(v, bool):
+    return "yes" if v else "no"
+  if isinstance(v, (int, np.integer)):
+    return str(int(v))
+  if isinstance(v, (float, np.floating)):
+    v = float(v)
+    if not math.isfinite(v):
+      return str(v)
+    return f"{v:.4g}"
+  return str(v)
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(pathlib.Path(path).read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def read_metrics(path: pathlib.Path) -> list[dict]:
+  """Rows of metrics.jsonl ([] when missing; a truncated line is skipped)."""
+  rows = []
+  try:
+    lines = pathlib.Path(path).read_text().splitlines()
+  except OSError:
+    return rows
+  for line in lines:
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue
+  return rows
+
+
+def curve_svg(steps: Sequence[float], values: Sequence[float], title: str,
+              width: int = 300, height: int = 150) -> str:
+  """One inline SVG line chart (class "curve") of values over steps, own y range.
+
+  Non-finite values are dropped. With no finite value the chart says so.
+  """
+  pts = [(float(s), float(v)) for s, v in zip(steps, values)
+         if v is not None and math.isfinite(float(v))]
+  m = {"l": 8, "r": 8, "t": 20, "b": 18}
+  w, h = width - m["l"] - m["r"], height - m["t"] - m["b"]
+  parts = [f'<svg class="curve" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+           f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="{esc(title)}">',
+           f'<text x="{m["l"]}" y="14" font-size="12" font-weight="bold">{esc(title)}</text>']
+  if not pts:
+    parts.append(f'<text x="{m["l"]}" y="{height / 2}" font-size="11" fill="#888">'
+                 'no finite values</text></svg>')
+    return "".join(parts)
+  xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+  x0, x1 = xs.min(), xs.max()
+  y0, y1 = ys.min(), ys.max()
+  sx = (lambda x: m["l"] + (x - x0) / (x1 - x0) * w) if x1 > x0 else (lambda x: m["l"] + w / 2)
+  sy = ((lambda y: m["t"] + h - (y - y0) / (y1 - y0) * h) if y1 > y0
+        else (lambda y: m["t"] + h / 2))
+  coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys))
+  parts.append(f'<rect x="{m["l"]}" y="{m["t"]}" width="{w}" height="{h}" fill="none" '
+               'stroke="#eee"/>')
+  parts.append(f'<polyline points="{coords}" fill="none" stroke="#1f6fb4" stroke-width="1.5"/>')
+  if len(pts) == 1:
+    parts.append(f'<circle cx="{sx(xs[0]):.1f}" cy="{sy(ys[0]):.1f}" r="2.5" fill="#1f6fb4"/>')
+  parts.append(f'<text x="{width - m["r"]}" y="14" font-size="10" text-anchor="end" '
+               f'fill="#555">{esc(fmt(y0))} … {esc(fmt(y1))}</text>')
+  parts.append(f'<text x="{m["l"]}" y="{height - 4}" font-size="10" fill="#555">step '
+               f'{esc(fmt(x0))}</text><text x="{width - m["r"]}" y="{height - 4}" '
+               f'font-size="10" text-anchor="end" fill="#555">{esc(fmt(x1))}</text></svg>')
+  return "".join(parts)
+
+
+def curve_keys(rows: Sequence[dict]) -> list[str]:
+  """The loss and lambda series of metrics rows: "loss" first, then loss_*, then lambda_*."""
+  keys = sorted({k for r in rows for k in r})
+  losses = [k for k in keys if k.startswith("loss_")]
+  lambdas = [k for k in keys if k.startswith("lambda")]
+  return (["loss"] if "loss" in keys else []) + losses + lambdas
+
+
+def curves_html(rows: Sequence[dict]) -> str:
+  """All loss and lambda curves as a row of SVG charts."""
+  if not rows:
+    return '<p class="muted">metrics.jsonl is missing or empty.</p>'
+  steps = [r.get("step", i) for i, r in enumerate(rows)]
+  charts = [curve_svg(steps, [r.get(k) for r in rows], k) for k in curve_keys(rows)]
+  return '<div class="row">' + "".join(charts) + "</div>"
+
+
+def table_html(header: Sequence[str], rows: Iterable[Sequence[Any]], sortable: bool = False,
+               raw_cols: Sequence[int] = ()) -> str:
+  """An HTML table; numeric cells carry data-v for sorting; raw_cols are not escaped."""
+  cls = ' class="sortable"' if sortable else ""
+  out = [f"<table{cls}><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
+         + "</tr></thead><tbody>"]
+  for row in rows:
+    cells = []
+    for i, v in enumerate(row):
+      dv = ""
+      if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        dv = f' data-v="{float(v)!r}"'
+      cells.append(f"<td{dv}>{v if i in raw_cols else esc(fmt(v))}</td>")
+    out.append("<tr>" + "".join(cells) + "</tr>")
+  out.append("</tbody></table>")
+  return "".join(out)
+
+
+def _img(path: pathlib.Path, alt: str, cls: str = "pix", width: int | None = None) -> str:
+  uri = data_uri(path)
+  if uri is None:
+    return f'<p class="muted">{esc(path.name)} is missing.</p>'
+  wattr = f' width="{width}"' if width else ""
+  return f'<img class="{cls}" src="{uri}" alt="{esc(alt)}"{wattr}>'
+
+
+def guidance_text(config: dict) -> tuple[str, bool]:
+  """(sentence saying which guidance a run used, is_builtin) from its config dict."""
+  g = (config or {}).get("guidance", {}) or {}
+  wd = str(g.get("weights_dir", "") or "").strip()
+  if not wd:
+    return "Guidance: " + BUILTIN_NOTE, True
+  extra = ", ".join(f"{k} = {g[k]}" for k in ("guidance_scale", "weighting") if k in g)
+  return f"Guidance: diffusion weights from {wd}" + (f" ({extra})" if extra else "") + ".", False
+
+
+def run_status(workdir: pathlib.Path, config: dict | None) -> str:
+  """"finished (step N)", "step k of N (no final outputs)", or "not started"."""
+  summary = _read_json(workdir / "final" / "summary.json")
+  total = ((config or {}).get("train", {}) or {}).get("steps")
+  if summary is not None:
+    return f"finished (step {summary.get('step')})"
+  ck = workdir / "checkpoints"
+  steps = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.is_dir() else []
+  if steps:
+    return f"step {steps[-1]} of {total} (no final outputs)"
+  return "not started"
+
+
+def _anchor_section(workdir: pathlib.Path) -> str:
+  out = [_img(workdir / "anchor" / "anchor.png", "anchor pose (front and side)")]
+  npz = workdir / "anchor" / "anchor.npz"
+  if npz.is_file():
+    try:
+      with np.load(npz, allow_pickle=False) as d:
+        labels = [str(x) for x in d["candidate_labels"]] if "candidate_labels" in d else []
+        scores = [float(x) for x in d["candidate_scores"]] if "candidate_scores" in d else []
+        pos = int(d["position"]) if "position" in d else -1
+        meta = {k: str(d[k]) for k in ("text", "backend", "source", "choose") if k in d}
+    except Exception as e:  # pylint: disable=broad-except
+      return "".join(out) + f'<p class="muted">anchor.npz unreadable: {esc(e)}</p>'
+    out.append("<p>" + ", ".join(f"{esc(k)}: <b>{esc(v)}</b>" for k, v in meta.items()) + "</p>")
+    if labels:
+      rows = [(i + 1, lab, scores[i] if i < len(scores) else None,
+               "chosen" if i == pos else "") for i, lab in enumerate(labels)]
+      out.append("<p>Top-k candidates of stage 1:</p>"
+                 + table_html(["rank", "label", "score", ""], rows))
+  return "".join(out)
+
+
+def _turntables(final: pathlib.Path) -> str:
+  figs = []
+  for name in ("interaction", "human", "object"):
+    mp4, gif = final / f"turntable_{name}.mp4", final / f"turntable_{name}.gif"
+    if mp4.is_file() and data_uri(mp4):
+      el = (f'<video src="{data_uri(mp4)}" autoplay loop muted playsinline controls '
+            f'aria-label="turntable {name}"></video>')
+    elif gif.is_file():
+      el = _img(gif, f"turntable {name}", "pix turn")
+    else:
+      el = f'<p class="muted">turntable_{name} is missing.</p>'
+    figs.append(f"<figure>{el}<figcaption>{esc(name)}</figcaption></figure>")
+  return '<div class="row">' + "".join(figs) + "</div>"
+
+
+def metrics_rows(evaluation: dict | None, summary: dict | None) -> list[tuple]:
+  """(metric, value) rows: eval.json's CLIP scores and geometry first, then the final losses."""
+  rows = []
+  ev = evaluation or {}
+  clip = ev.get("clip")
+  if clip:
+    for part in ("interaction", "human", "object"):
+      if part in clip:
+        rows.append((f"CLIP score, {part} ({clip[part].get('prompt', '')!r})",
+                     clip[part].get("score")))
+  elif evaluation is not None:
+    rows.append(("CLIP score", ev.get("clip_note", "not computed")))
+  for k, v in sorted((ev.get("geometry") or {}).items()):
+    if isinstance(v, (int, float, str)) or v is None:
+      rows.append((k, v))
+  for k, v in sorted(((summary or {}).get("final_losses") or {}).items()):
+    rows.append((f"final {k}", v))
+  return rows
+
+
+def run_report_html(workdir) -> str:
+  """The report.html text of one run directory (reads its files; writes nothing)."""
+  wd = pathlib.Path(workdir).absolute()
+  config = _read_json(wd / "config.json") or {}
+  summary = _read_json(wd / "final" / "summary.json")
+  evaluation = _read_json(wd / "eval.json")
+  prompt = config.get("prompt", {}) or {}
+  human, obj, inter = (str(prompt.get(k, "")) for k in ("human", "object", "interaction"))
+  gtext, builtin = guidance_text(config)
+  rows = read_metrics(wd / "metrics.jsonl")
+  vals = sorted((wd / "val").glob("step_*.png")) if (wd / "val").is_dir() else []
+  meshes = sorted((wd / "final").glob("mesh_*.*")) if (wd / "final").is_dir() else []
+  timing = [("status", run_status(wd, config))]
+  if summary:
+    timing += [("steps", summary.get("step")), ("wall time of the loop (s)",
+                                                summary.get("wall_time_s")),
+               ("steps per second", summary.get("steps_per_second")),
+               ("skipped steps", summary.get("total_skipped_steps")),
+               ("devices", summary.get("num_devices"))]
+  for k, v in sorted(((evaluation or {}).get("timings") or {}).items()):
+    timing.append((f"evaluation: {k} (s)", v))
+  body = [
+      f"<h1>{esc(human)} {esc(inter)}</h1>",
+      f'<p class="muted">{esc(wd)} · {esc(run_status(wd, config))}</p>',
+      f'<p class="{"warn" if builtin else "ok"}" id="guidance">{esc(gtext)}</p>',
+      "<h2>Prompts</h2>",
+      table_html(["part", "prompt"], [("human T_H", human), ("object T_O", obj),
+                                      ("interaction T_I", inter),
+                                      ("scene T_H T_I", f"{human} {inter}")]),
+      "<h2>Anchor pose (stage 1)</h2>", _anchor_section(wd),
+      "<h2>Turntables</h2>", _turntables(wd / "final"),
+      "<h2>Multi-view grid</h2>",
+      '<p class="muted">rows: interaction scene, human, object; columns: 4 azimuths.</p>',
+      _img(wd / "final" / "multiview.png", "multi-view grid", width=512),
+  ]
+  if vals:
+    body += [f"<h2>Validation grid ({esc(vals[-1].stem)})</h2>",
+             _img(vals[-1], f"validation {vals[-1].stem}", width=384)]
+  body += ["<h2>Loss and λ curves</h2>", curves_html(rows),
+           "<h2>Metrics</h2>"]
+  if evaluation is None:
+    body.append('<p class="muted">No eval.json yet: run <code>python -m '
+                'interfusion_jax.evaluate --workdir=…</code> for the CLIP score and the '
+                'geometry metrics.</p>')
+  body.append(table_html(["metric", "value"], metrics_rows(evaluation, summary)))
+  if evaluation and evaluation.get("reference"):
+    body.append("<p>Reference figures <b>reported in the paper</b> (not measured here):</p>"
+                + table_html(["method", "metric", "value", "note"],
+                             [(r["method"], r["metric"], r["value"], r.get("note", ""))
+                              for r in evaluation["reference"]]))
+  body += ["<h2>Timings</h2>", table_html(["what", "value"], timing)]
+  if meshes:
+    links = " · ".join(f'<a href="final/{esc(p.name)}">{esc(p.name)}</a>' for p in meshes)
+    body += ["<h2>Meshes</h2>", f"<p>{links}</p>"]
+  body += ["<h2>Resolved config</h2>",
+           f"<details><summary>config.json</summary><pre>"
+           f"{esc(json.dumps(config, indent=2, sort_keys=True))}</pre></details>"]
+  return page(f"InterFusion run: {human} {inter}", "".join(body))
+
+
+def page(title: str, body: str) -> str:
+  """A complete HTML document with the inline style sheet and sorting script."""
+  return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+          f"<title>{esc(title)}</title><style>{CSS}</style></head><body>{body}"
+          f"<script>{SORT_JS}</script></body></html>\n")
+
+
+def write_run_report(workdir) -> pathlib.Path:
+  """Writes ``<workdir>/report.html`` atomically; returns its path."""
+  wd = pathlib.Path(workdir).absolute()
+  out = wd / "report.html"
+  fileio.atomic_write_text(out, run_report_html(wd))
+  return out
+
+
+INDEX_METRICS = (("CLIP score", ("clip", "interaction", "score")),
+                 ("human IoU", ("geometry", "human_iou")),
+                 ("object L", ("geometry", "object_volume_litres")),
+                 ("object inside", ("geometry", "object_inside_fraction")),
+                 ("object gap m", ("geometry", "object_gap_m")))
+
+
+def _dig(d: Any, keys: Sequence[str]) -> Any:
+  for k in keys:
+    if not isinstance(d, dict) or k not in d:
+      return None
+    d = d[k]
+  return d
+
+
+def sweep_index_html(sweep_dir, runs: Sequence[pathlib.Path]) -> str:
+  """index.html of a sweep: one card per scene, a sortable metrics table, report links."""
+  root = pathlib.Path(sweep_dir).absolute()
+  sweep_eval = _read_json(root / "eval.json") or {}
+  cards, table = [], []
+  for run in runs:
+    run = pathlib.Path(run).absolute()
+    config = _read_json(run / "config.json") or {}
+    p = config.get("prompt", {}) or {}
+    title = f"{p.get('human', '')} {p.get('interaction', '')}"
+    ev = _read_json(run / "eval.json") or {}
+    summary = _read_json(run / "final" / "summary.json") or {}
+    rel = run.relative_to(root).as_posix() if run.is_relative_to(root) else run.as_uri()
+    href = f"{rel}/report.html"
+    status = run_status(run, config)
+    vals = [_dig(ev, keys) for _, keys in INDEX_METRICS]
+    loss = (summary.get("final_losses") or {}).get("loss")
+    thumb = run / "final" / "multiview.png"
+    metrics = "".join(f"<br>{esc(n)}: <b>{esc(fmt(v))}</b>"
+                      for (n, _), v in zip(INDEX_METRICS, vals) if v is not None)
+    cards.append(f'<div class="card"><a href="{esc(href)}">'
+                 f'{_img(thumb, "thumbnail " + title) if thumb.is_file() else ""}</a>'
+                 f'<p><a href="{esc(href)}"><b>{esc(title)}</b></a><br>object: '
+                 f'{esc(p.get("object", ""))}<br>status: {esc(status)}{metrics}'
+                 f'<br>final loss: <b>{esc(fmt(loss))}</b></p></div>')
+    table.append([f'<a href="{esc(href)}">{esc(run.name)}</a>', title, status, *vals, loss])
+  header = ["run", "scene prompt", "status"] + [n for n, _ in INDEX_METRICS] + ["final loss"]
+  body = [f"<h1>Sweep: {esc(root.name)}</h1>",
+          f'<p class="muted">{esc(root)} · {len(runs)} scenes</p>']
+  if sweep_eval.get("r_precision") is not None:
+    body.append(f"<p>CLIP R-precision over the sweep: <b>{esc(fmt(sweep_eval['r_precision']))}"
+                "</b></p>")
+  body += ['<div class="row">' + "".join(cards) + "</div>",
+           "<h2>Metrics (click a header to sort)</h2>",
+           table_html(header, table, sortable=True, raw_cols=(0,))]
+  return page(f"InterFusion sweep: {root.name}", "".join(body))
+
+
+def write_reports(path) -> list[pathlib.Path]:
+  """report.html in every run of ``path`` (a run or a sweep dir), plus index.html for a sweep.
+
+  Returns:
+    the files written (index.html last).
+
+  Raises:
+    rundirs.RunDirError: when ``path`` is neither.
+  """
+  rs = rundirs.discover(path)
+  written = [write_run_report(r) for r in rs.runs]
+  if rs.kind == "sweep":
+    out = rs.root / "index.html"
+    fileio.atomic_write_text(out, sweep_index_html(rs.root, rs.runs))
+    written.append(out)
+  return written
