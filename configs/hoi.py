@@ -24,7 +24,7 @@ from interfusion_jax.stage2 import config as config_lib
 
 
 def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """README's first command: <= 20 min on a 2-core CPU (benchmarks/bench_default_run.py).
+  """README's first command, sized for a 2-core CPU (timed by benchmarks/bench_default_run.py).
 
   400 steps with the official schedules compressed 25x (lambda1/lambda2 via
   loss.schedule_period, orient ramp, ambient-only phase, occupancy warm-up,
@@ -44,8 +44,8 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.loss.geo_eta = 0.03
   # The built-in prior gives the object only colour and a coarse silhouette;
   # stronger geometric terms keep the human on the anchor and the object out
-  # of it, and a stronger sparsity term thins the object's fog
-  # (docs/evaluation.md: measured on three colour pairs).
+  # of it, and a stronger sparsity term thins the object's fog (the tuning
+  # runs are in docs/evaluation.md).
   c.loss.lambda_geo_human = 5.0
   c.loss.lambda_object_geo_scale = 4.0
   c.loss.lambda_sparsity = 10.0
@@ -58,9 +58,8 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # (field.object_blob; official: the origin, inside the body).
   c.field.object_blob = "placement"
   # Every bank image has a white background, so the prior can only ask for
-  # white there: with the official neural environment map (learning at lr
-  # 1e-3) the object field covered the background with white fog instead
-  # (the default bike: a 279 L invisible haze; white: a red bike, 111 L).
+  # white there; with the official neural environment map the object field
+  # covers the background with white fog instead (docs/evaluation.md).
   c.background.kind = "white"
   c.loss.lambda_orient_ramp_steps = 200
   c.shading.ambient_only_steps = 81
@@ -80,8 +79,7 @@ def _quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   The geometric losses (Eq. 4 and 7) are sums over ray samples, and 16x16
   renders carry 4x fewer samples than the ``cpu`` variant's 32x32, so both
   geometric weights are scaled up to keep their strength: lambda2 x4,
-  L_H^geo x6 (x4 left the red/blue scene's human IoU 0.765, within 0.015 of
-  its bar; docs/evaluation.md).
+  L_H^geo x6 (the measurements behind the factors: docs/evaluation.md).
   """
   c = _cpu(c)
   c.render.height = c.render.width = 16
