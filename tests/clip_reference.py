@@ -63,7 +63,8 @@ def scores(ref, images: np.ndarray, texts) -> np.ndarray:
   std = torch.tensor(pp["image_std"]).view(1, 3, 1, 1)
   with torch.no_grad():
     img = model.get_image_features(pixel_values=(x - mean) / std)
-    enc = tok(list(texts), padding=True, return_tensors="pt")
+    max_len = model.config.text_config.max_position_embeddings   # CLIP truncates (77 for ViT-B/32)
+    enc = tok(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
     txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
   img = img / img.norm(dim=-1, keepdim=True)
   txt = txt / txt.norm(dim=-1, keepdim=True)

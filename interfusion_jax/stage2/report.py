@@ -141,7 +141,7 @@ def curve_svg(steps: Sequence[float], values: Sequence[float], title: str,
          if v is not None and math.isfinite(float(v))]
   m = {"l": 8, "r": 8, "t": 20, "b": 18}
   w, h = width - m["l"] - m["r"], height - m["t"] - m["b"]
-  parts = [f'<svg class="curve" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+  parts = [f'<svg class="curve" width="{width}" '
            f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
            f'aria-label="{esc(title)}">',
            f'<text x="{m["l"]}" y="14" font-size="12" font-weight="bold">{esc(title)}</text>']
