@@ -13,14 +13,49 @@ Usage::
   written once, on the schema's section dataclasses;
 * ``cpu``     -- a lighter run for a laptop CPU (README's first command);
 * ``quick``   -- ``cpu`` at 16x16, the CI-sized check of the default-run bars;
-* ``smoke``   -- tiny, finishes in well under 2 minutes on CPU; used by tests.
+* ``smoke``   -- tiny, finishes in well under 2 minutes on CPU; used by tests;
+* a scene preset name (``riding_a_bike``, ``riding_a_horse``, ... : the keys of
+  ``configs/scenes.py`` ``SCENES``) -- ``paper`` with that official scene
+  config's prompts, pose rank, aug_rot / aug_trans, camera distance range
+  and lambda2 levels (``scene_preset``).
 
 Every value is validated by ``interfusion_jax.stage2.config.validate`` before
 anything is compiled; a bad value fails with a message naming its key.
 """
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from interfusion_jax.stage2 import config as config_lib
+
+
+def _load_scenes():
+  """configs/scenes.py, found next to this file (this file is loaded by path)."""
+  path = pathlib.Path(__file__).resolve().parent / "scenes.py"
+  spec = importlib.util.spec_from_file_location("interfusion_scene_presets", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+SCENES = _load_scenes().SCENES
+
+
+def _keep_tuned_settings(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Settings the offline variants keep from before the official values were adopted.
+
+  Their bars (tests/test_default_bars.py) were measured with these: lambda2
+  levels (0.01, 0.1, 0.1) (official [0.001, 0.01, 0.1]), albedo eval renders
+  at 15 deg elevation (official: diffuse at 10 deg) and final renders at the
+  variant's own size and frame count (official test video: 180 views, 512^2).
+  """
+  c.loss.shape_weights = (0.01, 0.1, 0.1)
+  c.camera.eval_elevation_deg = 15.0
+  c.camera.eval_shading = "albedo"
+  c.train.final_resolution = 0
+  c.train.turntable_frames = 60
+  return c
 
 
 def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -36,6 +71,7 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   white background (the prior's bank has only white backgrounds) and the
   object blob starting where the prior places the named object.
   """
+  c = _keep_tuned_settings(c)
   c.field.log2_hashmap_size = 15
   c.field.n_levels = 10
   c.render.num_samples = 64
@@ -89,6 +125,7 @@ def _quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c = _keep_tuned_settings(c)
   c.field.log2_hashmap_size = 12
   c.field.n_levels = 4
   c.field.mlp_width = 16
@@ -110,7 +147,25 @@ def _smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def scene_preset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """``c`` with the row ``SCENES[name]`` of the official scene presets applied.
+
+  Sets config.prompt.{human, object, interaction}, config.pose.choose = "rank"
+  and config.pose.rank, config.body.aug_rot / aug_trans,
+  config.camera.distance_range and config.loss.shape_weights; nothing else.
+  """
+  row = SCENES[name]
+  c.prompt.human, c.prompt.object, c.prompt.interaction = (
+      row["human"], row["object"], row["interaction"])
+  c.pose.choose, c.pose.rank = "rank", int(row["pose_rank"])
+  c.body.aug_rot, c.body.aug_trans = bool(row["aug_rot"]), bool(row["aug_trans"])
+  c.camera.distance_range = tuple(float(d) for d in row["distance_range"])
+  c.loss.shape_weights = tuple(float(w) for w in row["shape_weights"])
+  return c
+
+
 VARIANTS = {"paper": lambda c: c, "cpu": _cpu, "quick": _quick, "smoke": _smoke}
+VARIANTS.update({name: (lambda c, name=name: scene_preset(c, name)) for name in SCENES})
 
 
 def get_config(variant: str = "paper") -> ml_collections.ConfigDict:

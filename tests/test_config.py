@@ -196,3 +196,113 @@ def test_unknown_override_on_the_train_command_line_is_one_line(tmp_path):
   assert out.startswith("error: config.render.heigth is not a config key. "
                         "Nearest valid keys: config.render.height")
   assert not (tmp_path / "run").exists()
+
+
+# --- Official settings adopted for `paper`, kept out of the offline variants.
+
+
+def test_paper_eval_and_test_video_are_official():
+  """Release 45fe45d: riding_a_bike.yaml lines 12-13 (eval distance 2.0, fovy 70),
+  threestudio data/uncond.py lines 32-33, 37 and 50 (512x512, 180 test views,
+  elevation 10), diffuse shading in eval (materials/diffuse_with_point_light_material.py)."""
+  c = load_config("paper")
+  assert (c.camera.eval_elevation_deg, c.camera.eval_distance, c.camera.eval_fovy_deg) == (
+      10.0, 2.0, 70.0)
+  assert c.camera.eval_shading == "diffuse"
+  assert (c.train.turntable_frames, c.train.final_resolution) == (180, 512)
+  assert tuple(c.loss.shape_weights) == (0.001, 0.01, 0.1)
+
+
+@pytest.mark.parametrize("variant,frames,size", [("cpu", 24, 128), ("quick", 24, 128),
+                                                 ("smoke", 4, 0)])
+def test_offline_variants_keep_their_settings(variant, frames, size):
+  """The values cpu / quick / smoke had before the official ones were adopted
+  (their bars, tests/test_default_bars.py, were measured with them)."""
+  c = load_config(variant)
+  assert tuple(c.loss.shape_weights) == (0.01, 0.1, 0.1)
+  assert c.loss.lambda_object_geo == "official"
+  assert (c.camera.eval_elevation_deg, c.camera.eval_distance, c.camera.eval_fovy_deg) == (
+      15.0, 2.0, 70.0)
+  assert c.camera.eval_shading == "albedo"
+  assert (c.train.turntable_frames, c.train.final_resolution) == (frames, size)
+
+
+def _scenes_module():
+  spec = importlib.util.spec_from_file_location("scenes_table", ROOT / "configs" / "scenes.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+# The eleven official scene configs (InterGen/configs/interfusion-if/*.yaml at
+# 45fe45d), written out here by hand as the independent reference:
+# (T_O, T_H, T_I, top_N rank, aug_rot, aug_trans, distance range, shape_weights).
+_OFFICIAL = {
+    "riding_a_bike": ("a bike", "a man with a full beard wearing a flannel shirt",
+                      "riding a bike", 0, False, False, (2.5, 3.0), (0.001, 0.01, 0.1)),
+    "riding_a_horse": ("a horse", "a man in a paisley waistcoat and bowler hat",
+                       "riding a horse", 1, False, False, (2.5, 3.0), (0.001, 0.01, 0.1)),
+    "riding_a_motorcycle": ("a motorcycle", "a man with blond hair wearing a brown leather jacket",
+                            "riding a motorcycle", 4, False, False, (2.5, 3.0), (0.001, 0.01, 0.1)),
+    "sitting_on_a_chair": ("a chair", "a person in a military uniform", "sitting on a chair", 3,
+                           True, False, (2.5, 3.0), (0.001, 0.01, 0.1)),
+    "sitting_on_a_sofa": ("a sofa", "an elderly man wearing a beige suit", "sitting on a sofa", 3,
+                          True, False, (2.5, 3.0), (0.001, 0.01, 0.1)),
+    "playing_the_guitar": ("a guitar", "a man in a quilted gilet and moleskin trousers",
+                           "playing the guitar", 1, False, False, (2.5, 3.0), (0.001, 0.01, 0.1)),
+    "playing_the_saxophone": ("a saxophone", "a man in a velvet smoking jacket and silk pajama pants",
+                              "playing the saxophone", 2, False, False, (2.5, 3.0), (0.01, 0.1, 0.1)),
+    "reading_a_laptop": ("a laptop", "a security guard", "reading a laptop", 0, False, False,
+                         (2.0, 2.7), (0.001, 0.01, 0.1)),
+    "carrying_a_backpack": ("a backpack", "a person in a fleece pullover and hiking pants",
+                            "carrying a backpack", 4, False, False, (2.5, 3.0), (0.01, 0.1, 0.1)),
+    "jumping_a_skateboard": ("a skateboard", "a person in a cropped hoodie and bike shorts",
+                             "jumping a skateboard", 1, False, True, (2.5, 3.0), (0.01, 0.1, 0.1)),
+    "pushing_a_shopping_cart": ("a shopping cart", "a man in a puffer jacket and wool beanie",
+                                "carrying a shopping cart", 1, False, False, (2.5, 3.0),
+                                (0.001, 0.01, 0.1)),
+}
+
+
+def test_scene_table_equals_the_official_configs():
+  table = _scenes_module().SCENES
+  assert set(table) == set(_OFFICIAL)
+  for name, (obj, human, inter, rank, rot, trans, dist, w) in _OFFICIAL.items():
+    row = table[name]
+    assert (row["object"], row["human"], row["interaction"], row["pose_rank"], row["aug_rot"],
+            row["aug_trans"], tuple(row["distance_range"]), tuple(row["shape_weights"])) == (
+                obj, human, inter, rank, rot, trans, dist, w), name
+    assert not (row["aug_rot"] and row["aug_trans"])   # the release allows at most one
+
+
+@pytest.mark.parametrize("name", sorted(_OFFICIAL))
+def test_scene_preset_resolves_validates_and_equals_its_row(name):
+  row = _scenes_module().SCENES[name]
+  c = load_config(name)
+  run = cv.validate(c)
+  assert c.variant == name
+  assert (run.prompt.human, run.prompt.object, run.prompt.interaction) == (
+      row["human"], row["object"], row["interaction"])
+  assert (run.pose.choose, run.pose.rank) == ("rank", row["pose_rank"])
+  assert run.pose.rank < run.pose.top_k
+  assert (run.body.aug_rot, run.body.aug_trans) == (row["aug_rot"], row["aug_trans"])
+  assert run.camera.distance_range == tuple(row["distance_range"])
+  assert run.loss.shape_weights == tuple(row["shape_weights"])
+  assert cv.schedule_spec(run).shape_weights == tuple(row["shape_weights"])
+  # Everything else is the paper variant's.
+  paper = load_config("paper")
+  set_by_row = {"prompt.human", "prompt.object", "prompt.interaction", "pose.choose", "pose.rank",
+                "body.aug_rot", "body.aug_trans", "camera.distance_range", "loss.shape_weights",
+                "variant"}
+  for key in _flat_keys(paper) - set_by_row:
+    section, _, k = key.rpartition(".")
+    a = c[section][k] if section else c[k]
+    b = paper[section][k] if section else paper[k]
+    assert a == b, key
+
+
+def test_scene_presets_run_by_name_on_the_command_line():
+  cv.check_overrides(["--config=configs/hoi.py:riding_a_bike", "--config.loss.shape_weights",
+                      "(0.01, 0.1, 0.1)"])
+  with pytest.raises(ValueError, match="riding_a_bike"):
+    load_config("riding_a_unicycle")

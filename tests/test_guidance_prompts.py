@@ -1,4 +1,5 @@
 """Prompt processing, threestudio view rule, embedding table, tokenizer limit."""
+import dataclasses
 import warnings
 
 import jax
@@ -35,10 +36,10 @@ def test_view_index_matches_threestudio_rule():
 def test_scene_prompts_and_decoration():
   spec = prompts.PromptSpec.from_config(hoi.get_config())
   base = prompts.scene_prompts(spec)
-  assert base["head"] == "the head of a man wearing a WORLD lettered T-shirt"
+  assert base["head"] == "head of a man wearing a WORLD lettered T-shirt"
   assert base["interaction"] == "a man wearing a WORLD lettered T-shirt riding a bike"
   v = prompts.view_prompts(base["object"], spec)
-  assert v == [f"a photo of a bike, {d} view, 8K, HD" for d in prompts.VIEWS]
+  assert v == [f"a photo of a bike, 8K, HD, {d} view" for d in prompts.VIEWS]
   plain = prompts.PromptSpec(human="x", object="y", interaction="z", prefix="", suffix="",
                              view_dependent=False)
   assert prompts.view_prompts("a bike", plain) == ["a bike"] * 4
@@ -64,7 +65,7 @@ def test_embedding_table_and_select_inside_jit():
   assert set(table) == {"human", "head", "object", "interaction", "uncond"}
   assert table["object"].shape == (4, 1, 2) and table["uncond"].shape == (1, 2)
   assert seen[-1] == "" and len(seen) == 17  # 4 prompts x 4 views + empty, one call
-  assert seen[9] == "a photo of a bike, side view, 8K, HD"
+  assert seen[9] == "a photo of a bike, 8K, HD, side view"
   sel = jax.jit(lambda tb, e, a: prompts.select_embeddings(tb, e, a, spec))(
       table["object"], jnp.array([0.0, 10.0, 70.0, 0.0]), jnp.array([10.0, 100.0, 0.0, 180.0]))
   np.testing.assert_array_equal(sel[:, 0, 1], [8, 9, 11, 10])  # front, side, overhead, back
@@ -86,3 +87,94 @@ def test_tokenizer_truncates_long_prompts_with_warning(tmp_path):
   assert len(full) > tiny_models.MAX_TOKENS
   np.testing.assert_array_equal(ids[0, :-1], full[:tiny_models.MAX_TOKENS - 1])
   assert ids[0, -1] == tok.eos_token_id
+
+
+# --------------------------------------------------------------------------
+# The official wording (release 45fe45d, e.g. InterGen/configs/interfusion-if/
+# riding_a_bike.yaml lines 61-70, and threestudio's prompt processor, which
+# appends ", <view> view" after the whole prompt).
+
+_BIKE_OFFICIAL = {   # the release's four prompts of the bike scene, verbatim
+    "object": "a photo of a bike, 8K, HD",
+    "human": "a photo of a man with a full beard wearing a flannel shirt, 8K, HD",
+    "interaction": "a photo of a man with a full beard wearing a flannel shirt riding a bike, 8K, HD",
+    "head": "a photo of head of a man with a full beard wearing a flannel shirt, 8K, HD",
+}
+
+
+def test_exact_official_prompt_strings():
+  spec = prompts.PromptSpec.from_config(hoi.get_config("riding_a_bike"))
+  base = prompts.scene_prompts(spec)
+  for name, official in _BIKE_OFFICIAL.items():
+    assert prompts.decorate(base[name], spec, None) == official
+    assert prompts.view_prompts(base[name], spec) == [f"{official}, {v} view" for v in prompts.VIEWS]
+  assert prompts.decorate("a bike", spec, "front") == "a photo of a bike, 8K, HD, front view"
+  assert prompts.decorate("a bike", dataclasses.replace(spec, suffix=""), "back") == (
+      "a photo of a bike, back view")
+  assert prompts.decorate("a bike", dataclasses.replace(spec, prefix=""), "side") == (
+      "a bike, 8K, HD, side view")
+
+
+def _old_caption(text, view, prefix="a photo of", suffix="8K, HD"):
+  """The wording before the official one: "{prefix} {text}, {view} view, {suffix}"."""
+  parts = [f"{prefix} {text}"] + ([f"{view} view"] if view else []) + [suffix]
+  return ", ".join(parts)
+
+
+def _old_scene_texts(spec):
+  base = prompts.scene_prompts(spec)
+  return dict(base, head="the head of " + base["human"])
+
+
+_VARIANTS = ["paper", "cpu", "quick", "smoke"] + sorted(hoi.SCENES)
+
+
+def test_builtin_prior_reads_the_new_wording_as_the_old():
+  """The built-in prior's parse of each trainer prompt x view in the official
+  wording equals its parse of the old wording, and its embedding table is
+  bitwise the table of the old wording, for every variant and scene preset."""
+  from interfusion_jax.guidance import builtin
+  from interfusion_jax.prior import assets
+  for variant in _VARIANTS:
+    cfg = hoi.get_config(variant)
+    spec = prompts.PromptSpec.from_config(cfg)
+    base, old = prompts.scene_prompts(spec), _old_scene_texts(spec)
+    for name in base:
+      for view in (None,) + prompts.VIEWS:
+        new = prompts.decorate(base[name], spec, view)
+        assert builtin.parse_caption(new) == builtin.parse_caption(_old_caption(old[name], view)), (
+            variant, new)
+    table = assets.builtin_text_table(cfg)
+    for name in base:
+      want = builtin.embed_captions([_old_caption(old[name], v) for v in prompts.VIEWS])
+      np.testing.assert_array_equal(np.asarray(table[name]), want)
+
+
+def test_builtin_prior_reads_every_bank_caption_in_the_new_wording():
+  """Each caption of the shipped prior bank (old wording) rewritten in the
+  official wording parses to the same factors, and those are the image's
+  stored attributes where the caption names them."""
+  import re
+  from interfusion_jax.guidance import builtin
+  from interfusion_jax.prior import assets
+  bank = np.load(assets.SHIPPED_PATH)
+  spec = prompts.PromptSpec(human="x", object="y", interaction="z")
+  rx = re.compile(r"^a photo of (.*?)(?:, (front|side|back|overhead) view)?, 8K, HD$")
+  seen = {}
+  for cap, attr in zip(bank["captions"].tolist(), bank["attrs"]):
+    if cap in seen:
+      continue
+    m = rx.match(cap)
+    assert m, cap
+    text, view = m.group(1), m.group(2)
+    if text.startswith("the head of "):
+      text = text[len("the "):]
+    new = prompts.decorate(text, spec, view)
+    assert "the head of" not in new and (view is None or new.endswith(f", 8K, HD, {view} view"))
+    parsed = builtin.parse_caption(new)
+    assert parsed == builtin.parse_caption(cap), (cap, new)
+    got = builtin.attributes_of(parsed)
+    named = got >= 0
+    np.testing.assert_array_equal(got[named], np.asarray(attr)[named])
+    seen[cap] = new
+  assert len(seen) > 1000 and any(c.startswith("a photo of the head of") for c in seen)

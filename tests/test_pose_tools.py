@@ -82,8 +82,42 @@ def test_import_official_smpl_npy(tmp_path):
   order = np.argsort(ps.source)
   assert ps.phrase[order].tolist() == ["riding a bike", "sitting on a chair"]
   np.testing.assert_allclose(ps.body_pose[order], rv.reshape(2, 63), atol=1e-5)
-  np.testing.assert_allclose(ps.global_orient[order], ori, atol=1e-5)
+  # Only the 63-D body pose is kept (official): the estimator's root orientation is dropped.
+  np.testing.assert_array_equal(ps.global_orient, np.zeros((2, 3)))
   np.testing.assert_allclose(ps.betas[0], np.arange(10.0))
+  kept = tmp_path / "kept.npz"
+  inputs = [str(tmp_path / "riding_a_bike_0_smpl.npy"), str(tmp_path / "sitting_on_a_chair_12_smpl.npy")]
+  assert import_poses.main(inputs + ["--out", str(kept), "--keep_orient"]) == 0
+  ps_kept = poseset.load_pose_set(kept)
+  order = np.argsort(ps_kept.source)
+  np.testing.assert_allclose(ps_kept.global_orient[order], ori, atol=1e-5)
+  np.testing.assert_allclose(ps_kept.body_pose[order], rv.reshape(2, 63), atol=1e-5)
+
+
+def test_imported_poses_reach_the_codebook_upright(tmp_path):
+  """An estimator root orientation that turns the body upside down (pi about x)
+  is dropped on import, so the codebook built from the set holds zero
+  orientations and its key pose stands upright: the neck (joint 12) above the
+  pelvis (joint 0) along the body frame's +y."""
+  from interfusion_jax.body import lbs
+  from interfusion_jax.body import model as body_model
+  from interfusion_jax.pose import build
+  rv = np.random.default_rng(4).normal(size=(21, 3)) * 0.05   # near the rest pose
+  _write_official(tmp_path / "standing_0_smpl.npy", rv, np.array([np.pi, 0.0, 0.0]))
+  ps = import_poses.import_poses([str(tmp_path)])
+  cb = build.build_pose_codebook(ps, k=1)
+  np.testing.assert_array_equal(cb.global_orients, np.zeros((1, 3)))
+  np.testing.assert_array_equal(cb.member_orients, np.zeros((1, 3)))
+  np.testing.assert_allclose(cb.poses[0], rv.reshape(63), atol=1e-5)
+  body = body_model.load_body_model("default")
+  _, j = lbs.pose_body(body, np.asarray(cb.poses[0], np.float32),
+                       np.asarray(cb.global_orients[0], np.float32))
+  j = np.asarray(j)
+  assert j[12, 1] - j[0, 1] > 0.2                     # upright
+  kept = import_poses.import_poses([str(tmp_path)], keep_orient=True)
+  _, jk = lbs.pose_body(body, np.asarray(kept.body_pose[0], np.float32),
+                        np.asarray(kept.global_orient[0], np.float32))
+  assert np.asarray(jk)[12, 1] - np.asarray(jk)[0, 1] < -0.2   # the file's own: upside down
 
 
 @pytest.mark.torch
@@ -105,7 +139,9 @@ def test_import_amass(tmp_path):
   ps = import_poses.import_poses([str(d / "seq.npz")], stride=3)
   assert len(ps) == 4 and ps.phrase[0] == "jumping jacks"
   np.testing.assert_allclose(ps.body_pose, poses[::3, 3:66], atol=1e-6)
-  np.testing.assert_allclose(ps.global_orient, poses[::3, :3], atol=1e-6)
+  np.testing.assert_array_equal(ps.global_orient, np.zeros((4, 3)))   # root orientation dropped
+  kept = import_poses.import_poses([str(d / "seq.npz")], stride=3, keep_orient=True)
+  np.testing.assert_allclose(kept.global_orient, poses[::3, :3], atol=1e-6)
   assert ps.betas.shape == (4, 10)
   ps2 = import_poses.import_poses([str(tmp_path / "b.npz")], phrase="dancing")
   np.testing.assert_allclose(ps2.body_pose, poses[:4, 3:66], atol=1e-6)

@@ -214,6 +214,12 @@ def test_camera_conditioned_sds_pulls_toward_the_image_seen_from_that_side(built
           object_color="blue")),
     ("a photo of the head of a woman in a green shirt, back view, 8K, HD",
      dict(kind="head", view="back", human_color="green", object=None, object_color=None)),
+    # The official wording: view suffix last, "head of" without "the".
+    ("a photo of head of a woman in a green shirt, 8K, HD, back view",
+     dict(kind="head", view="back", human_color="green", object=None, object_color=None)),
+    ("a photo of a man in a red shirt riding a blue bike, 8K, HD, front view",
+     dict(kind="interaction", view="front", human_color="red", object="bicycle",
+          object_color="blue")),
     ("a photo of a yellow couch, overhead view, 8K, HD",
      dict(kind="object", view="overhead", human_color=None, object="sofa",
           object_color="yellow")),

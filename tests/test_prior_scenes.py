@@ -56,12 +56,12 @@ def test_clothing_labels_by_body_part():
 def test_captions_match_the_trainer_templates(chair_scene):
   spec, scene = chair_scene
   assert scenes.caption(scene, "interaction", "front", spec) == (
-      "a photo of a man in a red shirt sitting on a chair, front view, 8K, HD")
+      "a photo of a man in a red shirt sitting on a chair, 8K, HD, front view")
   assert scenes.caption(scene, "head", "side", spec) == (
-      "a photo of the head of a man in a red shirt, side view, 8K, HD")
-  assert scenes.caption(scene, "object", "back", spec) == "a photo of a blue chair, back view, 8K, HD"
+      "a photo of head of a man in a red shirt, 8K, HD, side view")
+  assert scenes.caption(scene, "object", "back", spec) == "a photo of a blue chair, 8K, HD, back view"
   assert scenes.caption(scene, "human", "overhead", spec) == (
-      "a photo of a man in a red shirt, overhead view, 8K, HD")
+      "a photo of a man in a red shirt, 8K, HD, overhead view")
   plain = dataclasses.replace(spec, prompts=dataclasses.replace(
       spec.prompts, view_dependent=False, prefix="", suffix=""))
   assert scenes.caption(scene, "object", "back", plain) == "a blue chair"

@@ -34,10 +34,52 @@ def test_lambda1(step):
 
 @pytest.mark.parametrize("step", BOUNDARY_STEPS)
 def test_lambda2_official_and_horse(step):
+  # official levels (0.001, 0.01, 0.1) by default; "horse" is that fixed level set.
   assert float(schedules.lambda_object_geo(step)) == pytest.approx(
-      _paper_lambda2(step, 0.01, 0.1, 0.1))
+      _paper_lambda2(step, 0.001, 0.01, 0.1))
   assert float(schedules.lambda_object_geo(step, "horse")) == pytest.approx(
       _paper_lambda2(step, 0.001, 0.01, 0.1))
+  assert float(schedules.lambda_object_geo(step, "horse", shape_weights=(0.01, 0.1, 0.1))) == (
+      pytest.approx(_paper_lambda2(step, 0.001, 0.01, 0.1)))
+
+
+@pytest.mark.parametrize("levels", [(0.001, 0.01, 0.1), (0.01, 0.1, 0.1), (0.3, 0.02, 0.5)])
+@pytest.mark.parametrize("step", BOUNDARY_STEPS)
+def test_lambda2_follows_shape_weights(step, levels):
+  """lambda2 with any levels equals the closed form, eagerly, jitted and via the config."""
+  assert float(schedules.lambda_object_geo(step, shape_weights=levels)) == pytest.approx(
+      _paper_lambda2(step, *levels))
+  c = hoi.get_config("paper")
+  c.loss.shape_weights = levels
+  spec = config_lib.schedule_spec(config_lib.parse(c))
+  assert spec.shape_weights == levels
+  traced = jax.jit(lambda s: schedules.step_weights(s, spec))(jnp.asarray(step, jnp.int32))
+  assert float(traced["lambda_object_geo"]) == pytest.approx(_paper_lambda2(step, *levels))
+
+
+@pytest.mark.parametrize("variant,levels,period", [
+    ("paper", (0.001, 0.01, 0.1), 1000),   # official shape_weights
+    ("cpu", (0.01, 0.1, 0.1), 40),         # the level set the offline variants keep
+    ("quick", (0.01, 0.1, 0.1), 40),
+    ("smoke", (0.01, 0.1, 0.1), 1000),
+])
+def test_variant_lambda2_levels(variant, levels, period):
+  c = hoi.get_config(variant)
+  assert tuple(c.loss.shape_weights) == levels and c.loss.lambda_object_geo == "official"
+  spec = config_lib.schedule_spec(config_lib.parse(c))
+  scale = c.loss.lambda_object_geo_scale
+  for step in range(0, 10 * period + 1, max(1, period // 8)):
+    w = schedules.step_weights(jnp.asarray(step), spec)
+    assert float(w["lambda_object_geo"]) == pytest.approx(
+        scale * _paper_lambda2(step * 1000 // period, *levels)), step
+
+
+def test_shape_weights_validation():
+  for bad in [(0.1, 0.2), (0.1, -0.2, 0.3), ("a", 0.1, 0.1)]:
+    c = hoi.get_config("smoke")
+    c.loss.shape_weights = bad
+    with pytest.raises(config_lib.ConfigError, match="config.loss.shape_weights"):
+      config_lib.parse(c)
 
 
 def test_lambda2_bad_variant():
@@ -100,6 +142,6 @@ def test_object_geo_scale_multiplies_lambda2(step):
   base = schedules.step_weights(jnp.asarray(step), config_lib.schedule_spec(config_lib.parse(c)))
   c.loss.lambda_object_geo_scale = 4.0
   w = schedules.step_weights(jnp.asarray(step), config_lib.schedule_spec(config_lib.parse(c)))
-  assert float(base["lambda_object_geo"]) == pytest.approx(_paper_lambda2(step, 0.01, 0.1, 0.1))
-  assert float(w["lambda_object_geo"]) == pytest.approx(4.0 * _paper_lambda2(step, 0.01, 0.1, 0.1))
+  assert float(base["lambda_object_geo"]) == pytest.approx(_paper_lambda2(step, 0.001, 0.01, 0.1))
+  assert float(w["lambda_object_geo"]) == pytest.approx(4.0 * _paper_lambda2(step, 0.001, 0.01, 0.1))
   assert float(w["lambda_object_sds"]) == float(base["lambda_object_sds"])

@@ -17,6 +17,13 @@ INPUT is a file or a directory (searched recursively) of:
 
 Output: interfusion_jax.pose.poseset (body_pose [N, 63] axis-angle,
 global_orient [N, 3], betas [N, B], phrase [N], source [N]).
+
+Only the 63-D body pose (21 joints) is kept, as the official pipeline keeps
+it (PoseGen ``load_pose`` reads ``pose`` alone; stage 2 poses the body with
+global_orient 0): the estimator's root orientation is camera-frame (an
+AMASS root orientation is mocap-world-frame), and a body posed with it can
+stand tilted or upside down. ``global_orient`` is therefore written as zeros
+(upright), unless ``--keep_orient`` asks for the file's own.
 """
 from __future__ import annotations
 
@@ -160,8 +167,14 @@ def _files(inputs: Iterable[str]) -> list[pathlib.Path]:
 
 
 def import_poses(inputs: Iterable[str], *, stride: int = 1, phrase: str = "",
-                 skip_bad: bool = False, num_betas: int = 10) -> poseset.PoseSet:
-  """Reads every input file into one PoseSet (see module docstring)."""
+                 skip_bad: bool = False, num_betas: int = 10,
+                 keep_orient: bool = False) -> poseset.PoseSet:
+  """Reads every input file into one PoseSet (see module docstring).
+
+  Args:
+    keep_orient: keep each file's root orientation in ``global_orient``;
+      False (the official behaviour): ``global_orient`` is all zeros.
+  """
   bp, go, be, ph, src = [], [], [], [], []
   for f in _files(inputs):
     try:
@@ -183,7 +196,7 @@ def import_poses(inputs: Iterable[str], *, stride: int = 1, phrase: str = "",
     b = np.zeros(num_betas)
     b[:min(num_betas, d["betas"].size)] = d["betas"][:num_betas]
     bp.append(d["body_pose"])
-    go.append(d["global_orient"])
+    go.append(d["global_orient"] if keep_orient else np.zeros_like(d["global_orient"]))
     be.append(np.repeat(b[None], n, 0))
     ph += [name] * n
     src += [str(f)] * n
@@ -200,8 +213,11 @@ def main(argv=None) -> int:
   p.add_argument("--stride", type=int, default=1, help="AMASS frame subsampling")
   p.add_argument("--phrase", default="", help="phrase for every pose (default: from names)")
   p.add_argument("--skip_bad", action="store_true", help="skip malformed files")
+  p.add_argument("--keep_orient", action="store_true",
+                 help="keep the files' root orientation (default: dropped, upright, as official)")
   a = p.parse_args(argv)
-  ps = import_poses(a.inputs, stride=a.stride, phrase=a.phrase, skip_bad=a.skip_bad)
+  ps = import_poses(a.inputs, stride=a.stride, phrase=a.phrase, skip_bad=a.skip_bad,
+                    keep_orient=a.keep_orient)
   poseset.save_pose_set(a.out, ps)
   print(f"wrote {a.out}: {len(ps)} poses, {len(set(ps.phrase.tolist()))} phrases")
   return 0

@@ -134,7 +134,7 @@ class PriorSpec:
 def parse_caption(caption: str) -> dict[str, Optional[str]]:
   """Reads the factors a caption names (None = not mentioned).
 
-  kind: "head" if it contains "the head of"; "interaction" if it names a
+  kind: "head" if it contains "head of"; "interaction" if it names a
   person and an object; "object" if only an object; "human" if only a person
   (or clothing); None for the empty caption. view: "front"/"side"/"back"/
   "overhead" from "<view> view". Colours follow ``colors.parse_colors``; an

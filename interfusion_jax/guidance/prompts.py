@@ -1,7 +1,8 @@
 """Prompt processing, view-dependent suffixes and the frozen embedding table.
 
 PAPER.md "Prompt engineering": optional prefix ("a photo of") and quality
-suffix ("8K, HD"); view suffixes front/side/back/overhead chosen per camera
+suffix ("8K, HD"), then the view suffix after the whole prompt
+("a photo of a bike, 8K, HD, front view"); front/side/back/overhead chosen per camera
 with threestudio's rule, inside jit, by indexing a [V, L, D] table that was
 encoded once per scene.
 """
@@ -35,7 +36,7 @@ class PromptSpec:
   overhead_elevation_deg: float = 60.0
   front_azimuth_deg: float = 45.0
   back_azimuth_deg: float = 135.0
-  head_template: str = "the head of {human}"
+  head_template: str = "head of {human}"   # official: "a photo of head of T_H, 8K, HD"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "PromptSpec":
@@ -54,7 +55,7 @@ def scene_prompts(spec: PromptSpec) -> dict[str, str]:
   """The four base prompts of a scene (PAPER.md Eq. 3-5).
 
   Returns:
-    {"human": T_H, "head": "the head of T_H", "object": T_O,
+    {"human": T_H, "head": "head of T_H", "object": T_O,
      "interaction": "T_H T_I"} (the full scene prompt).
   """
   human = _check(spec.human, "human")
@@ -65,13 +66,17 @@ def scene_prompts(spec: PromptSpec) -> dict[str, str]:
 
 
 def decorate(text: str, spec: PromptSpec, view: str | None) -> str:
-  """"{prefix} {text}, {view} view, {suffix}" with empty parts dropped."""
+  """"{prefix} {text}, {suffix}, {view} view" with empty parts dropped.
+
+  The view suffix follows the whole prompt, quality suffix included, as the
+  official prompt processor appends it: "a photo of a bike, 8K, HD, front view".
+  """
   text = _check(text, "given")
   parts = [f"{spec.prefix} {text}".strip() if spec.prefix else text]
-  if view is not None:
-    parts.append(f"{view} view")
   if spec.suffix:
     parts.append(spec.suffix)
+  if view is not None:
+    parts.append(f"{view} view")
   return ", ".join(parts)
 
 

@@ -130,7 +130,7 @@ class CameraSpec:
   light_position_perturb: float = 1.0
   eval_distance: float = 2.0
   eval_fovy_deg: float = 70.0
-  eval_elevation_deg: float = 15.0
+  eval_elevation_deg: float = 10.0   # official (threestudio data/uncond.py)
   up: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
 

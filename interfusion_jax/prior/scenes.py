@@ -11,7 +11,7 @@ mirror the trainer's four guidance renders (PAPER.md "Camera tracing"):
 
 with pos drawn from the training-camera distribution (``camera.py``) and the
 caption built by the trainer's own prompt code (``guidance/prompts.py``):
-"{prefix} {text}, {view} view, {suffix}", with the view chosen by the same
+"{prefix} {text}, {suffix}, {view} view", with the view chosen by the same
 threestudio rule from the camera's elevation and azimuth.
 """
 from __future__ import annotations

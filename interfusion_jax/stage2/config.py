@@ -321,6 +321,10 @@ class CameraConfig(_Section):
   eval_elevation_deg: float = setting(_lib_default(_CS, "eval_elevation_deg"),
                                       lambda v: _real(v) and -90 <= v <= 90,
                                       "must be in [-90, 90]")
+  # Shading of the eval renders (validation grids, turntables, multiview):
+  # albedo | diffuse = the official test render: ambient_light + diffuse_light
+  # * max(0, n . l) times the albedo, the light at the camera, on white.
+  eval_shading: str = setting("diffuse", choices=("albedo", "diffuse"))
   up: tuple = setting(_lib_default(_CS, "up"), triple, "must be a 3-vector")  # z-up scene
   # Camera tracing: centre = scale * pos + offset (PAPER.md "Camera tracing").
   object_scale: float = setting(0.7, *_POS)
@@ -415,8 +419,15 @@ class LossConfig(_Section):
   lambda_sds_human: float = setting(1.0, *_NONNEG)
   lambda_geo_human: float = setting(1.0, *_NONNEG)
   lambda_object_sds: str = setting("official", choices=("official",))  # floor(step/1000)/10
+  # official: the piecewise lambda2 over the levels shape_weights; horse: the
+  # fixed levels (0.001, 0.01, 0.1) whatever shape_weights says (older runs).
   lambda_object_geo: str = setting(_lib_default(_SCH, "lambda_object_geo"),
-                                   choices=("official", "horse"))
+                                   choices=schedules.LAMBDA2_VARIANTS)
+  # lambda2 levels (w0, w1, w2): w0 if step < 1 or > 9 periods, w1 if < 2 or
+  # > 8 periods, else w2 (period = schedule_period); official [0.001, 0.01, 0.1].
+  shape_weights: tuple = setting(_lib_default(_SCH, "shape_weights"),
+                                 lambda v: triple(v) and all(x >= 0 for x in v),
+                                 "must be three non-negative numbers (w0, w1, w2)")
   # multiplies the lambda2 schedule (not official; 1 = official)
   lambda_object_geo_scale: float = setting(_lib_default(_SCH, "object_geo_scale"), *_NONNEG)
   schedule_period: int = setting(_lib_default(_SCH, "period"), positive_int,
@@ -449,11 +460,12 @@ class TrainConfig(_Section):
   ckpt_every: int = setting(1000, *_POS_INT)
   keep_checkpoints: int = setting(3, *_POS_INT)
   max_consecutive_skips: int = setting(20, *_POS_INT)
-  turntable_frames: int = setting(60, *_POS_INT)
+  # views of the final turntables; official test video: 180 views
+  turntable_frames: int = setting(180, *_POS_INT)
   mesh_resolution: int = setting(128, lambda v: positive_int(v) and v >= 4,
                                  "must be an integer >= 4")
-  # size of the final turntables / multiview (0 = render size)
-  final_resolution: int = setting(0, nonneg_int,
+  # size of the final turntables / multiview (0 = render size); official 512
+  final_resolution: int = setting(512, nonneg_int,
                                   "must be a non-negative integer (0 = the render size)")
 
 
@@ -675,7 +687,9 @@ def occupancy_spec(run: RunConfig) -> occ_lib.OccupancySpec:
 def schedule_spec(run: RunConfig) -> schedules.ScheduleSpec:
   l = run.loss
   return schedules.ScheduleSpec(
-      lambda_object_geo=l.lambda_object_geo, object_geo_scale=float(l.lambda_object_geo_scale),
+      lambda_object_geo=l.lambda_object_geo,
+      shape_weights=tuple(float(w) for w in l.shape_weights),
+      object_geo_scale=float(l.lambda_object_geo_scale),
       period=l.schedule_period, orient_start=float(l.lambda_orient_start),
       orient_end=float(l.lambda_orient_end), orient_ramp_steps=l.lambda_orient_ramp_steps,
       ambient_only_steps=run.shading.ambient_only_steps, trace_every=run.camera.trace_every,

@@ -1,6 +1,7 @@
 """What a run shows: validation grids, turntables, the multi-view grid, meshes, summary.json.
 
-Evaluation renders are albedo-only, on white, at the eval camera of
+Evaluation renders are on white, albedo-only or diffuse-shaded with the light
+at the camera (``config.camera.eval_shading``), at the eval camera of
 ``config.camera`` (distance, elevation, fovy), around c_O for the object,
 c_O / 2 for the interaction scene and the origin for the human.
 """
@@ -38,8 +39,24 @@ def eval_cameras(spec: step_lib.TrainSpec, object_center, azimuth_deg: float) ->
   return {"object": make(oc), "human": make(jnp.zeros(3)), "interaction": make(0.5 * oc)}
 
 
+def eval_shading(cam, spec: step_lib.TrainSpec):
+  """The eval renders' shading (``config.camera.eval_shading``).
+
+  "albedo": None (plain albedo). "diffuse": the official test render,
+  ambient_light + diffuse_light * max(0, n . l) times the albedo
+  (``config.shading``), with the point light at the camera's position.
+  """
+  if getattr(spec.sections.camera, "eval_shading", "albedo") != "diffuse":
+    return None
+  s = spec.shading
+  return render_lib.Shading(jnp.asarray(cam.light_position, jnp.float32),
+                            jnp.float32(s.ambient_light), jnp.float32(s.diffuse_light),
+                            jnp.float32(0.0))
+
+
 def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec) -> dict:
-  """Albedo renders on white of the object, human and interaction scene.
+  """Renders on white of the object, human and interaction scene, shaded by
+  ``eval_shading`` (albedo, or diffuse with the light at the camera).
 
   Returns:
     {name: {"rgb": [H, W, 3], "normal": [H, W, 3] display in [0, 1], "opacity": [H, W]}}.
@@ -49,12 +66,14 @@ def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec)
   for name, cam in cams.items():
     rays_o, rays_d = render_lib.camera_rays(cam, h, w)
     bg = jnp.ones(3, jnp.float32)
+    shading = eval_shading(cam, spec)
     if name == "interaction":
       r = render_lib.render_two_fields(fn, params["human"], fn, params["object"], rays_o,
-                                       rays_d, bg, spec.render, occupancy=occupancy)
+                                       rays_d, bg, spec.render, occupancy=occupancy,
+                                       shading=shading)
     else:
       r = render_lib.render_rays(fn, params[name], rays_o, rays_d, bg, spec.render,
-                                 occupancy=occupancy)
+                                 occupancy=occupancy, shading=shading)
     img = render_lib.to_image(r, h, w)
     out[name] = {"rgb": img["rgb"], "opacity": img["opacity"],
                  "normal": render_lib.normals_to_image(img["normal"], img["opacity"])}

@@ -6,7 +6,8 @@ and works both on Python ints (returns a Python/NumPy scalar) and inside
 field, renderer and optimizer defaults" and "Camera tracing".
 
 * ``lambda_object_sds``: lambda1 = floor(step / 1000) / 10.
-* ``lambda_object_geo``: lambda2, the official piecewise schedule or the horse one.
+* ``lambda_object_geo``: lambda2, the official piecewise schedule over the
+  levels ``shape_weights`` (w0, w1, w2).
 * ``lambda_orient``: linear ramp 10 -> 1000 over steps 0..5000.
 * ``ambient_only``: ambient-only shading while step < 2001.
 * (the occupancy-grid update every 16 steps and its warm-up live in
@@ -23,17 +24,21 @@ import jax.numpy as jnp
 
 from interfusion_jax.guidance import sds
 
-# lambda2 = (ends, shoulders, middle) for the two official configs.
-_LAMBDA2_LEVELS = {
-    "official": (0.01, 0.1, 0.1),
-    "horse": (0.001, 0.01, 0.1),
-}
+# The official shape_weights default (riding_a_bike.yaml and 7 more of the 11
+# scene configs): lambda2 = (w0, w1, w2) = (ends, shoulders, middle).
+OFFICIAL_SHAPE_WEIGHTS = (0.001, 0.01, 0.1)
+# lambda_object_geo variants: "official" reads its levels from shape_weights
+# (config.loss.shape_weights); "horse" is a fixed level set, kept for older
+# command lines (it equals OFFICIAL_SHAPE_WEIGHTS).
+_LAMBDA2_FIXED = {"horse": (0.001, 0.01, 0.1)}
+LAMBDA2_VARIANTS = ("official", "horse")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleSpec:
   """Static schedule settings (config.loss / shading / occupancy / camera / guidance)."""
   lambda_object_geo: str = "official"
+  shape_weights: tuple[float, float, float] = OFFICIAL_SHAPE_WEIGHTS
   object_geo_scale: float = 1.0
   period: int = 1000
   orient_start: float = 10.0
@@ -61,25 +66,34 @@ def lambda_object_sds(step: Any, period: int = 1000) -> Any:
   return jnp.floor_divide(jnp.asarray(step, jnp.int32), int(period)).astype(jnp.float32) / 10.0
 
 
-def lambda_object_geo(step: Any, variant: str = "official", period: int = 1000) -> Any:
-  """lambda2 of PAPER.md Eq. 8 (object geometry), official piecewise schedule.
+def lambda_object_geo(step: Any, variant: str = "official", period: int = 1000,
+                      shape_weights: tuple = OFFICIAL_SHAPE_WEIGHTS) -> Any:
+  """lambda2 of PAPER.md Eq. 8 (object geometry), the official piecewise schedule.
 
-  official: 0.01 if step < 1000 or step > 9000; else 0.1 if step < 2000 or
-  step > 8000; else 0.1.  horse: the same boundaries with 0.001 / 0.01 / 0.1.
+  With levels (w0, w1, w2): w0 if step < 1000 or step > 9000; else w1 if
+  step < 2000 or step > 8000; else w2.
 
   Args:
     step: integer step (Python int or 0-d int array).
-    variant: "official" or "horse" (config.loss.lambda_object_geo).
+    variant: "official" (levels = ``shape_weights``) or "horse" (the fixed
+      levels (0.001, 0.01, 0.1), whatever ``shape_weights`` says)
+      (config.loss.lambda_object_geo).
     period: the official 1000 (config.loss.schedule_period); the boundaries
       1000 / 2000 / 8000 / 9000 become 1, 2, 8, 9 x period.
+    shape_weights: the three levels (w0, w1, w2) (config.loss.shape_weights;
+      official default (0.001, 0.01, 0.1)).
 
   Returns:
     A 0-d float32 array.
   """
-  if variant not in _LAMBDA2_LEVELS:
+  if variant not in LAMBDA2_VARIANTS:
     raise ValueError(f"lambda_object_geo variant {variant!r} is unknown; choose one of "
-                     f"{sorted(_LAMBDA2_LEVELS)} (config.loss.lambda_object_geo).")
-  ends, shoulders, middle = _LAMBDA2_LEVELS[variant]
+                     f"{list(LAMBDA2_VARIANTS)} (config.loss.lambda_object_geo).")
+  levels = _LAMBDA2_FIXED.get(variant, shape_weights)
+  if len(levels) != 3:
+    raise ValueError(f"shape_weights = {levels!r}: need three levels (w0, w1, w2) "
+                     "(config.loss.shape_weights).")
+  ends, shoulders, middle = (float(w) for w in levels)
   s = jnp.asarray(step, jnp.int32)
   p = int(period)
   return jnp.where((s < p) | (s > 9 * p), ends,
@@ -136,7 +150,7 @@ def step_weights(step: Any, spec: ScheduleSpec) -> dict[str, Any]:
   return {
       "lambda_object_sds": lambda_object_sds(step, spec.period),
       "lambda_object_geo": spec.object_geo_scale * lambda_object_geo(
-          step, spec.lambda_object_geo, spec.period),
+          step, spec.lambda_object_geo, spec.period, spec.shape_weights),
       "lambda_orient": lambda_orient(step, spec.orient_start, spec.orient_end,
                                      spec.orient_ramp_steps),
   }
