@@ -33,9 +33,5 @@ def main(argv) -> int:
   return 0
 
 
-def cli() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
-
-
 if __name__ == "__main__":
-  cli()
+  app.run(lambda argv: sys.exit(main(argv)))

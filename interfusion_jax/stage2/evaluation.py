@@ -544,3 +544,22 @@ def evaluate_path(path, *, clip=None,
       fileio.atomic_write_text(root / "eval.csv", table_csv(table))
       fileio.atomic_write_text(root / "eval.md", table_markdown(table))
   return out
+
+
+def default_clip_dir(path) -> str:
+  """``config.pose.clip_dir`` of the first run under ``path`` ("" when unset)."""
+  first = rundirs.discover(path).runs[0]
+  try:
+    return str(run_io.load_config(first).pose.get("clip_dir", "") or "")
+  except (FileNotFoundError, AttributeError, ValueError):
+    return ""
+
+
+def summary_text(result: dict) -> str:
+  """``evaluate_path``'s table as Markdown, plus the R-precision line for a sweep."""
+  text = table_markdown(result["rows"])
+  if result["kind"] == "sweep":
+    r = result["r_precision"]
+    text += ("CLIP R-precision: " + ("—" if r is None else f"{r:.4f}") + " "
+             + result["r_precision_note"]).rstrip() + "\n"
+  return text

@@ -284,3 +284,31 @@ def run_judge(cmd: str, out_dir, timeout: float = 600.0) -> dict:
   run_io.write_json(out / "answers.json", result["answers"])
   run_io.write_json(out / "tally.json", {k: v for k, v in result.items() if k != "answers"})
   return result
+
+
+def parse_methods(items: Sequence[str]) -> dict:
+  """{name: dir} from ``NAME=DIR`` or bare ``DIR`` items (a bare DIR is named after its folder).
+
+  Raises:
+    JudgeError: when a name repeats.
+  """
+  out = {}
+  for item in items:
+    name, sep, path = str(item).partition("=")
+    if not sep:
+      name, path = "", item
+    name = name or pathlib.Path(path).absolute().name
+    if name in out:
+      raise JudgeError(f"--compare names {name!r} twice; give NAME=DIR pairs.")
+    out[name] = path
+  return out
+
+
+def summary_lines(result: Mapping) -> list[str]:
+  """Human-readable lines of a ``run_judge`` result: the counts, then one line per method."""
+  lines = [f"sheets {result['sheets']}: valid {result['valid']} (ties {result['ties']}), "
+           f"invalid {result['invalid']}, missing {result['missing']}"]
+  for m, r in result["per_method"].items():
+    pct = "—" if r["select_pct"] is None else f"{r['select_pct']:.4f}"
+    lines.append(f"{m}: select {pct} % ({r['credit']:g} of {r['valid_sheets']})")
+  return lines

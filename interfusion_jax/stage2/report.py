@@ -382,9 +382,19 @@ def _dig(d: Any, keys: Sequence[str]) -> Any:
 
 
 def sweep_index_html(sweep_dir, runs: Sequence[pathlib.Path]) -> str:
-  """index.html of a sweep: one card per scene, a sortable metrics table, report links."""
+  """index.html of a sweep: one card per scene, a sortable metrics table, report links.
+
+  A scene's status comes from its files (``run_status``); when it has not
+  finished, the status ``sweep.json`` records for it (e.g. "failed: ...") is shown too.
+  """
   root = pathlib.Path(sweep_dir).absolute()
   sweep_eval = _read_json(root / "eval.json") or {}
+  listed = _read_json(root / "sweep.json") or {}
+  sweep_status = {}
+  for e in (listed.get("scenes") or []) if isinstance(listed, dict) else []:
+    if isinstance(e, dict) and isinstance(e.get("workdir"), str) and e.get("status"):
+      sweep_status[(root / e["workdir"]).absolute()] = str(e["status"]) + (
+          f": {e['error']}" if e.get("error") else "")
   cards, table = [], []
   for run in runs:
     run = pathlib.Path(run).absolute()
@@ -396,6 +406,8 @@ def sweep_index_html(sweep_dir, runs: Sequence[pathlib.Path]) -> str:
     rel = run.relative_to(root).as_posix() if run.is_relative_to(root) else run.as_uri()
     href = f"{rel}/report.html"
     status = run_status(run, config)
+    if run in sweep_status and not status.startswith("finished"):
+      status = f"{sweep_status[run]} ({status})"      # the sweep's own record (e.g. failed)
     vals = [_dig(ev, keys) for _, keys in INDEX_METRICS]
     loss = (summary.get("final_losses") or {}).get("loss")
     thumb = run / "final" / "multiview.png"
