@@ -492,7 +492,8 @@ def evaluate_path(path, *, clip=None,
   """Evaluates a run directory, or every run of a sweep directory (``rundirs.discover``).
 
   Writes ``eval.json`` into each run; for a sweep also ``<sweep>/eval.json``
-  (records, mean, CLIP R-precision over the distinct scene prompts),
+  (records, mean, CLIP R-precision over the distinct prompts of the measured
+  scenes; a scene without a checkpoint is listed with its "error", unmeasured),
   ``eval.csv`` and ``eval.md`` (one row per scene, the mean, then the paper's
   reference rows).
 
@@ -509,7 +510,16 @@ def evaluate_path(path, *, clip=None,
   load = load or loop.load_trained
   records, feats = [], []
   for run in rs.runs:
-    config, spec, state = load(str(run))
+    try:
+      config, spec, state = load(str(run))
+    except FileNotFoundError as e:
+      if rs.kind == "run":
+        raise
+      # A sweep scene that has not trained yet (or failed): reported, not measured.
+      records.append({"run": str(pathlib.Path(run).absolute()), "step": None, "clip": None,
+                      "prompts": clip_score_lib.scene_prompts(run_io.load_config(run)),
+                      "error": str(e), "geometry": {}})
+      continue
     rec, f = evaluate_loaded(run, config, spec, state, clip=clip, score_spec=score_spec,
                              grid_resolution=grid_resolution, geometry=geometry)
     records.append(rec)
@@ -517,18 +527,19 @@ def evaluate_path(path, *, clip=None,
     if write:
       run_io.write_json(pathlib.Path(run) / "eval.json", rec)
   rows = [csv_row(r) for r in records]
+  measured = [r for r in records if "error" not in r]
   table = rows + ([mean_row(rows)] if rs.kind == "sweep" else []) + reference_rows()
   out = {"kind": rs.kind, "records": records, "rows": table, "r_precision": None,
          "r_precision_note": ""}
   if rs.kind == "sweep":
-    prompts = sorted({r["prompts"]["interaction"] for r in records})
+    prompts = sorted({r["prompts"]["interaction"] for r in measured})
     if clip is None:
       out["r_precision_note"] = "not computed: no CLIP weights"
     elif len(prompts) < 2:
       out["r_precision_note"] = "not computed: the sweep has fewer than 2 distinct prompts"
     else:
       scores = clip_score_lib.prompt_score_matrix(clip, feats, prompts)
-      own = [prompts.index(r["prompts"]["interaction"]) for r in records]
+      own = [prompts.index(r["prompts"]["interaction"]) for r in measured]
       out["r_precision"] = clip_score_lib.r_precision(scores, own)
       out["r_precision_prompts"] = prompts
       out["r_precision_scores"] = scores.tolist()
@@ -536,6 +547,7 @@ def evaluate_path(path, *, clip=None,
       root = rs.root
       run_io.write_json(root / "eval.json", {
           "runs": [r["run"] for r in records], "mean": table[len(rows)],
+          "not_measured": {r["run"]: r["error"] for r in records if "error" in r},
           "r_precision": out["r_precision"], "r_precision_note": out["r_precision_note"],
           "r_precision_prompts": out.get("r_precision_prompts"),
           "r_precision_scores": out.get("r_precision_scores"),
