@@ -9,9 +9,18 @@
   NaN is never written.
 
 The state is saved as a host (NumPy) pytree; callers un-replicate first.
+
+Checkpoints are always process-local: no training state of this project is
+sharded across processes (a multi-host sweep trains different scenes in each
+process, stage2/sweep.py). Under ``jax.distributed`` (``jax.process_count() >
+1``) Orbax 0.12 would coordinate every save with all processes and write host
+NumPy arrays only on process 0, so ``make_manager``, ``save`` and
+``restore_latest`` run inside ``process_local()``, which makes Orbax treat the
+calling process as the only one (docs/sweeps.md).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -21,6 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.multihost import multihost as _orbax_multihost
 
 
 class NonFiniteCheckpointError(ValueError):
@@ -45,6 +55,32 @@ def to_host(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+def _multiprocess() -> bool:
+  return jax.process_count() > 1
+
+
+@contextlib.contextmanager
+def process_local():
+  """Within: Orbax sees the calling process as process 0 of one (no cross-process sync).
+
+  A no-op in a single-process run. Orbax 0.12 has no public option for
+  "every process writes its own checkpoints": its NumPy handler writes only
+  on process 0 and its managers wait at barriers of all processes. This
+  patches its process index (``orbax.checkpoint._src.multihost``) for the
+  duration; the managers made under it have ``active_processes={0}`` and a
+  per-process barrier prefix, so every barrier is skipped.
+  """
+  if not _multiprocess():
+    yield
+    return
+  real = _orbax_multihost.process_index
+  _orbax_multihost.process_index = lambda: 0
+  try:
+    yield
+  finally:
+    _orbax_multihost.process_index = real
+
+
 def make_manager(directory: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
   """A synchronous Orbax manager in ``directory`` keeping the ``keep`` newest steps.
 
@@ -60,9 +96,20 @@ def make_manager(directory: str | os.PathLike, keep: int) -> ocp.CheckpointManag
   except OSError as e:
     raise CheckpointDirError(
         f"Cannot write checkpoints to {path}: {e}. Choose a writable --workdir.") from e
+  if not _multiprocess():
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(keep), create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(path, options=options)
+  mp = ocp.options.MultiprocessingOptions(
+      primary_host=0, active_processes={0},
+      barrier_sync_key_prefix=f"interfusion_p{jax.process_index()}")
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=int(keep), create=True, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(path, options=options)
+      max_to_keep=int(keep), create=False, enable_async_checkpointing=False,
+      multiprocessing_options=mp)
+  with process_local():
+    return ocp.CheckpointManager(
+        path, options=options,
+        item_handlers=ocp.StandardCheckpointHandler(multiprocessing_options=mp))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -75,10 +122,11 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   if not all_finite(state):
     raise NonFiniteCheckpointError(
         f"Refusing to write checkpoint at step {step}: the state holds NaN/Inf values.")
-  if step in manager.all_steps():
-    return
-  manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
-  manager.wait_until_finished()
+  with process_local():
+    if step in manager.all_steps():
+      return
+    manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    manager.wait_until_finished()
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, Any] | None:
@@ -95,10 +143,13 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, An
   """
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), to_host(target))
-  manager.reload()
-  for step in sorted(manager.all_steps(), reverse=True):
+  with process_local():
+    manager.reload()
+    steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      with process_local():
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
       restored = to_host(restored)
       if not all_finite(restored):
         raise NonFiniteCheckpointError("non-finite values")
