@@ -237,7 +237,8 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
 
 def train_loop(states: list, group: Group, *, total_steps: int | None = None,
                num_devices: int | None = None, stop_after: int | None = None,
-               progress: bool = True) -> tuple[list, dict]:
+               progress: bool = True, isolate_failures: bool | None = None,
+               bar: run_io.Progress | None = None) -> tuple[list, dict]:
   """Runs the group's scenes from their (common) step to ``total_steps`` together.
 
   Per scene: metrics every ``train.log_every`` steps, validation grids every
@@ -248,14 +249,23 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
   Args:
     states: one host ``TrainState`` per scene, all at the same step.
     total_steps: default ``configs[0].train.steps``.
+    isolate_failures: True: a scene that passes ``train.max_consecutive_skips``
+      non-finite steps in a row is marked failed (info "failed"), writes
+      nothing more (its last checkpoint holds only finite values) and the
+      others go on; the loop ends early when every scene has failed. False:
+      raise ``TooManySkipsError``. Default: True for S > 1 scenes, False for
+      a single run.
+    bar: a progress bar shared with other groups (a sweep's scenes x steps);
+      it is advanced by S per step and not closed. None: the loop's own bar.
 
   Returns:
     (host TrainStates, info dict: "last_metrics" [per scene], "interrupted",
-     "steps_per_second", "wall_time_s", "steps_run", "num_devices").
+     "steps_per_second", "wall_time_s", "steps_run", "num_devices",
+     "failed" [bool per scene], "failure" [message or None per scene]).
 
   Raises:
     TooManySkipsError: after ``train.max_consecutive_skips`` non-finite steps in
-      a row (of any scene).
+      a row, unless ``isolate_failures``.
   """
   spec, n = group.spec, len(group.scenes)
   tc = group.configs[0].train
@@ -272,16 +282,20 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
   managers = [ckpt_lib.make_manager(p.checkpoints, tc.keep_checkpoints) if p else None
               for p in group.paths]
   writers = [run_io.MetricsWriter(p) if p else None for p in group.paths]
-  bar = run_io.Progress(total * n, initial=start * n, disable=not progress)
+  isolate = n > 1 if isolate_failures is None else bool(isolate_failures)
+  own_bar = bar is None
+  if own_bar:
+    bar = run_io.Progress(total * n, initial=start * n, disable=not progress)
   last = [{} for _ in range(n)]
+  failed, failure = [False] * n, [None] * n
   interrupted, done, step = False, 0, start
 
   def host_states():
     return unstack(dstate, n)
 
   def checkpoint(hosts, at):
-    for m, h in zip(managers, hosts):
-      if m is not None and at > 0:
+    for i, (m, h) in enumerate(zip(managers, hosts)):
+      if m is not None and at > 0 and not failed[i]:
         ckpt_lib.save(m, at, h)
 
   t0 = time.perf_counter()
@@ -297,25 +311,33 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
       skipped = np.asarray(metrics["skipped"]) > 0
       if skipped.any():
         runs = np.asarray(dstate.consecutive_skips)
-        for i in np.flatnonzero(skipped):
+        for i in np.flatnonzero(skipped & ~np.asarray(failed)):
           warnings.warn(f"step {step - 1}{f' (scene {i})' if n > 1 else ''}: non-finite loss "
                         f"or gradient; update skipped ({int(runs[i])} in a row).")
-        if runs.max() >= tc.max_consecutive_skips:
-          raise TooManySkipsError(
-              f"{int(runs.max())} consecutive steps had a non-finite loss or gradient (step "
-              f"{step - 1}); aborting. Lower the learning rates or the guidance scale, or "
-              "check the guidance weights. The last checkpoint holds only finite values.")
+        over = [i for i in range(n) if runs[i] >= tc.max_consecutive_skips and not failed[i]]
+        for i in over:
+          msg = (f"{int(runs[i])} consecutive steps had a non-finite loss or gradient (step "
+                 f"{step - 1}); aborting. Lower the learning rates or the guidance scale, or "
+                 "check the guidance weights. The last checkpoint holds only finite values.")
+          if not isolate:
+            raise TooManySkipsError(msg)
+          failed[i], failure[i] = True, msg
+          logging.warning("scene %d failed: %s", i, msg)
       if step % tc.log_every == 0 or step == total:
         host = jax.device_get(metrics)
-        last = [{k: float(v[i]) for k, v in host.items()} for i in range(n)]
-        for w, m in zip(writers, last):
-          if w is not None:
+        fresh = [{k: float(v[i]) for k, v in host.items()} for i in range(n)]
+        last = [l if failed[i] else f for i, (l, f) in enumerate(zip(last, fresh))]
+        for i, (w, m) in enumerate(zip(writers, last)):
+          if w is not None and not failed[i]:
             w.write(step, m)
-        bar.update(step, float(np.mean([m["loss"] for m in last])), n=0)
+        live = [m["loss"] for i, m in enumerate(last) if not failed[i] and m]
+        bar.update(step, float(np.mean(live)) if live else None, n=0)
       bar.update(step, None, n=n)
+      if all(failed):
+        break
       if step % tc.val_every == 0 or step == total:
-        for h, p in zip(host_states(), group.paths):
-          if p is not None:
+        for i, (h, p) in enumerate(zip(host_states(), group.paths)):
+          if p is not None and not failed[i]:
             run_io.write_png(p.val / f"step_{step:06d}.png",
                              outputs_lib.validation_grid(h.params, h.occupancy,
                                                          h.object_center, spec))
@@ -326,14 +348,16 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
     checkpoint(host_states(), step)
     logging.warning("Interrupted at step %d; checkpoint written. Resume with --resume.", step)
   finally:
-    bar.close()
+    if own_bar:
+      bar.close()
     for w in writers:
       if w is not None:
         w.close()
   dt = time.perf_counter() - t0
   info = {"last_metrics": last, "interrupted": interrupted,
           "steps_per_second": done / dt if dt > 0 else 0.0, "wall_time_s": dt,
-          "steps_run": done, "num_devices": compiled.num_devices}
+          "steps_run": done, "num_devices": compiled.num_devices,
+          "failed": failed, "failure": failure}
   return host_states(), info
 
 
