@@ -1,0 +1,93 @@
+"""Prompt sweeps from the command line: flags in, one library call.
+
+    python -m interfusion_jax.sweep --config=configs/hoi.py[:variant] \
+        --prompts=configs/sweeps/official.jsonl --workdir=runs/official
+
+On several hosts run the same command on every host; on Cloud TPU
+``jax.distributed`` finds the others itself, elsewhere pass
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or let
+SLURM's environment supply them). Re-running the command resumes. The sweep
+itself is ``stage2.sweep.run_sweep`` (docs/sweeps.md). Exit codes: 0 every
+scene done, 1 some scene failed or is unfinished, 2 bad input (one line
+``error: ...``), 130 interrupted (checkpoints written).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import setup as setup_lib
+from interfusion_jax.stage2 import sweep as sweep_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Base config of every scene, e.g. configs/hoi.py:paper.", lock_config=True)
+flags.DEFINE_string("prompts", None, "Prompt file: .jsonl or .csv, one scene a row "
+                    "(columns: docs/sweeps.md).")
+flags.DEFINE_string("workdir", None, "Sweep directory: one run directory per scene, "
+                    "sweep.json and sweep.csv.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (jax.distributed); "
+                    "not needed on Cloud TPU or with a single process.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (jax.distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (jax.distributed).")
+flags.DEFINE_bool("retry_failed", False, "Train scenes marked failed again.")
+flags.DEFINE_bool("progress", True, "Show the progress bar (process 0).")
+flags.mark_flags_as_required(["config", "prompts", "workdir"])
+
+
+def enable_compilation_cache() -> None:
+  """The persistent XLA cache of ``python -m interfusion_jax.train`` (JAX_COMPILATION_CACHE_DIR)."""
+  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(
+      "~/.cache/interfusion_jax/jax_cache")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def main(argv) -> int:
+  del argv
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  try:
+    processes = sweep_lib.initialize_distributed(FLAGS.coordinator_address,
+                                                 FLAGS.num_processes, FLAGS.process_id)
+  except sweep_lib.SweepError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  enable_compilation_cache()
+  absl_logging.set_verbosity(absl_logging.WARNING if processes.index == 0 else absl_logging.ERROR)
+  if processes.index != 0:   # logs come from process 0 only
+    logging.getLogger().setLevel(logging.ERROR)
+  try:
+    entries = sweep_lib.run_sweep(FLAGS.config, FLAGS.prompts, FLAGS.workdir,
+                                  processes=processes, progress=FLAGS.progress,
+                                  retry_failed=FLAGS.retry_failed)
+  except (sweep_lib.SweepError, setup_lib.TrainSetupError, config_lib.ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"Interrupted; checkpoints written under {FLAGS.workdir}. Run the same command "
+          "to resume.", file=sys.stderr)
+    return 130
+  if processes.index == 0:
+    counts = {}
+    for e in entries:
+      counts[e["status"]] = counts.get(e["status"], 0) + 1
+    print(f"Sweep: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; index: "
+          f"{FLAGS.workdir}/sweep.json, sweep.csv.")
+  return 0 if all(e["status"] == "done" for e in entries) else 1
+
+
+def cli() -> None:
+  """Entry point: rejects unknown --config.* keys in one line, then runs ``main``."""
+  config_lib.exit_on_bad_overrides(sys.argv[1:])
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  cli()
