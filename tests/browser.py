@@ -109,9 +109,10 @@ class Page:
         return m.get("result", {})
       self.events.append(m)
 
-  def wait_event(self, method: str, timeout: float = 60.0) -> dict:
+  def wait_event(self, method: str, timeout: float = 60.0, since: int = 0) -> dict:
+    """The first event ``method`` at or after position ``since`` of ``events`` (waits)."""
     deadline = time.monotonic() + timeout
-    for e in self.events:
+    for e in self.events[since:]:
       if e.get("method") == method:
         return e
     while True:
@@ -131,8 +132,9 @@ class Page:
   def goto(self, path: str | os.PathLike, timeout: float = 60.0) -> None:
     """Loads a local file and waits for its load event."""
     url = pathlib.Path(path).absolute().as_uri()
+    since = len(self.events)
     self.call("Page.navigate", {"url": url}, session=True)
-    self.wait_event("Page.loadEventFired", timeout)
+    self.wait_event("Page.loadEventFired", timeout, since)
 
   def errors(self) -> list[str]:
     """Console errors, uncaught exceptions and failed loads seen so far."""
@@ -175,6 +177,11 @@ PAGE_STATE_JS = r"""
     curves: [...document.querySelectorAll('svg.curve polyline')].map(p => ({
         points: p.points.length, length: p.getTotalLength(),
         box: p.getBBox().width * p.getBBox().height + p.getBBox().width})),
+    canvases: [...document.querySelectorAll('canvas')].map(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let ink = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) ink++;
+        return {w: c.width, h: c.height, ink: ink, faces: c.getAttribute('data-drawn')}; }),
     tables: [...document.querySelectorAll('table')].length,
     links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
     title: document.title,

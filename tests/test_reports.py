@@ -131,6 +131,10 @@ def test_run_report_written_by_the_run_opens_in_chromium(smoke_run, chromium, ar
   assert "steps per second" in body
   for link in state["links"]:
     assert (smoke_run / link).is_file(), link
+  (canvas,) = state["canvases"]                 # the 3D view of mesh_combined.obj
+  faces = sum(1 for l in (smoke_run / "final" / "mesh_combined.obj").read_text().splitlines()
+              if l.startswith("f "))
+  assert int(canvas["faces"]) == faces and canvas["ink"] > 100
 
 
 def test_evaluate_run_without_clip_says_so_in_one_line(smoke_run):

@@ -11,8 +11,10 @@ when it is the built-in low-fidelity prior), the anchor pose picture and the
 top-k candidates of stage 1, the turntables, the multi-view grid, the newest
 validation grid, loss and lambda curves from ``metrics.jsonl``, the metrics
 (``eval.json`` when ``python -m interfusion_jax.evaluate`` has run, else the
-final losses), timings and the resolved config. Every part is optional: a
-missing file is reported as missing, not an error.
+final losses), timings, the meshes (links, and a drag-to-rotate canvas view
+of the combined mesh, simplified to at most MESH_MAX_FACES faces) and the
+resolved config. Every part is optional: a missing file is reported as
+missing, not an error.
 """
 from __future__ import annotations
 
@@ -291,6 +293,140 @@ def metrics_rows(evaluation: dict | None, summary: dict | None) -> list[tuple]:
   return rows
 
 
+MESH_MAX_FACES = 20000
+
+VIEWER_JS = """
+(function () {
+  var el = document.getElementById('mesh-data');
+  var cv = document.getElementById('mesh-view');
+  if (!el || !cv) return;
+  var m = JSON.parse(el.textContent), V = m.v, C = m.c, F = m.f;
+  var nv = V.length / 3, nf = F.length / 3, ctx = cv.getContext('2d');
+  var cx = 0, cy = 0, cz = 0, r = 1e-6;
+  for (var i = 0; i < nv; i++) { cx += V[3*i]; cy += V[3*i+1]; cz += V[3*i+2]; }
+  cx /= nv; cy /= nv; cz /= nv;
+  for (var i = 0; i < nv; i++) {
+    r = Math.max(r, Math.hypot(V[3*i] - cx, V[3*i+1] - cy, V[3*i+2] - cz)); }
+  var yaw = 0.6, pitch = 0.25, drag = null, auto = true;
+  var P = new Float64Array(3 * nv), depth = new Float64Array(nf), order = new Uint32Array(nf);
+  function draw() {
+    var w = cv.width, h = cv.height, s = 0.45 * Math.min(w, h) / r;
+    var cy_ = Math.cos(yaw), sy = Math.sin(yaw), cp = Math.cos(pitch), sp = Math.sin(pitch);
+    for (var i = 0; i < nv; i++) {   // scene z-up: x right, z up, y into the screen
+      var x = V[3*i] - cx, y = V[3*i+1] - cy, z = V[3*i+2] - cz;
+      var x1 = cy_ * x - sy * y, y1 = sy * x + cy_ * y;
+      var y2 = cp * y1 - sp * z, z2 = sp * y1 + cp * z;
+      P[3*i] = w / 2 + s * x1; P[3*i+1] = h / 2 - s * z2; P[3*i+2] = y2;
+    }
+    for (var f = 0; f < nf; f++) {
+      order[f] = f;
+      depth[f] = P[3*F[3*f]+2] + P[3*F[3*f+1]+2] + P[3*F[3*f+2]+2];
+    }
+    order.sort(function (a, b) { return depth[b] - depth[a]; });
+    ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, w, h);
+    for (var k = 0; k < nf; k++) {
+      var f = order[k], a = F[3*f], b = F[3*f+1], c = F[3*f+2];
+      var ux = P[3*b] - P[3*a], uy = P[3*b+1] - P[3*a+1], uz = P[3*b+2] - P[3*a+2];
+      var vx = P[3*c] - P[3*a], vy = P[3*c+1] - P[3*a+1], vz = P[3*c+2] - P[3*a+2];
+      var nx = uy * vz - uz * vy, ny = uz * vx - ux * vz, nz = ux * vy - uy * vx;
+      var shade = 0.35 + 0.65 * Math.abs(nz) / (Math.hypot(nx, ny, nz) + 1e-12);
+      var rr = 0, gg = 0, bb = 0;
+      for (var j = 0; j < 3; j++) { var q = F[3*f+j]; rr += C[3*q]; gg += C[3*q+1]; bb += C[3*q+2]; }
+      ctx.fillStyle = 'rgb(' + Math.round(rr / 3 * shade) + ',' + Math.round(gg / 3 * shade) +
+          ',' + Math.round(bb / 3 * shade) + ')';
+      ctx.beginPath(); ctx.moveTo(P[3*a], P[3*a+1]); ctx.lineTo(P[3*b], P[3*b+1]);
+      ctx.lineTo(P[3*c], P[3*c+1]); ctx.closePath(); ctx.fill();
+    }
+    cv.setAttribute('data-drawn', String(nf));
+  }
+  cv.addEventListener('pointerdown', function (e) { drag = [e.clientX, e.clientY]; auto = false; });
+  window.addEventListener('pointerup', function () { drag = null; });
+  window.addEventListener('pointermove', function (e) {
+    if (!drag) return;
+    yaw += 0.01 * (e.clientX - drag[0]);
+    pitch = Math.max(-1.5, Math.min(1.5, pitch + 0.01 * (e.clientY - drag[1])));
+    drag = [e.clientX, e.clientY]; draw();
+  });
+  function spin() { if (auto) { yaw += 0.01; draw(); setTimeout(spin, 50); } }
+  draw(); spin();
+})();
+"""
+
+
+def read_obj(path: pathlib.Path) -> tuple:
+  """(vertices [V, 3], colours [V, 3] in [0, 1], faces [F, 3] 0-based) of an OBJ written by
+  ``mesh.export.obj_bytes`` (``v x y z r g b`` lines; colours 0.5 grey when absent)."""
+  verts, cols, faces = [], [], []
+  for line in pathlib.Path(path).read_text().splitlines():
+    parts = line.split()
+    if not parts:
+      continue
+    if parts[0] == "v":
+      xs = [float(x) for x in parts[1:7]]
+      verts.append(xs[:3])
+      cols.append(xs[3:6] if len(xs) >= 6 else [0.5, 0.5, 0.5])
+    elif parts[0] == "f":
+      idx = [int(p.split("/")[0]) for p in parts[1:]]
+      for k in range(1, len(idx) - 1):        # fan-triangulate polygons
+        faces.append([idx[0] - 1, idx[k] - 1, idx[k + 1] - 1])
+  return (np.asarray(verts, np.float64).reshape(-1, 3), np.asarray(cols, np.float64).reshape(-1, 3),
+          np.asarray(faces, np.int64).reshape(-1, 3))
+
+
+def simplify(vertices: np.ndarray, colors: np.ndarray, faces: np.ndarray,
+             max_faces: int = MESH_MAX_FACES) -> tuple:
+  """Vertex-clustering simplification to at most ``max_faces`` faces.
+
+  Vertices are merged per cell of a cubic grid over the bounding box (colour
+  and position averaged); faces that collapse are dropped, and the grid is
+  coarsened until the face count fits. Returns (vertices, colours, faces), unchanged when
+  already small enough.
+  """
+  if len(faces) <= max_faces:
+    return vertices, colors, faces
+  lo, hi = vertices.min(0), vertices.max(0)
+  cells = 256
+  while True:
+    size = max(float((hi - lo).max()), 1e-9) / cells
+    key = np.floor((vertices - lo) / size).astype(np.int64)
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    f = inv[faces]
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    f = np.unique(np.sort(f, axis=1), axis=0) if len(f) > max_faces else f
+    if len(f) <= max_faces or cells <= 4:
+      n = np.bincount(inv, minlength=len(uniq))[:, None]
+      v = np.stack([np.bincount(inv, vertices[:, k], len(uniq)) for k in range(3)], 1) / n
+      c = np.stack([np.bincount(inv, colors[:, k], len(uniq)) for k in range(3)], 1) / n
+      return v, c, f
+    cells = int(cells * 0.7)
+
+
+def mesh_viewer_html(obj_path: pathlib.Path) -> str:
+  """A drag-to-rotate canvas view of an OBJ mesh (embedded as JSON; canvas 2D, no WebGL)."""
+  if not obj_path.is_file():
+    return f'<p class="muted">{esc(obj_path.name)} is missing.</p>'
+  try:
+    v, c, f = read_obj(obj_path)
+  except (OSError, ValueError) as e:
+    return f'<p class="muted">{esc(obj_path.name)} unreadable: {esc(e)}</p>'
+  if len(f) == 0:
+    return f'<p class="muted">{esc(obj_path.name)} has no faces (an empty field).</p>'
+  n0 = len(f)
+  v, c, f = simplify(v, c, f)
+  data = {"v": np.round(v, 4).reshape(-1).tolist(),
+          "c": np.clip(np.round(c * 255), 0, 255).astype(int).reshape(-1).tolist(),
+          "f": f.reshape(-1).astype(int).tolist()}
+  note = (f"{len(f)} faces" if len(f) == n0
+          else f"{len(f)} of {n0} faces (simplified by vertex clustering for the page)")
+  return ('<canvas id="mesh-view" width="420" height="420" style="border:1px solid #ddd;'
+          'touch-action:none"></canvas>'
+          f'<p class="muted">{esc(obj_path.name)}: {esc(note)}; drag to rotate.</p>'
+          '<script type="application/json" id="mesh-data">'
+          + json.dumps(data, separators=(",", ":")) + "</script>"
+          f"<script>{VIEWER_JS}</script>")
+
+
 def run_report_html(workdir) -> str:
   """The report.html text of one run directory (reads its files; writes nothing)."""
   wd = pathlib.Path(workdir).absolute()
@@ -344,7 +480,8 @@ def run_report_html(workdir) -> str:
   body += ["<h2>Timings</h2>", table_html(["what", "value"], timing)]
   if meshes:
     links = " · ".join(f'<a href="final/{esc(p.name)}">{esc(p.name)}</a>' for p in meshes)
-    body += ["<h2>Meshes</h2>", f"<p>{links}</p>"]
+    body += ["<h2>Meshes</h2>", f"<p>{links}</p>",
+             mesh_viewer_html(wd / "final" / "mesh_combined.obj")]
   body += ["<h2>Resolved config</h2>",
            f"<details><summary>config.json</summary><pre>"
            f"{esc(json.dumps(config, indent=2, sort_keys=True))}</pre></details>"]
