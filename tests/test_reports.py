@@ -97,7 +97,7 @@ def _check_loaded(state):
     assert v["error"] is None and v["ready"] >= 2 and v["w"] > 0, v
 
 
-def test_run_report_written_by_the_run_opens_in_chromium(smoke_run, chromium, artefacts):
+def test_run_report_written_by_the_run_opens_in_chromium(chromium, smoke_run, artefacts):
   report = smoke_run / "report.html"
   assert report.is_file()
   umask = os.umask(0)
@@ -153,7 +153,7 @@ def test_evaluate_run_without_clip_says_so_in_one_line(smoke_run):
   assert "| 12 |  |  |  | " in run_row, run_row      # step, then blank CLIP cells: no made-up score
 
 
-def test_evaluate_sweep_with_clip_and_index_in_chromium(sweep_dir, clip_dir, chromium,
+def test_evaluate_sweep_with_clip_and_index_in_chromium(chromium, sweep_dir, clip_dir,
                                                         artefacts):
   proc = _run(["interfusion_jax.evaluate", f"--workdir={sweep_dir}", f"--clip_dir={clip_dir}",
                "--views=4", "--nogeometry"])
