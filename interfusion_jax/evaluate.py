@@ -41,13 +41,13 @@ flags.DEFINE_integer("seed", 0, "Seed of the sheets' label order.")
 
 
 def evaluate_main() -> None:
+  spec = clip_score.ClipScoreSpec(views=FLAGS.views, elevation_deg=FLAGS.elevation,
+                                  resolution=FLAGS.resolution)
   clip_dir = (FLAGS.clip_dir if FLAGS.clip_dir is not None
               else evaluation.default_clip_dir(FLAGS.workdir))
   clip = clip_lib.load_clip(clip_dir) if clip_dir.strip() else None
   if clip is None:
     print(evaluation.NO_CLIP_NOTE)
-  spec = clip_score.ClipScoreSpec(views=FLAGS.views, elevation_deg=FLAGS.elevation,
-                                  resolution=FLAGS.resolution)
   out = evaluation.evaluate_path(FLAGS.workdir, clip=clip, score_spec=spec,
                                  grid_resolution=FLAGS.grid_resolution, geometry=FLAGS.geometry)
   print(evaluation.summary_text(out), end="")

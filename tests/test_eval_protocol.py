@@ -70,3 +70,22 @@ def test_single_run_without_checkpoint_is_an_error(tmp_path):
   run = _run_dir(tmp_path / "untrained", "riding a bike")
   with pytest.raises(FileNotFoundError, match="train first"):
     evaluation.evaluate_path(run, geometry=False, load=_load)
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[1]
+  from configs import hoi
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(hoi.get_config("smoke").to_json())   # never trained
+  for args, words in ((["--clip_dir=" + str(tmp_path / "nope")], "does not exist"),
+                      (["--views=0"], "at least 1 view"),
+                      ([], "no loadable checkpoint")):
+    proc = subprocess.run([sys.executable, "-m", "interfusion_jax.evaluate",
+                           f"--workdir={run}", *args], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, (args, proc.stderr[-1000:])
+    assert proc.stderr.count("\n") == 1 and words in proc.stderr.lower(), proc.stderr
+    assert "Traceback" not in proc.stderr
