@@ -76,3 +76,118 @@ def test_sweep_scene_matches_a_single_run():
   np.testing.assert_allclose(got.object_center, state.object_center, atol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(state.params)):
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+# --- Whole sweeps on a closed-form field (fast to compile): isolation and groups. ---
+
+import json as _json
+import types as _types
+import zlib as _zlib
+
+import jax.numpy as jnp
+
+import test_train as _tt
+from interfusion_jax.stage2 import checkpoint as _ckpt
+from interfusion_jax.stage2 import run_io as _run_io
+from interfusion_jax.stage2 import sweep as sweep_lib
+
+
+@pytest.fixture
+def blob_world(monkeypatch):
+  """Setup with the closed-form blob field, a Gaussian denoiser, per-prompt random
+  embeddings and a sphere anchor (NaN distances when the object prompt says "nan")."""
+  gspec, gparams, _ = _tt._guidance()
+
+  def table(config, kind=None):
+    del kind
+    seed = _zlib.crc32(str(config.prompt.human + config.prompt.object).encode())
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    t = {k: jax.random.normal(keys[i], (4, 3, 5))
+         for i, k in enumerate(["human", "head", "object", "interaction"])}
+    t["uncond"] = jnp.zeros((3, 5))
+    return t
+
+  monkeypatch.setattr(setup_lib, "load_guidance_and_text", lambda c: (gspec, gparams, table(c)))
+  monkeypatch.setattr(setup_lib, "text_table", table)
+  monkeypatch.setattr(setup_lib, "model_fns", lambda run: _tt.BLOB)
+  monkeypatch.setattr(setup_lib, "prepare_anchor", lambda c, p: (
+      _tt._anchor(nan="nan" in c.prompt.object), _types.SimpleNamespace(meta={"source": "t"})))
+  cfg = _tt._config()
+  cfg.train.max_consecutive_skips = 2
+  cfg.train.turntable_frames = 2
+  cfg.train.mesh_resolution = 8
+  return cfg
+
+
+def _rows(tmp_path, rows, name="p.jsonl"):
+  path = tmp_path / name
+  path.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def _row(name, obj, **kw):
+  return dict(name=name, human="a man", object=obj, interaction="holding it", **kw)
+
+
+def _final_params(workdir, name):
+  _, _, state = sweep.load_trained(str(workdir / name))
+  return jax.tree_util.tree_leaves(state.params), int(state.step)
+
+
+def test_a_nan_scene_fails_alone_and_is_not_trained_again(tmp_path, blob_world, monkeypatch):
+  path = _rows(tmp_path, [_row("a", "a red ball"), _row("bad", "a nan ball", seed=1),
+                          _row("b", "a blue chair", seed=2)])
+  with pytest.warns(UserWarning, match="non-finite"):
+    entries = sweep_lib.run_sweep(blob_world, path, tmp_path / "w", progress=False)
+  status = {e["name"]: e for e in entries}
+  assert [status[n]["status"] for n in ("a", "bad", "b")] == ["done", "failed", "done"]
+  assert "2 consecutive steps" in status["bad"]["error"]
+  assert status["a"]["step"] == status["b"]["step"] == blob_world.train.steps
+  index = _json.loads((tmp_path / "w" / "sweep.json").read_text())
+  assert [e["status"] for e in index["scenes"]] == ["done", "failed", "done"]
+  csv_rows = (tmp_path / "w" / "sweep.csv").read_text().splitlines()
+  assert csv_rows[2].startswith("bad,failed,")
+  # The failed scene: no final outputs, no checkpoint after it failed, metrics stop.
+  bad = _run_io.RunPaths(tmp_path / "w" / "bad")
+  assert not bad.summary.exists() and (tmp_path / "w" / "a" / "final" / "summary.json").exists()
+  assert _ckpt.latest_step(bad.checkpoints) is None
+  assert [r["step"] for r in _run_io.read_metrics(bad.metrics)] == [1]   # before it failed
+  # The others equal a sweep without it (a group of two).
+  path2 = _rows(tmp_path, [_row("a", "a red ball"), _row("b", "a blue chair", seed=2)], "q.jsonl")
+  assert [e["status"] for e in sweep_lib.run_sweep(blob_world, path2, tmp_path / "w2",
+                                                   progress=False, final_outputs=False)] == [
+      "trained", "trained"]
+  for n in ("a", "b"):
+    (x, _), (y, _) = _final_params(tmp_path / "w", n), _final_params(tmp_path / "w2", n)
+    for u, v in zip(x, y):
+      np.testing.assert_allclose(u, v, atol=1e-5)
+  # Re-running the same command trains nothing: finished and failed scenes are kept.
+  def no_training(*a, **k):
+    raise AssertionError("a finished scene was trained again")
+  monkeypatch.setattr(sweep, "train_loop", no_training)
+  again = sweep_lib.run_sweep(blob_world, path, tmp_path / "w", progress=False)
+  assert [e["status"] for e in again] == ["done", "failed", "done"]
+
+
+def test_a_mixed_file_forms_two_groups_equal_to_two_sweeps(tmp_path, blob_world):
+  near, far = [2.0, 2.7], [2.5, 3.0]
+  rows = [_row("a", "a red ball", camera_distance=far), _row("b", "a blue chair", seed=1,
+                                                              camera_distance=near),
+          _row("c", "a green box", seed=2, camera_distance=far)]
+  sweep_lib.run_sweep(blob_world, _rows(tmp_path, rows), tmp_path / "mixed", progress=False,
+                      final_outputs=False)
+  index = _json.loads((tmp_path / "mixed" / "sweep.json").read_text())
+  assert index["groups"] == [["a", "c"], ["b"]]
+  assert [e["group"] for e in index["scenes"]] == [0, 1, 0]
+  sweep_lib.run_sweep(blob_world, _rows(tmp_path, [rows[0], rows[2]], "far.jsonl"),
+                      tmp_path / "far", progress=False, final_outputs=False)
+  sweep_lib.run_sweep(blob_world, _rows(tmp_path, [rows[1]], "near.jsonl"),
+                      tmp_path / "near", progress=False, final_outputs=False)
+  for name, alone in (("a", "far"), ("c", "far"), ("b", "near")):
+    (x, sx), (y, sy) = _final_params(tmp_path / "mixed", name), _final_params(tmp_path / alone, name)
+    assert sx == sy == blob_world.train.steps
+    for u, v in zip(x, y):
+      np.testing.assert_array_equal(u, v)
+  # The two groups really differ in the static setting (different cameras, different params).
+  (xa, _), (xb, _) = _final_params(tmp_path / "mixed", "a"), _final_params(tmp_path / "mixed", "b")
+  assert max(float(np.max(np.abs(u - v))) for u, v in zip(xa, xb)) > 1e-4

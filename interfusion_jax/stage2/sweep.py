@@ -500,7 +500,9 @@ def scene_status(paths: run_io.RunPaths, steps: int) -> dict:
   """What a scene's run directory says: {"status", "step", ...} (never raises).
 
   "done": final/summary.json at ``steps``; "failed": its sweep_status.json
-  says so; "partial": checkpoints only; "pending": nothing yet.
+  says so; "partial": checkpoints only ("trained" in the index: every step
+  but no final outputs, ``run_sweep(final_outputs=False)``); "pending":
+  nothing yet.
   """
   out = {"status": "pending", "step": 0}
   try:
@@ -632,6 +634,8 @@ def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, ba
         scene_info = dict(info, last_metrics=info["last_metrics"][k])
         outputs_lib.write_final_outputs(state, group.scenes[i], s.config, p, scene_info)
         st["status"] = "done"
+      elif int(state.step) >= int(s.config.train.steps):
+        st["status"] = "trained"      # final_outputs=False: every step, no final/
       elif info["interrupted"]:
         st["status"] = "interrupted"
       run_io.write_json(p.root / STATUS_FILE, st)
@@ -662,8 +666,9 @@ def run_sweep(base: ml_collections.ConfigDict, prompts_file, workdir, *,
     The index entries of every scene (on every process, after the barrier).
 
   Raises:
-    SweepError, config.ConfigError, setup.TrainSetupError: before anything
-      compiles, for bad input.
+    SweepError, config.ConfigError: before anything loads or compiles, for bad
+      input (``preflight``). Later errors mark the scenes of their group failed
+      (the message is in the index) instead of ending the sweep.
   """
   proc = processes or Processes()
   scenes, groups, root = preflight(base, prompts_file, workdir, proc.count)
@@ -687,9 +692,9 @@ def run_sweep(base: ml_collections.ConfigDict, prompts_file, workdir, *,
       try:
         statuses.update(_train_group(local, root, loaded, bar, num_devices, retry_failed,
                                      stop_after, final_outputs))
-      except (SweepError, config_lib.ConfigError, setup_lib.TrainSetupError):
-        raise
       except Exception as e:  # pylint: disable=broad-except
+        # A group that cannot train (setup error, out of memory, ...) fails alone:
+        # this process goes on with its other groups and still reaches the barrier.
         logging.exception("group %d failed", g)
         for s in local:
           statuses[s.name] = {"status": "failed", "step": 0,
