@@ -19,18 +19,11 @@ import tiny_clip
 
 def make_clip_dir(path, image_size: int = 32, projection_dim: int = 16, seed: int = 0):
   import torch
-  from transformers import CLIPConfig, CLIPModel, FlaxCLIPModel
+  from transformers import CLIPModel, FlaxCLIPModel
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   vocab_size = tiny_clip.write_tiny_tokenizer(path)
-  cfg = CLIPConfig(
-      text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=2,
-                       max_position_embeddings=32, bos_token_id=vocab_size - 2,
-                       eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1),
-      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=image_size, patch_size=8),
-      projection_dim=projection_dim)
+  cfg = tiny_clip.tiny_clip_config(vocab_size, image_size, projection_dim)
   torch.manual_seed(seed)
   CLIPModel(cfg).eval().save_pretrained(str(path), safe_serialization=True)
   FlaxCLIPModel.from_pretrained(str(path), from_pt=True).save_pretrained(str(path))

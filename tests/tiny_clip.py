@@ -44,13 +44,10 @@ def write_tiny_tokenizer(path: pathlib.Path) -> int:
   return len(vocab)
 
 
-def make_tiny_clip(path, image_size: int = 32, projection_dim: int = 16, seed: int = 0):
-  """Creates a tiny random CLIP model directory at ``path``; returns the path."""
-  from transformers import CLIPConfig, FlaxCLIPModel
-  path = pathlib.Path(path)
-  path.mkdir(parents=True, exist_ok=True)
-  vocab_size = write_tiny_tokenizer(path)
-  cfg = CLIPConfig(
+def tiny_clip_config(vocab_size: int, image_size: int = 32, projection_dim: int = 16):
+  """The ``transformers.CLIPConfig`` of the tiny test CLIP (1 layer, width 32)."""
+  from transformers import CLIPConfig
+  return CLIPConfig(
       text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
                        num_hidden_layers=1, num_attention_heads=2,
                        max_position_embeddings=32, bos_token_id=vocab_size - 2,
@@ -58,6 +55,15 @@ def make_tiny_clip(path, image_size: int = 32, projection_dim: int = 16, seed: i
       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, image_size=image_size, patch_size=8),
       projection_dim=projection_dim)
+
+
+def make_tiny_clip(path, image_size: int = 32, projection_dim: int = 16, seed: int = 0):
+  """Creates a tiny random CLIP model directory at ``path``; returns the path."""
+  from transformers import FlaxCLIPModel
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  vocab_size = write_tiny_tokenizer(path)
+  cfg = tiny_clip_config(vocab_size, image_size, projection_dim)
   # Random parameters filled in NumPy from the traced shapes (running the
   # Flax initialiser compiles for ~40 s on a loaded CPU).
   import jax

@@ -11,19 +11,16 @@ Nothing here touches the network.
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 import pathlib
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization, traverse_util
 
 from interfusion_jax.guidance import core, deepfloyd, prompts, schedule, t5
 

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import pathlib
-import warnings
 from typing import Any, Callable, Iterable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from interfusion_jax.guidance import schedule
 
 PathLike = str | os.PathLike
 HELP = ("See docs/guidance.md (WORKSPACE.md, 'Diffusion weights') for the expected "

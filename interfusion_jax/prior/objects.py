@@ -10,11 +10,10 @@ so an object is a union of watertight components.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
-from interfusion_jax.guidance import captions as colors
 from interfusion_jax.mesh.types import Mesh, concat  # noqa: F401 (the project's one mesh type)
 from interfusion_jax.guidance.captions import OBJECT_NAMES, OBJECT_WORDS, TYPICAL_COLORS, object_from_text  # noqa: F401 (re-exported vocabulary)
 
