@@ -191,3 +191,26 @@ def test_a_mixed_file_forms_two_groups_equal_to_two_sweeps(tmp_path, blob_world)
   # The two groups really differ in the static setting (different cameras, different params).
   (xa, _), (xb, _) = _final_params(tmp_path / "mixed", "a"), _final_params(tmp_path / "mixed", "b")
   assert max(float(np.max(np.abs(u - v))) for u, v in zip(xa, xb)) > 1e-4
+
+
+def test_scenes_checkpointed_at_different_steps_resume_from_their_common_step(tmp_path,
+                                                                              blob_world):
+  """A kill between two scenes' saves: both resume from the step they share, so the
+  group trains as the same program and ends bit-identical to an uninterrupted sweep."""
+  import shutil
+  path = _rows(tmp_path, [_row("a", "a red ball"), _row("b", "a blue chair", seed=2)])
+  sweep_lib.run_sweep(blob_world, path, tmp_path / "full", progress=False, final_outputs=False)
+  sweep_lib.run_sweep(blob_world, path, tmp_path / "cut", progress=False, final_outputs=False,
+                      stop_after=5)
+  assert _ckpt.latest_step(tmp_path / "cut" / "a" / "checkpoints") == 4
+  shutil.rmtree(tmp_path / "cut" / "b" / "checkpoints" / "4")      # b's save never happened
+  entries = sweep_lib.run_sweep(blob_world, path, tmp_path / "cut", progress=False,
+                                final_outputs=False)
+  assert [e["status"] for e in entries] == ["trained", "trained"]
+  for n in ("a", "b"):
+    (x, sx), (y, sy) = _final_params(tmp_path / "full", n), _final_params(tmp_path / "cut", n)
+    assert sx == sy == blob_world.train.steps
+    for u, v in zip(x, y):
+      np.testing.assert_array_equal(u, v)
+    rows = _run_io.read_metrics(tmp_path / "cut" / n / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, blob_world.train.steps + 1))

@@ -129,12 +129,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     manager.wait_until_finished()
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, Any] | None:
+def restore_latest(manager: ocp.CheckpointManager, target: Any,
+                   max_step: int | None = None) -> tuple[int, Any] | None:
   """Restores the newest loadable checkpoint into the structure of ``target``.
 
   Args:
     manager: from ``make_manager``.
     target: a pytree with the wanted structure, shapes and dtypes (values unused).
+    max_step: only steps <= max_step are tried (a sweep resumes the scenes of a
+      group from their common step); None: all.
 
   Returns:
     (step, state as NumPy pytree) or None when there is no loadable checkpoint.
@@ -145,7 +148,8 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int, An
       lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), to_host(target))
   with process_local():
     manager.reload()
-    steps = sorted(manager.all_steps(), reverse=True)
+    steps = sorted((t for t in manager.all_steps() if max_step is None or t <= max_step),
+                   reverse=True)
   for step in steps:
     try:
       with process_local():

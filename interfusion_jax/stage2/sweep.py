@@ -48,6 +48,7 @@ from interfusion_jax.stage2 import outputs as outputs_lib
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import schedules
 from interfusion_jax.stage2 import setup as setup_lib
+from interfusion_jax.stage2 import step as step_lib
 
 
 class SweepError(ValueError):
@@ -581,6 +582,25 @@ def preflight(base: ml_collections.ConfigDict, prompts_file, workdir, num_proces
   return scenes, groups, root
 
 
+def restore_at_most(config, spec, paths: run_io.RunPaths, origin, max_step: int):
+  """The scene's newest loadable checkpoint at a step <= ``max_step`` (fresh if none).
+
+  The scenes of a group resume from one step, so the group trains as the
+  same compiled program as before the interruption (bitwise resume on CPU);
+  metrics rows after that step are dropped.
+  """
+  fresh = step_lib.init_state(jax.random.PRNGKey(int(config.seed)), spec, origin)
+  if max_step <= 0:
+    return fresh
+  manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
+  restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step)
+  if restored is None:
+    return fresh
+  step, host = restored
+  run_io.truncate_metrics(paths.metrics, step)
+  return jax.tree_util.tree_map(jax.numpy.asarray, host)
+
+
 def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, bar,
                  num_devices, retry_failed: bool, stop_after, final_outputs: bool
                  ) -> dict[str, dict]:
@@ -607,8 +627,13 @@ def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, ba
   group = loop.build_group(cfgs, [p for _, p in todo], guidance=(gspec, gparams, table))
   for c, p in zip(cfgs, group.paths):
     run_io.save_config(p, c)
-  states = [loop.restore_or_init(c, group.spec, p, None, sc.object_origin)
-            for c, p, sc in zip(cfgs, group.paths, group.scenes)]
+  latest = [ckpt_lib.latest_step(p.checkpoints) or 0 for p in group.paths]
+  if len(set(latest)) == 1:
+    states = [loop.restore_or_init(c, group.spec, p, None, sc.object_origin)
+              for c, p, sc in zip(cfgs, group.paths, group.scenes)]
+  else:   # killed between two scenes' saves: resume all from their common step
+    states = [restore_at_most(c, group.spec, p, sc.object_origin, min(latest))
+              for c, p, sc in zip(cfgs, group.paths, group.scenes)]
   by_step: dict[int, list[int]] = {}
   for i, st in enumerate(states):
     by_step.setdefault(int(st.step), []).append(i)
