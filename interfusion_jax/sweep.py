@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 
-import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -42,14 +41,6 @@ flags.DEFINE_bool("progress", True, "Show the progress bar (process 0).")
 flags.mark_flags_as_required(["config", "prompts", "workdir"])
 
 
-def enable_compilation_cache() -> None:
-  """The persistent XLA cache of ``python -m interfusion_jax.train`` (JAX_COMPILATION_CACHE_DIR)."""
-  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(
-      "~/.cache/interfusion_jax/jax_cache")
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def main(argv) -> int:
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,7 +50,7 @@ def main(argv) -> int:
   except sweep_lib.SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  enable_compilation_cache()
+  setup_lib.enable_compilation_cache()
   absl_logging.set_verbosity(absl_logging.WARNING if processes.index == 0 else absl_logging.ERROR)
   if processes.index != 0:   # logs come from process 0 only
     logging.getLogger().setLevel(logging.ERROR)

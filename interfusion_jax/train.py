@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -32,18 +31,10 @@ flags.DEFINE_bool("progress", True, "Show the progress bar (--noprogress hides i
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def enable_compilation_cache() -> None:
-  """Persistent XLA compilation cache (JAX_COMPILATION_CACHE_DIR or ~/.cache/...)."""
-  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(
-      "~/.cache/interfusion_jax/jax_cache")
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def main(argv) -> int:
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  enable_compilation_cache()
+  setup_lib.enable_compilation_cache()
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/JAX INFO chatter off
   try:
     summary = loop.run(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,

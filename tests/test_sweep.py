@@ -147,6 +147,9 @@ def test_a_nan_scene_fails_alone_and_is_not_trained_again(tmp_path, blob_world, 
   assert [e["status"] for e in index["scenes"]] == ["done", "failed", "done"]
   csv_rows = (tmp_path / "w" / "sweep.csv").read_text().splitlines()
   assert csv_rows[2].startswith("bad,failed,")
+  # index.html: one card per scene, linking each finished run's report.
+  page = (tmp_path / "w" / "index.html").read_text()
+  assert all(f'href="{n}/report.html"' in page for n in ("a", "b")) and "failed" in page
   # The failed scene: no final outputs, no checkpoint after it failed, metrics stop.
   bad = _run_io.RunPaths(tmp_path / "w" / "bad")
   assert not bad.summary.exists() and (tmp_path / "w" / "a" / "final" / "summary.json").exists()

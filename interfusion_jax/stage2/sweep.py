@@ -37,14 +37,15 @@ from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 # The coordination service's client (barrier, key-value store): jax has no public handle.
 from jax._src import distributed as jax_distributed
 
+from interfusion_jax import fileio
 from interfusion_jax.stage2 import checkpoint as ckpt_lib
 from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import outputs as outputs_lib
+from interfusion_jax.stage2 import report as report_lib
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import schedules
 from interfusion_jax.stage2 import setup as setup_lib
@@ -734,4 +735,10 @@ def run_sweep(base: ml_collections.ConfigDict, prompts_file, workdir, *,
   entries = [index_entry(s, gathered.get(s.name, {"status": "pending"})) for s in scenes]
   if proc.index == 0:
     write_index(root, entries, dict(meta, state="finished"))
+    try:
+      fileio.atomic_write_text(root / "index.html",
+                               report_lib.sweep_index_html(root, [root / s.name for s in scenes]))
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Could not write %s (%s); `python -m interfusion_jax.report "
+                      "--workdir=%s` writes it.", root / "index.html", e, root)
   return entries
