@@ -24,16 +24,9 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCENES = [
-    {"name": "chair", "human": "a man in a red shirt", "object": "a blue chair",
-     "interaction": "sitting on a chair"},
-    {"name": "bike", "human": "a man in a green shirt", "object": "a yellow bike",
-     "interaction": "riding a bike", "seed": 3},
-    {"name": "ball", "human": "a woman in a purple dress", "object": "an orange ball",
-     "interaction": "holding a ball", "seed": 1},
-    {"name": "guitar", "human": "a man in a blue shirt", "object": "a red guitar",
-     "interaction": "playing the guitar", "seed": 2},
-]
+# Four colour scenes of the built-in prior (configs/sweeps/colors4.jsonl).
+SCENES = [json.loads(line) for line in
+          (ROOT / "configs" / "sweeps" / "colors4.jsonl").read_text().splitlines()]
 
 
 def child(mode: str, steps: int, workdir: str) -> dict:

@@ -32,16 +32,9 @@ COMPARE_AT = 2      # the single runs are compared with the sweep at this step a
 OVERRIDES = {"train.steps": STEPS, "train.ckpt_every": EVERY, "train.val_every": 1000,
              "train.keep_checkpoints": STEPS // EVERY,
              "train.log_every": 2, "train.turntable_frames": 2, "train.mesh_resolution": 8}
-SCENES = [
-    {"name": "chair", "human": "a man in a red shirt", "object": "a blue chair",
-     "interaction": "sitting on a chair"},
-    {"name": "bike", "human": "a man in a green shirt", "object": "a yellow bike",
-     "interaction": "riding a bike", "seed": 3},
-    {"name": "ball", "human": "a woman in a purple dress", "object": "an orange ball",
-     "interaction": "holding a ball", "seed": 1},
-    {"name": "guitar", "human": "a man in a blue shirt", "object": "a red guitar",
-     "interaction": "playing the guitar", "seed": 2},
-]
+# Four colour scenes of the built-in prior (configs/sweeps/colors4.jsonl).
+SCENES = [json.loads(line) for line in
+          (ROOT / "configs" / "sweeps" / "colors4.jsonl").read_text().splitlines()]
 
 
 def _free_port():
