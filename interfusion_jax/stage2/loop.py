@@ -161,6 +161,14 @@ class Group:
   paths: list
 
 
+def stack_frozen(scenes: Sequence[setup_lib.Scene]) -> dict:
+  """The frozen inputs of scenes that share one guidance model: {"guidance": the
+  first scene's params (shared, not copied), "text", "anchor": stacked [S, ...]}."""
+  return {"guidance": scenes[0].frozen["guidance"],
+          "text": stack([s.frozen["text"] for s in scenes]),
+          "anchor": stack([s.frozen["anchor"] for s in scenes])}
+
+
 def build_group(configs: Sequence[ml_collections.ConfigDict], paths: Sequence | None = None,
                 guidance=None) -> Group:
   """Loads the guidance once and each scene's prompt table and anchor.
@@ -184,18 +192,13 @@ def build_group(configs: Sequence[ml_collections.ConfigDict], paths: Sequence | 
           f"scene {i} has static settings different from scene 0; scenes trained together "
           "may differ only in prompts, pose choice and seed (group them by static settings).")
     s.spec = first.spec   # one spec object: one compiled program
-  frozen = {"guidance": first.frozen["guidance"],
-            "text": stack([s.frozen["text"] for s in scenes]),
-            "anchor": stack([s.frozen["anchor"] for s in scenes])}
-  return Group(first.spec, frozen, scenes, list(configs), paths)
+  return Group(first.spec, stack_frozen(scenes), scenes, list(configs), paths)
 
 
 def single_group(scene: setup_lib.Scene, config: ml_collections.ConfigDict,
                  paths: run_io.RunPaths | None) -> Group:
   """The group of one already built scene (a single run)."""
-  frozen = {"guidance": scene.frozen["guidance"], "text": stack([scene.frozen["text"]]),
-            "anchor": stack([scene.frozen["anchor"]])}
-  return Group(scene.spec, frozen, [scene], [config], [paths])
+  return Group(scene.spec, stack_frozen([scene]), [scene], [config], [paths])
 
 
 def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,

@@ -640,10 +640,7 @@ def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, ba
     by_step.setdefault(int(st.step), []).append(i)
     bar.update(0, None, n=int(st.step))
   for _, idx in sorted(by_step.items()):
-    sub = loop.Group(group.spec, {"guidance": group.frozen["guidance"],
-                                  "text": loop.stack([group.scenes[i].frozen["text"] for i in idx]),
-                                  "anchor": loop.stack([group.scenes[i].frozen["anchor"]
-                                                        for i in idx])},
+    sub = loop.Group(group.spec, loop.stack_frozen([group.scenes[i] for i in idx]),
                      [group.scenes[i] for i in idx], [cfgs[i] for i in idx],
                      [group.paths[i] for i in idx])
     t0 = time.perf_counter()
