@@ -338,16 +338,31 @@ def load_scene_guidance(config: Any, root: PathLike | None = None, *,
                          ("unet", "scheduler"))
   backend = config.guidance.backend if config.guidance.backend != "builtin" else "auto"
   kind, _ = _route(root, backend)
-  pspec = prompts.PromptSpec.from_config(config)
   if kind == "deepfloyd_if":
-    t5.check_t5_dir(root)
-    table = t5.encode_prompts(root, pspec, cache_dir=config.guidance.get("text_cache_dir", "") or None)
+    table = load_scene_text(config, root, kind)   # T5 first, freed before the UNet loads
     spec, params = load_guidance(root, config, backend=backend, sharding=sharding)
     return spec, params, table
   check_model_dir(root, ("text_encoder", "tokenizer"))
   spec, params = load_guidance(root, config, backend=backend)
-  tokenizer = load_tokenizer(root)
-  text_model, text_params = load_text_encoder(root)
-  encode = prompts.clip_text_encoder(tokenizer, text_model, text_params)
-  table = prompts.embedding_table(encode, pspec)
-  return spec, params, table
+  return spec, params, load_scene_text(config, root, kind)
+
+
+def load_scene_text(config: Any, root: PathLike, kind: str) -> dict:
+  """The scene's prompt-embedding table from the text encoder of ``root`` only.
+
+  ``kind`` "deepfloyd_if": T5 (``t5.encode_prompts``: bf16, on-disk cache,
+  freed afterwards); otherwise the CLIP tokenizer and text encoder. The
+  diffusion model is not loaded (a sweep's further scenes share the first's).
+
+  Returns:
+    {"human", "head", "object", "interaction": [V, L, D], "uncond": [L, D]}.
+  """
+  root = pathlib.Path(root)
+  pspec = prompts.PromptSpec.from_config(config)
+  if kind == "deepfloyd_if":
+    t5.check_t5_dir(root)
+    return t5.encode_prompts(root, pspec,
+                             cache_dir=config.guidance.get("text_cache_dir", "") or None)
+  check_model_dir(root, ("text_encoder", "tokenizer"))
+  encode = prompts.clip_text_encoder(load_tokenizer(root), *load_text_encoder(root))
+  return prompts.embedding_table(encode, pspec)

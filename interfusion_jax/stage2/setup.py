@@ -21,8 +21,6 @@ import numpy as np
 from interfusion_jax.body import anchor as body_anchor
 from interfusion_jax.guidance import captions
 from interfusion_jax.guidance import loading
-from interfusion_jax.guidance import prompts as prompts_lib
-from interfusion_jax.guidance import t5
 from interfusion_jax.mesh import raster
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.nerf import model as model_lib
@@ -138,13 +136,8 @@ def text_table(config: ml_collections.ConfigDict, guidance_kind: str) -> dict:
   """
   if guidance_kind == "builtin":
     return prior_assets.builtin_text_table(config)
-  root = str(config.guidance.weights_dir).strip()
-  pspec = prompts_lib.PromptSpec.from_config(config)
-  if guidance_kind == "deepfloyd_if":
-    return t5.encode_prompts(root, pspec, cache_dir=str(config.guidance.text_cache_dir) or None)
-  encode = prompts_lib.clip_text_encoder(loading.load_tokenizer(root),
-                                         *loading.load_text_encoder(root))
-  return prompts_lib.embedding_table(encode, pspec)
+  return loading.load_scene_text(config, str(config.guidance.weights_dir).strip(),
+                                 guidance_kind)
 
 
 def load_anchor_pose(config: ml_collections.ConfigDict) -> pose_anchor.AnchorPose:
