@@ -1,4 +1,5 @@
 """Tests for interfusion_jax.nerf.camera against closed-form geometry."""
+import dataclasses
 import math
 
 import jax
@@ -74,7 +75,10 @@ def test_centre_ray_hits_target_and_fovy_geometry():
 
 
 def test_sampled_cameras_respect_ranges():
-  spec = config_lib.camera_spec(config_lib.parse(hoi.get_config()))
+  # The official perturbations off (tests/test_camera_official.py checks them),
+  # so the position is the sampled spherical one and the camera aims at 0.
+  spec = dataclasses.replace(config_lib.camera_spec(config_lib.parse(hoi.get_config())),
+                             camera_perturb=0.0, center_perturb=0.0, up_perturb=0.0)
   cams = jax.jit(jax.vmap(lambda k: camera.sample_camera(k, spec)))(
       jax.random.split(jax.random.PRNGKey(0), 512))
   pos = _np(cams.position)
@@ -82,7 +86,7 @@ def test_sampled_cameras_respect_ranges():
   assert dist.min() >= 2.5 - 1e-5 and dist.max() <= 3.0 + 1e-5
   np.testing.assert_allclose(dist, _np(cams.distance), rtol=1e-5)
   el = np.degrees(np.arcsin(pos[:, 2] / dist))
-  assert el.min() >= -10 - 1e-3 and el.max() <= 90 + 1e-3
+  assert el.min() >= -30 - 1e-3 and el.max() <= 90 + 1e-3
   np.testing.assert_allclose(el, np.degrees(_np(cams.elevation)), atol=1e-3)
   az = np.degrees(np.arctan2(pos[:, 1], pos[:, 0]))
   np.testing.assert_allclose(np.cos(np.radians(az)), np.cos(_np(cams.azimuth)), atol=1e-4)
@@ -92,9 +96,9 @@ def test_sampled_cameras_respect_ranges():
   assert np.ptp(az) > 300 and np.ptp(el) > 80 and np.ptp(fovy) > 25
   light_d = np.linalg.norm(_np(cams.light_position), axis=-1)
   assert light_d.min() >= 0.8 - 1e-5 and light_d.max() <= 1.5 + 1e-5
-  # Light direction leans towards the camera on average (threestudio style).
+  # magic3d light (official scene configs): within 60 deg of the camera direction.
   cos = np.sum(_np(cams.light_position) * pos, -1) / (light_d * dist)
-  assert cos.mean() > 0.5
+  assert cos.min() >= 0.5 - 1e-5
   # Every c2w looks at the origin.
   fwd = -_np(cams.c2w)[:, :3, 2]
   np.testing.assert_allclose(fwd, -pos / dist[:, None], atol=1e-5)
@@ -106,8 +110,8 @@ def test_recenter_camera_official_offsets():
   c_o = jnp.array([0.4, -0.3, 0.2])
   obj = camera.recenter_camera(cam, 0.7, c_o)
   np.testing.assert_allclose(_np(obj.position), 0.7 * _np(cam.position) + _np(c_o), atol=1e-6)
-  fwd = _np(c_o) - _np(obj.position)
-  np.testing.assert_allclose(-_np(obj.c2w)[:3, 2], fwd / np.linalg.norm(fwd), atol=1e-6)
+  # The official derived cameras keep the sampled rotation (c_mtx).
+  np.testing.assert_array_equal(_np(obj.c2w)[:3, :3], _np(cam.c2w)[:3, :3])
   assert float(obj.distance) == pytest.approx(0.7 * float(cam.distance), rel=1e-6)
   assert float(obj.fovy) == float(cam.fovy)
 

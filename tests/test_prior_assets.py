@@ -42,14 +42,22 @@ def test_bank_is_deterministic_and_consistent(tiny):
 
 def test_bank_camera_directions_are_unit_and_agree_with_the_view_words(tiny):
   """Each image's stored direction gives back, by the threestudio rule applied
-  to its own elevation and azimuth, the view word of its caption."""
+  to its own elevation and azimuth, the view word of its caption -- away from
+  the rule's boundaries: the direction is that of the perturbed camera position
+  (official U(+-0.1) per axis: < 4.3 deg at distance >= 2.5) while the word
+  follows the sampled angles, as in training."""
   d = tiny["dirs"].astype(np.float64)
   assert d.shape == (len(tiny["images"]), 3)
   np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
   elev = np.rad2deg(np.arcsin(np.clip(d[:, 2], -1, 1)))
   azim = np.rad2deg(np.arctan2(d[:, 1], d[:, 0]))
   view = np.where(elev > 60, 3, np.where(np.abs(azim) < 45, 0, np.where(np.abs(azim) > 135, 2, 1)))
-  np.testing.assert_array_equal(view, tiny["attrs"][:, 1])
+  margin = 5.0
+  to_edge = np.min([np.abs((azim - b + 180.0) % 360.0 - 180.0) for b in (-135, -45, 45, 135)], 0)
+  clear = (np.abs(elev - 60) > margin) & (
+      (elev > 60) | (to_edge > margin / np.cos(np.deg2rad(np.minimum(elev, 60 + margin)))))
+  assert clear.sum() >= len(view) // 2
+  np.testing.assert_array_equal(view[clear], tiny["attrs"][clear, 1])
 
 
 def test_save_load_round_trip_and_errors(tiny, tmp_path):

@@ -119,15 +119,38 @@ class Camera(NamedTuple):
   light_position: jnp.ndarray
 
 
+LIGHT_STRATEGIES = ("magic3d", "dreamfusion")
+
+
 @dataclasses.dataclass(frozen=True)
 class CameraSpec:
-  """Static camera settings (config.camera + the light part of config.shading)."""
+  """Static camera settings (config.camera + the light part of config.shading).
+
+  Defaults follow the official release (InterFusion's own threestudio copy,
+  ``InterGen/threestudio/data/uncond.py``, and the scene configs'
+  ``light_sample_strategy: magic3d``).
+
+  Attributes:
+    elevation_sphere_prob: probability that a camera's elevation is drawn
+      uniformly on the sphere (asin inverse-CDF over the range) rather than
+      uniformly in degrees; 0 = always uniform in degrees.
+    camera_perturb: position += U(-p, p) per axis (0 disables).
+    center_perturb: look-at target = N(0, p^2) per axis (0 disables).
+    up_perturb: up = ``up`` + N(0, p^2) per axis (0 disables).
+    light_strategy: "magic3d" (official scene configs) or "dreamfusion"
+      (``light_position_perturb`` around the camera direction).
+  """
   distance_range: tuple[float, float] = (2.5, 3.0)
-  elevation_range_deg: tuple[float, float] = (-10.0, 90.0)
+  elevation_range_deg: tuple[float, float] = (-30.0, 90.0)
+  elevation_sphere_prob: float = 0.5
   azimuth_range_deg: tuple[float, float] = (-180.0, 180.0)
   fovy_range_deg: tuple[float, float] = (40.0, 70.0)
+  camera_perturb: float = 0.1
+  center_perturb: float = 0.2
+  up_perturb: float = 0.02
+  light_strategy: str = "magic3d"
   light_distance_range: tuple[float, float] = (0.8, 1.5)
-  light_position_perturb: float = 1.0
+  light_position_perturb: float = 1.0   # dreamfusion light only
   eval_distance: float = 2.0
   eval_fovy_deg: float = 70.0
   eval_elevation_deg: float = 10.0   # official (threestudio data/uncond.py)
@@ -138,8 +161,8 @@ def _uniform(key, lo, hi):
   return jax.random.uniform(key, (), jnp.float32, lo, hi)
 
 
-def sample_light_position(key, position, spec: CameraSpec) -> jnp.ndarray:
-  """threestudio light: direction near the camera's, random distance.
+def dreamfusion_light_position(key, position, spec: CameraSpec) -> jnp.ndarray:
+  """DreamFusion light: direction near the camera's, random distance.
 
   light = normalize(position + N(0, perturb^2 I)) * U(light_distance_range).
 
@@ -157,51 +180,147 @@ def sample_light_position(key, position, spec: CameraSpec) -> jnp.ndarray:
   return direction * _uniform(k_dist, *spec.light_distance_range)
 
 
-def sample_camera(key, spec: CameraSpec) -> Camera:
+def magic3d_light_position(key, position, spec: CameraSpec) -> jnp.ndarray:
+  """Magic3D light: within 60 deg of the camera's direction, random distance.
+
+  In the frame local_z = normalize(position), local_x = normalize((z_y, -z_x,
+  0)), local_y = normalize(local_z x local_x), the light sits at distance
+  U(light_distance_range), local elevation U(pi/6, pi/2) and local azimuth
+  U(0, 1) * pi - 2 pi, i.e. in [-2 pi, -pi] as the official code writes it (its
+  comment says [-pi, pi]): only the half circle with local_y >= 0. local_x
+  is the camera's left and local_y (about) its image-down direction, so the
+  light sits on the lower side of the view axis. When the
+  camera is straight above or below the origin (local_x undefined) local_x
+  falls back to +x, so the result is never NaN.
+
+  Args:
+    key: PRNG key.
+    position: [3] camera position (relative to what the camera looks at).
+    spec: camera spec.
+
+  Returns:
+    [3] light position.
+  """
+  k_dist, k_az, k_el = jax.random.split(key, 3)
+  local_z = _normalize(position)
+  raw_x = jnp.stack([local_z[1], -local_z[0], jnp.zeros_like(local_z[0])])
+  norm_x = jnp.linalg.norm(raw_x)
+  ok = norm_x > 1e-7
+  local_x = jnp.where(ok, raw_x / jnp.where(ok, norm_x, 1.0),
+                      jnp.array([1.0, 0.0, 0.0], jnp.float32))
+  local_y = _normalize(jnp.cross(local_z, local_x))
+  rot = jnp.stack([local_x, local_y, local_z], axis=-1)   # columns
+  dist = _uniform(k_dist, *spec.light_distance_range)
+  az = jax.random.uniform(k_az, (), jnp.float32) * jnp.pi - 2.0 * jnp.pi
+  el = jax.random.uniform(k_el, (), jnp.float32) * jnp.pi / 3.0 + jnp.pi / 6.0
+  return rot @ spherical_position(dist, el, az)
+
+
+def sample_light_position(key, position, spec: CameraSpec) -> jnp.ndarray:
+  """The training light by ``spec.light_strategy`` ("magic3d" | "dreamfusion").
+
+  Args:
+    key: PRNG key.
+    position: [3] (perturbed) camera position, as the official code uses.
+    spec: camera spec.
+
+  Returns:
+    [3] light position.
+  """
+  if spec.light_strategy == "magic3d":
+    return magic3d_light_position(key, position, spec)
+  if spec.light_strategy == "dreamfusion":
+    return dreamfusion_light_position(key, position, spec)
+  raise ValueError(f"light_strategy = {spec.light_strategy!r}: choose one of "
+                   f"{list(LIGHT_STRATEGIES)}.")
+
+
+def sample_elevation(key, spec: CameraSpec) -> jnp.ndarray:
+  """Elevation in radians: the official mixture over ``elevation_range_deg``.
+
+  With probability ``elevation_sphere_prob`` uniform on the sphere,
+  asin(2 (u (p1 - p0) + p0) - 1) with p = (range + 90) / 180; otherwise
+  uniform in degrees. As officially written p is linear in degrees, so the
+  sphere draw covers [asin(2 p0 - 1), asin(2 p1 - 1)]: for (-30, 90) deg it
+  never goes below asin(-1/3) = -19.47 deg.
+  """
+  k_pick, k_u = jax.random.split(key)
+  lo, hi = spec.elevation_range_deg
+  u = jax.random.uniform(k_u, (), jnp.float32)
+  in_deg = jnp.deg2rad(u * (hi - lo) + lo)
+  p0, p1 = (lo + 90.0) / 180.0, (hi + 90.0) / 180.0
+  on_sphere = jnp.arcsin(jnp.clip(2.0 * (u * (p1 - p0) + p0) - 1.0, -1.0, 1.0))
+  sphere = jax.random.uniform(k_pick, (), jnp.float32) < spec.elevation_sphere_prob
+  return jnp.where(sphere, on_sphere, in_deg)
+
+
+def sample_camera(key, spec: CameraSpec, index=0, count=1) -> Camera:
   """A random training camera around the origin (PAPER.md "cameras").
 
-  distance ~ U(distance_range), elevation ~ U(elevation_range), azimuth ~
-  U(azimuth_range), fovy ~ U(fovy_range); the camera looks at the origin.
+  As the official ``RandomCameraIterableDataset.collate``: distance ~
+  U(distance_range); elevation by ``sample_elevation``; azimuth stratified
+  over a batch (batch_uniform_azimuth): (u + index) / count * (hi - lo) + lo,
+  so camera ``index`` of ``count`` lies in its own 1/count of the range
+  (index 0, count 1: plain uniform); fovy ~ U(fovy_range). The spherical
+  position is then perturbed by U(+-camera_perturb) per axis, the camera
+  looks at N(0, center_perturb^2) with up ``up`` + N(0, up_perturb^2), and
+  the light is drawn from the perturbed position (``sample_light_position``).
 
   Args:
     key: PRNG key.
     spec: camera spec.
+    index, count: this camera's slot in its batch (static or traced).
 
   Returns:
-    Camera with scalar angles (radians) and [3] / [4, 4] arrays.
+    Camera with scalar angles (radians) and [3] / [4, 4] arrays; elevation
+    and azimuth are the sampled angles (they pick the view prompt), distance
+    the sampled distance, position (== c2w[:3, 3]) the perturbed position.
   """
-  kd, ke, ka, kf, kl = jax.random.split(key, 5)
+  kd, ke, ka, kf, kl, kp, kc, ku = jax.random.split(key, 8)
   dist = _uniform(kd, *spec.distance_range)
-  elev = jnp.deg2rad(_uniform(ke, *spec.elevation_range_deg))
-  azim = jnp.deg2rad(_uniform(ka, *spec.azimuth_range_deg))
+  elev = sample_elevation(ke, spec)
+  lo, hi = spec.azimuth_range_deg
+  u = jax.random.uniform(ka, (), jnp.float32)
+  index = jnp.asarray(index, jnp.float32)
+  count = jnp.asarray(count, jnp.float32)
+  azim = jnp.deg2rad((u + index) / count * (hi - lo) + lo)
   fovy = jnp.deg2rad(_uniform(kf, *spec.fovy_range_deg))
   pos = spherical_position(dist, elev, azim)
-  return Camera(c2w=look_at(pos, jnp.zeros(3), spec.up), position=pos,
+  pos = pos + jax.random.uniform(kp, (3,), jnp.float32, -1.0, 1.0) * spec.camera_perturb
+  target = jax.random.normal(kc, (3,), jnp.float32) * spec.center_perturb
+  up = (jnp.asarray(spec.up, jnp.float32)
+        + jax.random.normal(ku, (3,), jnp.float32) * spec.up_perturb)
+  return Camera(c2w=look_at(pos, target, up), position=pos,
                 elevation=elev, azimuth=azim, distance=dist, fovy=fovy,
                 light_position=sample_light_position(kl, pos, spec))
 
 
-def recenter_camera(camera: Camera, scale, offset, up=(0.0, 0.0, 1.0)) -> Camera:
-  """Camera tracing: centre = scale * pos + offset, looking at ``offset``.
+def recenter_camera(camera: Camera, scale, offset, up=None) -> Camera:
+  """Camera tracing: centre = scale * pos + offset, same rotation.
 
   PAPER.md "Camera tracing" (object: 0.7 pos + c_O; interaction:
-  0.8 pos + c_O / 2; human: 0.7 pos; head: 0.2 pos + head joint). The light is
+  0.8 pos + c_O / 2; human: 0.7 pos; head: 0.2 pos + head joint). As the
+  official system (``forward``: c2w = [c_mtx | new centre]) the sampled
+  camera's rotation is kept: its centre ray, which went through the sampled
+  look-at target t, now goes through scale * t + offset (``offset`` itself
+  when the target is not perturbed). The light is
   moved by the same offset; angles and fovy are unchanged; ``distance``
   becomes scale * distance.
 
   Args:
-    camera: a Camera (unbatched) sampled around the origin.
+    camera: a Camera (unbatched, or with leading axes) sampled around the origin.
     scale: scalar.
-    offset: [3] new look-at target.
-    up: world up.
+    offset: [3] the new centre of the orbit.
+    up: unused (kept for callers that pass the world up).
 
   Returns:
     The re-centred Camera.
   """
+  del up
   offset = jnp.asarray(offset, jnp.float32)
   pos = scale * camera.position + offset
   return camera._replace(
-      c2w=look_at(pos, offset, up), position=pos,
+      c2w=camera.c2w.at[..., :3, 3].set(pos), position=pos,
       distance=scale * camera.distance,
       light_position=camera.light_position + offset)
 
