@@ -37,7 +37,10 @@ def test_paper_defaults_match_paper_md():
   assert c.occupancy.update_every == 16 and c.occupancy.warmup_steps == 256
   assert tuple(c.camera.distance_range) == (2.5, 3.0)
   assert tuple(c.camera.fovy_range_deg) == (40.0, 70.0)
-  assert tuple(c.camera.elevation_range_deg) == (-10.0, 90.0)
+  assert tuple(c.camera.elevation_range_deg) == (-30.0, 90.0)   # InterFusion's threestudio copy
+  assert c.camera.elevation_sphere_prob == 0.5
+  assert (c.camera.camera_perturb, c.camera.center_perturb, c.camera.up_perturb) == (0.1, 0.2, 0.02)
+  assert c.shading.light_strategy == "magic3d" and tuple(c.shading.light_distance_range) == (0.8, 1.5)
   assert (c.guidance.t_min, c.guidance.t_max) == (0.02, 0.98)
   assert (c.loss.geo_delta, c.loss.geo_eta, c.loss.geo_max_points) == (0.2, 0.4, 80000)
   assert (c.optim.lr_field, c.optim.lr_background, c.optim.b1, c.optim.b2, c.optim.eps) == (
@@ -59,6 +62,11 @@ def test_paper_defaults_match_paper_md():
     ("render.alpha_mode", "max", "config.render.alpha_mode"),
     ("prompt.human", "   ", "config.prompt.human is empty"),
     ("camera.fovy_range_deg", (70.0, 40.0), "config.camera.fovy_range_deg"),
+    ("camera.elevation_sphere_prob", 1.5, "config.camera.elevation_sphere_prob = 1.5: must be in"),
+    ("camera.camera_perturb", -0.1, "config.camera.camera_perturb = -0.1: must be >= 0"),
+    ("camera.center_perturb", -0.2, "config.camera.center_perturb = -0.2: must be >= 0"),
+    ("camera.up_perturb", -1.0, "config.camera.up_perturb = -1.0: must be >= 0"),
+    ("shading.light_strategy", "sun", "config.shading.light_strategy = 'sun': unknown value"),
     ("train.steps", 0, "config.train.steps"),
 ])
 def test_bad_values_name_the_key(key, value, needle):

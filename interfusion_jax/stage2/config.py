@@ -297,6 +297,9 @@ class ShadingConfig(_Section):
   textureless_prob: float = setting(_lib_default(_SS, "textureless_prob"), *_PROB)
   light_distance_range: tuple = setting(_lib_default(_CS, "light_distance_range"),
                                         real_range(lo=0.0), "must be (lo, hi) with 0 <= lo <= hi")
+  # magic3d (official scene configs: within 60 deg of the view axis) | dreamfusion
+  light_strategy: str = setting(_lib_default(_CS, "light_strategy"),
+                                choices=camera_lib.LIGHT_STRATEGIES)
   light_position_perturb: float = setting(_lib_default(_CS, "light_position_perturb"), *_NONNEG)
 
 
@@ -309,12 +312,19 @@ class CameraConfig(_Section):
                                   "must be (lo, hi) with 0 < lo <= hi")
   elevation_range_deg: tuple = setting(_lib_default(_CS, "elevation_range_deg"),
                                        real_range(-90.0, 90.0), "must be (lo, hi) within [-90, 90]")
+  # P(elevation uniform on the sphere) vs uniform in degrees (official 0.5)
+  elevation_sphere_prob: float = setting(_lib_default(_CS, "elevation_sphere_prob"), *_PROB)
   azimuth_range_deg: tuple = setting(_lib_default(_CS, "azimuth_range_deg"),
                                      real_range(-360.0, 360.0),
                                      "must be (lo, hi) within [-360, 360]")
   fovy_range_deg: tuple = setting(_lib_default(_CS, "fovy_range_deg"),
                                   real_range(0.0, 180.0, strict=True),
                                   "must be (lo, hi) within (0, 180)")
+  # Official perturbations: position U(+-p) per axis, look-at target N(0, p^2),
+  # up N(0, p^2); 0 disables each.
+  camera_perturb: float = setting(_lib_default(_CS, "camera_perturb"), *_NONNEG)
+  center_perturb: float = setting(_lib_default(_CS, "center_perturb"), *_NONNEG)
+  up_perturb: float = setting(_lib_default(_CS, "up_perturb"), *_NONNEG)
   eval_distance: float = setting(_lib_default(_CS, "eval_distance"), *_POS)
   eval_fovy_deg: float = setting(_lib_default(_CS, "eval_fovy_deg"),
                                  lambda v: _real(v) and 0 < v < 180, "must be in (0, 180)")
@@ -670,6 +680,9 @@ def camera_spec(run: RunConfig) -> camera_lib.CameraSpec:
   return camera_lib.CameraSpec(
       distance_range=pair(c.distance_range), elevation_range_deg=pair(c.elevation_range_deg),
       azimuth_range_deg=pair(c.azimuth_range_deg), fovy_range_deg=pair(c.fovy_range_deg),
+      elevation_sphere_prob=float(c.elevation_sphere_prob),
+      camera_perturb=float(c.camera_perturb), center_perturb=float(c.center_perturb),
+      up_perturb=float(c.up_perturb), light_strategy=str(s.light_strategy),
       light_distance_range=pair(s.light_distance_range),
       light_position_perturb=float(s.light_position_perturb),
       eval_distance=float(c.eval_distance), eval_fovy_deg=float(c.eval_fovy_deg),
