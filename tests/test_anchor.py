@@ -217,9 +217,108 @@ def test_sample_anchor_fields_fixed_size(sitting):
   assert int(valid.sum()) == 10
   got = {tuple(p) for p in np.asarray(sel)[np.asarray(valid)]}
   assert got == {tuple(p) for p in np.asarray(pts[0, :10])}
+  # 100 real points of 200: 64 of them are drawn, all real (official:
+  # randperm(N_real)[:80000] over the real samples only).
   mask = jnp.arange(200).reshape(4, 50) % 2 == 0
-  _, _, _, valid = anchor.sample_anchor_fields(sitting, pts, key, 64, point_mask=mask)
-  assert 10 < int(valid.sum()) < 54
+  sel, _, _, valid = fn(sitting, pts, key, max_points=64, point_mask=mask)
+  assert int(valid.sum()) == 64
+  real = {tuple(p) for p in flat[np.asarray(mask).reshape(-1)]}
+  assert {tuple(p) for p in np.asarray(sel)} <= real
+
+
+def _index_points(m):
+  """[m, 3] points whose x coordinate encodes the index exactly (i / 1024)."""
+  i = np.arange(m, dtype=np.float32)
+  return jnp.asarray(np.stack([i / 1024, np.zeros(m), np.zeros(m)], -1).astype(np.float32))
+
+
+def _drawn(sel, valid):
+  """Indices of the valid rows (from _index_points' encoding)."""
+  return np.rint(np.asarray(sel)[np.asarray(valid), 0] * 1024).astype(np.int64)
+
+
+@pytest.mark.parametrize("n_real", [0, 1, 37, 64, 65, 150])
+def test_sample_anchor_fields_draws_min_of_real_and_budget(torus, n_real):
+  m, n = 200, 64
+  rng = np.random.default_rng(n_real)
+  mask = np.zeros(m, bool)
+  mask[rng.choice(m, n_real, replace=False)] = True
+  fn = jax.jit(anchor.sample_anchor_fields, static_argnames="max_points")
+  for seed in range(3):
+    sel, inside, sq, valid = fn(torus, _index_points(m), jax.random.PRNGKey(seed),
+                                max_points=n, point_mask=jnp.asarray(mask))
+    assert sel.shape == (n, 3) and valid.shape == inside.shape == sq.shape == (n,)
+    k = min(n_real, n)
+    np.testing.assert_array_equal(valid, np.arange(n) < k)   # real rows first
+    got = _drawn(sel, valid)
+    assert len(set(got.tolist())) == k                       # never twice
+    assert mask[got].all()                                   # never a masked-out point
+    np.testing.assert_array_equal(np.asarray(sel)[k:], 0.0)  # padding: the origin
+    np.testing.assert_array_equal(inside, anchor.anchor_inside(torus, sel))
+    if n_real <= n:                                          # every real point
+      np.testing.assert_array_equal(np.sort(got), np.flatnonzero(mask))
+
+
+def test_sample_anchor_fields_under_vmap_per_scene_masks(torus):
+  m, n = 200, 64
+  n_real = np.array([0, 30, 64, 120])
+  masks = np.arange(m)[None] < n_real[:, None]
+  fn = jax.jit(jax.vmap(lambda k, msk: anchor.sample_anchor_fields(
+      torus, _index_points(m), k, n, msk)))
+  sel, _, _, valid = fn(jax.random.split(jax.random.PRNGKey(3), 4), jnp.asarray(masks))
+  for b in range(4):
+    np.testing.assert_array_equal(valid[b], np.arange(n) < min(n_real[b], n))
+    got = _drawn(sel[b], valid[b])
+    assert len(set(got.tolist())) == len(got) and (got < n_real[b]).all()
+
+
+def test_sample_anchor_fields_is_uniform_without_replacement(torus):
+  """Inclusion and pair co-inclusion frequencies over many keys (vmap) vs a
+  uniform k-subset of the real points: k / N and k (k - 1) / (N (N - 1))."""
+  m, n, trials = 60, 10, 2000
+  mask = np.zeros(m, bool)
+  mask[np.random.default_rng(0).choice(m, 40, replace=False)] = True
+  n_real = int(mask.sum())
+  keys = jax.random.split(jax.random.PRNGKey(7), trials)
+  draw = lambda k: anchor.sample_anchor_fields(torus, _index_points(m), k, n,
+                                               jnp.asarray(mask))
+  # lax.map in vmapped batches of 500 (its 2^16-bin histograms stay small).
+  sel, _, _, valid = jax.jit(lambda ks: jax.lax.map(draw, ks, batch_size=500))(keys)
+  assert bool(valid.all())
+  hit = np.zeros((trials, m))
+  idx = np.rint(np.asarray(sel)[..., 0] * 1024).astype(np.int64)
+  np.put_along_axis(hit, idx, 1.0, axis=1)
+  assert (hit.sum(1) == n).all()                             # distinct rows
+  assert hit[:, ~mask].sum() == 0
+  p = n / n_real
+  freq = hit[:, mask].sum(0)                                 # Binomial(trials, p)
+  assert np.abs(freq - trials * p).max() < 5 * np.sqrt(trials * p * (1 - p))
+  q = n * (n - 1) / (n_real * (n_real - 1))
+  h = hit[:, mask]
+  pairs = (h.T @ h)[np.triu_indices(n_real, 1)]
+  assert np.abs(pairs - trials * q).max() < 5.5 * np.sqrt(trials * q * (1 - q))
+
+
+def test_smallest_keys_exact_count_with_ties():
+  """_smallest_keys vs a NumPy reference: exactly k real entries, none larger
+  than any real entry left out; keys with many ties and in both 16-bit halves."""
+  rng = np.random.default_rng(5)
+  fn = jax.jit(anchor._smallest_keys)
+  for m in (500, 40000):                                     # 8- and 16-bit digits
+    for keys in (rng.integers(0, 4, m), rng.integers(0, 2 ** 32, m),
+                 rng.integers(0, 3, m) << 16 | rng.integers(0, 3, m),
+                 rng.integers(0, 3, m) << 24 | rng.integers(0, 3, m) << 8,
+                 np.full(m, 2 ** 32 - 1)):
+      _check_smallest_keys(fn, keys.astype(np.uint32), rng.random(m) < 0.6)
+
+
+def _check_smallest_keys(fn, keys, real):
+  """Exactly k real entries taken, none with a key above a real one left out."""
+  for k in (0, 1, 17, 150, int(real.sum()) - 1, int(real.sum())):
+    take = np.asarray(fn(jnp.asarray(keys), jnp.asarray(real), jnp.int32(k)))
+    assert take.sum() == k and not take[~real].any()
+    if 0 < k < real.sum():
+      assert keys[take].max() <= keys[real & ~take].min()
 
 
 def test_spec_from_config():

@@ -1,8 +1,11 @@
 """Anchor preparation: posed body -> scene coords -> occupancy / distance grids.
 
 Once per scene (NumPy), the anchor pose is skinned, mapped into the z-up scene
-(PAPER.md "Coordinates"), and turned into two grids over the scene box
-[-r, r]^3 (node-aligned, R^3 nodes, spacing 2r / (R - 1)):
+(PAPER.md "Coordinates": scene = (z, x, y) of SMPL-X, the official stage 2's
+``matrix_rot`` in InterGen/threestudio/systems/interfusion.py, so the body
+stands upright and faces +x, the azimuth-0 "front view" camera), and turned
+into two grids over the scene box [-r, r]^3 (node-aligned, R^3 nodes,
+spacing 2r / (R - 1)):
 
 * ``occupancy``: 1 inside the posed mesh, 0 outside -- exact ray parity
   along x, y and z with a majority vote (robust to small holes and to rays
@@ -31,7 +34,7 @@ from scipy.spatial import cKDTree
 from interfusion_jax.body import lbs
 from interfusion_jax.body.model import BodyModel, HEAD_JOINT, body_model_digest, load_body_model
 
-_CACHE_VERSION = "anchor-v1"
+_CACHE_VERSION = "anchor-v2"   # v2: body faces +x (scene = (z, x, y) of SMPL-X)
 
 
 class AnchorError(ValueError):
@@ -45,7 +48,8 @@ class AnchorSpec:
   Attributes:
     resolution: grid nodes per axis (config.body.grid_resolution).
     radius: scene box half-size r (config.field.radius).
-    aug_rot: rotate by -pi/6 about x (config.body.aug_rot).
+    aug_rot: rotate by -pi/6 about SMPL-X's x axis, the scene's y axis
+      (config.body.aug_rot).
     aug_trans: centre at the root joint instead of the mean vertex.
     cache_dir: "" = ~/.cache/interfusion_jax/anchors; None disables caching.
     flat_hand_mean: smplx's flag for the hands (False = smplx default).
@@ -97,20 +101,33 @@ def rotation_x(angle: float) -> np.ndarray:
   return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float64)
 
 
+# SMPL-X (y-up, facing +z, +x the body's left) -> z-up scene: scene = (z, x, y)
+# of SMPL-X, i.e. scene_x = smpl_z, scene_y = smpl_x, scene_z = smpl_y. The
+# official ``matrix_rot`` (InterGen/threestudio/systems/interfusion.py); its
+# ShapeLoss maps scene points back with the inverse (utils/ops.py).
+SMPL_TO_SCENE = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], np.float64)
+
+
 def scene_transform(vertices: np.ndarray, joints: np.ndarray, *,
                     aug_rot: bool, aug_trans: bool) -> tuple[np.ndarray, np.ndarray]:
   """Maps a y-up posed body into the z-up scene (PAPER.md "Coordinates").
 
-  The official code poses with global_orient (pi/2, 0, 0); aug_rot adds
-  -pi/6 about x. The body is then centred at its mean vertex (default) or at
-  the root joint (aug_trans).
+  As in the official stage 2 (InterGen/threestudio/systems/interfusion.py):
+  the body is posed with global_orient 0, or (-pi/6, 0, 0) with aug_rot (a
+  rotation about SMPL-X's x axis, which is the scene's y axis: the body
+  leans back by 30 deg), then SMPL-X axes are mapped into the scene by
+  ``SMPL_TO_SCENE`` (``matrix_rot``: scene = (z, x, y) of SMPL-X). The body
+  stands upright (+z) and faces +x, threestudio's azimuth-0 "front view"
+  camera; its left is +y. The result is centred at its mean vertex
+  (default) or at the root joint (aug_trans).
 
   Args:
     vertices: [V, 3]; joints: [J, 3] (y-up, metres).
   Returns:
-    (vertices [V, 3], joints [J, 3]) in scene coordinates, float64.
+    (vertices [V, 3], joints [J, 3]) in scene coordinates, float64:
+    SMPL_TO_SCENE @ rotation_x(-pi/6 if aug_rot else 0) @ p, centred.
   """
-  rot = rotation_x(np.pi / 2 - (np.pi / 6 if aug_rot else 0.0))
+  rot = SMPL_TO_SCENE @ rotation_x(-np.pi / 6 if aug_rot else 0.0)
   v = np.asarray(vertices, np.float64) @ rot.T
   j = np.asarray(joints, np.float64) @ rot.T
   centre = j[0] if aug_trans else v.mean(axis=0)
@@ -474,31 +491,64 @@ def anchor_sq_distance(anchor: Anchor, points: jax.Array) -> jax.Array:
 def sample_anchor_fields(anchor: Anchor, points: jax.Array, key: jax.Array,
                          max_points: int = 80000,
                          point_mask: Optional[jax.Array] = None):
-  """Draws at most ``max_points`` sample points at random (PAPER.md Eq. 4,
-  "up to 80,000 drawn at random") with a FIXED output size, so it jits.
+  """Draws min(N_real, N) of the real sample points uniformly at random
+  without replacement (PAPER.md Eq. 4, "up to 80,000 drawn at random": the
+  official ShapeLoss takes randperm(N_real)[:80000] of the render's real
+  samples), with a FIXED output size N, so it jits.
 
   Args:
     anchor: Anchor.
     points: [..., 3] render sample points (M = prod(...) of them).
     key: PRNG key.
     max_points: N, the output size.
-    point_mask: optional [...] bool, False for padded / skipped samples.
+    point_mask: optional [...] bool, True for the real samples (False for
+      padded / skipped ones); None = every point is real.
   Returns:
-    points_sel [N, 3], inside [N] bool, sq_dist [N], valid [N] bool. When
-    M < N the first M rows hold every point and the rest are invalid
-    (valid = False, filled with point 0).
+    points_sel [N, 3], inside [N] bool, sq_dist [N], valid [N] bool. The
+    first k = min(N_real, N) rows are the drawn real points (valid True, in
+    index order), the rest are padding (valid False, the origin).
   """
   flat = points.reshape(-1, 3)
   m = flat.shape[0]
   n = int(max_points)
-  if m > n:
-    idx = jax.random.permutation(key, m)[:n]
-    valid = jnp.ones((n,), bool)
-  else:
-    idx = jnp.concatenate([jax.random.permutation(key, m),
-                           jnp.zeros((n - m,), jnp.int32)]).astype(jnp.int32)
-    valid = jnp.arange(n) < m
-  if point_mask is not None:
-    valid = valid & point_mask.reshape(-1)[idx]
-  sel = flat[idx]
+  real = (jnp.ones((m,), bool) if point_mask is None
+          else jnp.asarray(point_mask).reshape(-1).astype(bool))
+  k = jnp.minimum(jnp.sum(real, dtype=jnp.int32), n)
+  take = _smallest_keys(jax.random.bits(key, (m,), jnp.uint32), real, k)
+  # Compaction: the taken points, in index order, go to rows 0 .. k - 1.
+  row = jnp.where(take, jnp.cumsum(take, dtype=jnp.int32) - 1, n)
+  idx = jnp.zeros((n,), jnp.int32).at[row].set(jnp.arange(m, dtype=jnp.int32),
+                                              mode="drop")
+  valid = jnp.arange(n) < k
+  sel = jnp.where(valid[:, None], flat[idx], 0.0)
   return sel, anchor_inside(anchor, sel), anchor_sq_distance(anchor, sel), valid
+
+
+def _smallest_keys(keys: jax.Array, real: jax.Array, k: jax.Array) -> jax.Array:
+  """[M] bool: the k real entries with the smallest ``keys`` (exactly k).
+
+  Random keys make this a uniform draw without replacement. The k-th
+  smallest real key t is found by a radix select, O(M) with no sort: per
+  digit (2 x 16 bits, or 4 x 8 bits for M <= 2^15, where the 2^16-bin
+  histograms would dominate), a histogram of the candidates, its cumsum and
+  a search fix the digit of t; ties at t (equal 32-bit keys) are broken by
+  index.
+
+  Args:
+    keys: [M] uint32; real: [M] bool; k: int32 scalar, 0 <= k <= sum(real).
+  """
+  width = 16 if keys.shape[0] > (1 << 15) else 8
+  bins = 1 << width
+  t = jnp.uint32(0)
+  cand, rank = real, k                     # t's digits so far match cand; rank in cand
+  for shift in range(32 - width, -1, -width):
+    digit = ((keys >> shift) & (bins - 1)).astype(jnp.int32)
+    c = jnp.cumsum(jnp.zeros((bins,), jnp.int32).at[digit].add(cand.astype(jnp.int32)))
+    d = jnp.searchsorted(c, rank, side="left").astype(jnp.int32)  # first with c >= rank
+    rank = rank - jnp.where(d > 0, c[jnp.maximum(d - 1, 0)], 0)
+    cand = cand & (digit == d)
+    t = t | (d.astype(jnp.uint32) << shift)
+  below = real & (keys < t)
+  ties = real & (keys == t)
+  room = k - jnp.sum(below, dtype=jnp.int32)
+  return below | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= room))
