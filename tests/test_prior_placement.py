@@ -45,8 +45,9 @@ def test_occupancy_of_overlapping_union_matches_analytic():
 def test_body_frame_faces_the_way_the_mannequin_faces():
   body = _pose("standing")
   frame = placement.body_frame(body.joints)
-  # The mannequin faces +z in its y-up rest frame -> -y in the z-up scene.
-  np.testing.assert_allclose(frame[:, 0], [0, -1, 0], atol=0.1)
+  # The mannequin faces +z in its y-up rest frame -> +x in the z-up scene
+  # (scene = (z, x, y) of SMPL-X, as the anchor body).
+  np.testing.assert_allclose(frame[:, 0], [1, 0, 0], atol=0.1)
   np.testing.assert_allclose(frame.T @ frame, np.eye(3), atol=1e-9)
 
 

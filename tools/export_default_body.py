@@ -200,7 +200,8 @@ def contact_sheet(body_path: str, out_png: str, size: int = 256) -> None:
   for name, (body_pose, orient) in poses.DEMO_POSES.items():
     v, j = lbs.pose_body(body, body_pose, orient)
     v, _ = anchor.scene_transform(np.asarray(v), np.asarray(j), aug_rot=False, aug_trans=False)
-    c2w = np.asarray(camera.look_at(np.array([1.5, -2.8, 0.9]), np.zeros(3)))
+    # The scene body faces +x, its left is +y: a front-left view.
+    c2w = np.asarray(camera.look_at(np.array([2.8, 1.5, 0.9]), np.zeros(3)))
     img = mesh_render.render_mesh(v, body.faces, c2w, 45.0, size, size)["rgb"]
     tile = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
     ImageDraw.Draw(tile).text((6, 4), name, fill=(0, 0, 0))

@@ -4,7 +4,9 @@ Used by tests and as a fallback of the scene generator when the default body
 asset is missing. Forward kinematics applies a 63-D SMPL-X body pose
 (21 x axis-angle, the pose library's layout) to an approximate SMPL-X neutral
 rest skeleton (y-up, metres); the mesh is a union of closed primitives
-(spheres at joints, cylinders along bones, a torso and a head).
+(spheres at joints, cylinders along bones, a torso and a head). The posed
+mannequin is mapped into the z-up scene like the anchor body (``to_scene``:
+upright, facing +x).
 """
 from __future__ import annotations
 
@@ -84,8 +86,10 @@ def _unit(v):
 
 
 def to_scene(points: np.ndarray) -> np.ndarray:
-  """y-up -> z-up scene frame: rotation by +90 deg about x."""
-  rot = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])
+  """y-up -> z-up scene frame as for the anchor body: scene = (z, x, y) of
+  SMPL-X (``body.anchor.SMPL_TO_SCENE``), so the mannequin stands upright
+  and faces +x."""
+  rot = np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]])
   return np.asarray(points, np.float64) @ rot.T
 
 
