@@ -73,11 +73,10 @@ def step_time(cfg, guidance, repeats):
 
 def breakdown(spec, frozen, state, repeats):
   from interfusion_jax.nerf import camera as camera_lib
-  from interfusion_jax.nerf import render as render_lib
   key = jax.random.PRNGKey(2)
   cam = camera_lib.sample_camera(key, spec.camera)
   cams = train.derived_cameras(cam, state.object_center, frozen["anchor"].head, spec)
-  shading = render_lib.sample_shading(key, cam.light_position, True, spec.shading)
+  shading = train.sample_shadings(key, jnp.bool_(True), spec)
 
   @jax.jit
   def renders(params):

@@ -376,7 +376,8 @@ def test_skipped_render_equals_dense_render():
   assert float(occ.occupied_fraction(grid)) < 0.05
   o, d = _camera_rays(24, 24, target=(0.4, -0.3, 0.2), dist=2.5)
   dense_spec = render.RenderSpec(num_samples=128, sample_budget=128)
-  skip_spec = render.RenderSpec(num_samples=128, sample_budget=16)
+  skip_spec = render.RenderSpec(num_samples=128, sample_budget=16, alpha_threshold=0.0,
+                                   early_stop_eps=0.0)  # skipping alone
   bg = jnp.array([1.0, 1.0, 1.0])
   dense = _render(ball_field, p, o, d, bg, dense_spec)
   skip = _render(ball_field, p, o, d, bg, skip_spec, occupancy=grid)
@@ -472,21 +473,34 @@ def test_shade_matches_numpy():
 
 
 def test_sample_shading():
+  """Official DiffuseWithPointLightMaterial: albedo 25 %, textureless 37.5 %, diffuse
+  37.5 %; soft shading diffuse ~ U(0, 1), ambient = 1 - diffuse; albedo while ambient_only."""
   spec = config_lib.shading_spec(config_lib.parse(hoi.get_config()))
-  keys = jax.random.split(jax.random.PRNGKey(0), 400)
+  n = 20000
+  keys = jax.random.split(jax.random.PRNGKey(0), n)
   light = jnp.array([1.0, 0.0, 0.0])
   amb = jax.vmap(lambda k: render.sample_shading(k, light, True, spec))(keys)
   np.testing.assert_allclose(amb.ambient, 1.0)
   np.testing.assert_allclose(amb.diffuse, 0.0)
   np.testing.assert_allclose(amb.textureless, 0.0)
   s = jax.vmap(lambda k: render.sample_shading(k, light, False, spec))(keys)
-  a = np.asarray(s.ambient)
-  assert a.min() >= 0.1 - 1e-6 and a.max() <= 1.0 and np.ptp(a) > 0.5
-  np.testing.assert_allclose(s.diffuse, 1.0 - a, atol=1e-6)
-  assert 0.4 < float(s.textureless.mean()) < 0.6
-  hard = render.sample_shading(keys[0], light, False,
-                               render.ShadingSpec(soft=False))
-  assert float(hard.ambient) == pytest.approx(0.1) and float(hard.diffuse) == pytest.approx(0.9)
+  mode = np.asarray(render.shading_mode(s))
+  want = {0: 1 - 0.75, 1: 0.75 * 0.5, 2: 0.75 * 0.5}      # the official probability tree
+  for m, p in want.items():
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(np.mean(mode == m) - p) < 4 * sigma, (m, np.mean(mode == m), p)
+  shaded = mode > 0
+  d, a = np.asarray(s.diffuse)[shaded], np.asarray(s.ambient)[shaded]
+  np.testing.assert_allclose(a, 1.0 - d, atol=1e-6)
+  assert d.min() >= 0.0 and d.max() <= 1.0
+  np.testing.assert_allclose(np.quantile(d, [0.1, 0.5, 0.9]), [0.1, 0.5, 0.9], atol=0.02)
+  np.testing.assert_allclose(np.asarray(s.ambient)[~shaded], 1.0)
+  np.testing.assert_allclose(np.asarray(s.diffuse)[~shaded], 0.0)
+  hard = jax.vmap(lambda k: render.sample_shading(k, light, False,
+                                                  render.ShadingSpec(soft=False)))(keys[:64])
+  hm = np.asarray(render.shading_mode(hard))
+  assert np.all(np.asarray(hard.ambient)[hm > 0] == pytest.approx(0.1))
+  assert np.all(np.asarray(hard.diffuse)[hm > 0] == pytest.approx(0.9))
 
 
 def test_normals_to_image():

@@ -11,16 +11,27 @@ Everything is a pure function with static shapes. The main entry points:
 A ``field_fn(params, x [M, 3]) -> (sigma [M], albedo [M, 3], normals [M, 3])``
 is a plain (static) callable, so tests can pass closed-form analytic fields.
 
-Empty-space skipping (see docs/rendering.md): every ray gets N stratified
-samples at step sqrt(3) * 2r / N inside the box; samples in occupied grid cells
+Empty-space skipping (see docs/rendering.md): every ray gets N samples at step
+sqrt(3) * 2r / N inside the box (one random offset per ray, as nerfacc's
+``stratified`` marching in the official code); samples in occupied grid cells
 are packed, across the WHOLE ray batch, into a fixed budget of R * B slots
 (``jnp.nonzero(..., size=R * B)``); on overflow a per-ray water-filling rule
 drops each ray's deepest occupied samples first (``compact_indices``). The fields are evaluated only on those
 R * B points, and the results are scattered back to the dense [R, N] layout
 for volume rendering (which is cheap). Without an occupancy grid (or with
 ``skip_empty=False``) all R * N samples are evaluated.
+
+Pruning (official nerfacc sampling with ``sigma_fn``, PAPER.md renderer row):
+with a grid, a sample whose alpha is below min(alpha_threshold, mean grid
+occupancy), and every sample after the ray's transmittance fell below
+``early_stop_eps``, is dropped (``visible_samples``). The official code
+evaluates the density twice (no-grad to prune, then with grad on the
+survivors); here the fields are evaluated once on the budget slots and the
+pruned samples are masked out, which gives the same colours, weights and
+gradients within the fixed budget that jit needs.
 """
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -56,6 +67,8 @@ class RenderSpec:
   composite_eps: float = 1e-6
   near: float = 0.0
   field_chunks: int = 1
+  alpha_threshold: float = 0.01
+  early_stop_eps: float = 1e-4
 
   def __post_init__(self):
     if self.alpha_mode not in ALPHA_MODES:
@@ -71,6 +84,10 @@ class RenderSpec:
           f"field_chunks={self.field_chunks} must be >= 1 (config.render.field_chunks).")
     if self.radius <= 0:
       raise RenderConfigError(f"radius={self.radius} must be positive (config.field.radius).")
+    if not (0.0 <= self.alpha_threshold < 1.0 and 0.0 <= self.early_stop_eps < 1.0):
+      raise RenderConfigError(
+          f"alpha_threshold={self.alpha_threshold} and early_stop_eps={self.early_stop_eps} "
+          "must be in [0, 1) (config.render.alpha_threshold / early_stop_eps; 0 = off).")
 
   @property
   def step(self) -> float:
@@ -103,20 +120,23 @@ def albedo_shading() -> Shading:
 
 @dataclasses.dataclass(frozen=True)
 class ShadingSpec:
-  """Static shading settings (config.shading)."""
+  """Static shading settings (config.shading; official diffuse_with_point_light)."""
   ambient_light: float = 0.1
   diffuse_light: float = 0.9
   soft: bool = True
+  diffuse_prob: float = 0.75
   textureless_prob: float = 0.5
 
 
 def sample_shading(key, light_position, ambient_only, spec: ShadingSpec) -> Shading:
-  """threestudio/DreamFusion shading augmentation for one training render.
+  """The official shading augmentation of ONE training render (or one field of it).
 
-  ambient_only -> albedo. Otherwise diffuse + ambient with ambient =
-  ambient_light + (1 - ambient_light) U(0,1) and diffuse = 1 - ambient when
-  ``soft`` (threestudio's ambient_ratio), or the fixed (ambient_light,
-  diffuse_light); textureless with probability ``textureless_prob``.
+  Mode (official ``DiffuseWithPointLightMaterial``): albedo while
+  ``ambient_only``; otherwise albedo with probability 1 - diffuse_prob, else
+  textureless with probability textureless_prob, else diffuse (defaults:
+  albedo 25 %, textureless 37.5 %, diffuse 37.5 %). Light colours: with
+  ``soft`` diffuse ~ U(0, 1) and ambient = 1 - diffuse, else the fixed
+  (ambient_light, diffuse_light). Albedo is ambient 1, diffuse 0.
 
   Args:
     key: PRNG key.
@@ -127,18 +147,25 @@ def sample_shading(key, light_position, ambient_only, spec: ShadingSpec) -> Shad
   Returns:
     Shading.
   """
-  k_amb, k_tex = jax.random.split(key)
+  k_mode, k_tex, k_soft = jax.random.split(key, 3)
   if spec.soft:
-    amb = spec.ambient_light + (1.0 - spec.ambient_light) * jax.random.uniform(k_amb)
-    dif = 1.0 - amb
+    dif = jax.random.uniform(k_soft)
+    amb = 1.0 - dif
   else:
     amb, dif = jnp.float32(spec.ambient_light), jnp.float32(spec.diffuse_light)
-  tex = (jax.random.uniform(k_tex) < spec.textureless_prob).astype(jnp.float32)
+  albedo = ambient_only | (jax.random.uniform(k_mode) > spec.diffuse_prob)
+  tex = jax.random.uniform(k_tex) < spec.textureless_prob
   return Shading(
       light_position=jnp.asarray(light_position, jnp.float32),
-      ambient=jnp.where(ambient_only, 1.0, amb).astype(jnp.float32),
-      diffuse=jnp.where(ambient_only, 0.0, dif).astype(jnp.float32),
-      textureless=jnp.where(ambient_only, 0.0, tex).astype(jnp.float32))
+      ambient=jnp.where(albedo, 1.0, amb).astype(jnp.float32),
+      diffuse=jnp.where(albedo, 0.0, dif).astype(jnp.float32),
+      textureless=jnp.where(albedo, 0.0, tex.astype(jnp.float32)).astype(jnp.float32))
+
+
+def shading_mode(shading: Shading) -> jnp.ndarray:
+  """0 albedo, 1 textureless, 2 diffuse (int32; scalar or batched Shading)."""
+  albedo = (shading.diffuse == 0.0) & (shading.ambient == 1.0) & (shading.textureless == 0.0)
+  return jnp.where(albedo, 0, jnp.where(shading.textureless > 0.5, 1, 2)).astype(jnp.int32)
 
 
 def shade(albedo, normals, points, light_position, shading: Shading) -> jnp.ndarray:
@@ -216,31 +243,33 @@ class RaySamples(NamedTuple):
 
 def stratified_samples(t_near, t_far, num_samples: int, step: float,
                        key=None) -> RaySamples:
-  """N intervals of length ``step`` from t_near, clipped at t_far.
+  """N intervals of length ``step`` per ray, with one random offset per ray.
 
-  Interval k is [t_near + k step, min(t_near + (k + 1) step, t_far)]; its
-  sample sits at the midpoint (``key`` None) or uniformly inside it
-  (stratified). The deltas sum exactly to t_far - t_near when the chord is
-  <= N * step (always true for step = sqrt(3) 2r / N).
+  Interval k of a ray is [s + k step, min(s + (k + 1) step, t_far)] with
+  s = t_near + u step, u ~ U(0, 1) drawn once per ray (``key``; nerfacc's
+  stratified marching in the official code) or u = 0 (``key`` None, eval);
+  the sample sits at the interval's midpoint. The intervals cover
+  [s, t_far] when the chord is <= N * step (always true for
+  step = sqrt(3) 2r / N).
 
   Args:
     t_near, t_far: [R].
     num_samples: N (static).
     step: interval length.
-    key: optional PRNG key for jitter.
+    key: optional PRNG key of the per-ray offsets.
 
   Returns:
     RaySamples with [R, N] arrays.
   """
   k = jnp.arange(num_samples, dtype=jnp.float32)
-  lo = t_near[:, None] + k * step
+  if key is None:
+    u = jnp.zeros(t_near.shape + (1,), jnp.float32)
+  else:
+    u = jax.random.uniform(key, t_near.shape + (1,), jnp.float32)
+  lo = t_near[:, None] + (u + k) * step
   hi = jnp.minimum(lo + step, t_far[:, None])
   delta = jnp.maximum(hi - lo, 0.0)
-  if key is None:
-    u = jnp.full(lo.shape, 0.5, jnp.float32)
-  else:
-    u = jax.random.uniform(key, lo.shape, jnp.float32)
-  return RaySamples(t=lo + u * delta, delta=delta, mask=delta > 0.0)
+  return RaySamples(t=lo + 0.5 * delta, delta=delta, mask=delta > 0.0)
 
 
 def sample_points(rays_o, rays_d, t) -> jnp.ndarray:
@@ -374,6 +403,33 @@ def compositing_weights(alpha):
   return alpha * trans, trans
 
 
+def visible_samples(alpha, alpha_threshold, early_stop_eps) -> jnp.ndarray:
+  """Samples kept by the official pruning (nerfacc ``render_visibility_from_alpha``).
+
+  A sample is visible when its transmittance (before it) is >= early_stop_eps
+  and its alpha >= alpha_threshold; 0 disables either rule.
+
+  Args:
+    alpha: [R, N] per-sample alphas (0 where no sample).
+    alpha_threshold, early_stop_eps: scalars (traced is fine).
+
+  Returns:
+    [R, N] bool.
+  """
+  _, trans = compositing_weights(alpha)
+  return (trans >= early_stop_eps) & (alpha >= alpha_threshold)
+
+
+def prune_threshold(occupancy, spec: "RenderSpec"):
+  """min(spec.alpha_threshold, mean grid occupancy) (official nerfacc sampling).
+
+  A bare bitfield (no EMA values) gives spec.alpha_threshold.
+  """
+  if isinstance(occupancy, occ_lib.OccupancyGrid):
+    return jnp.minimum(spec.alpha_threshold, jnp.mean(occupancy.density))
+  return jnp.float32(spec.alpha_threshold)
+
+
 def accumulate(weights, values) -> jnp.ndarray:
   """sum_i w_i v_i. weights [..., S], values [..., S, C] -> [..., C]."""
   return jnp.einsum("...s,...sc->...c", weights, values)
@@ -426,7 +482,9 @@ class RenderOutput(NamedTuple):
   real (inside the box, occupied and within the budget); num_evaluated,
   num_dropped: scalars (field evaluation slots used; occupied samples lost to
   the budget). ``aux`` holds per-field [R, N] arrays of the two-field render
-  (sigma_h, sigma_o, alpha_h, alpha_o); empty for one field.
+  (sigma_h, sigma_o, alpha_h, alpha_o); empty for one field. num_pruned:
+  scalar, evaluated samples dropped by the alpha / transmittance pruning
+  (``mask`` excludes them).
   """
   rgb: jnp.ndarray
   opacity: jnp.ndarray
@@ -443,6 +501,7 @@ class RenderOutput(NamedTuple):
   num_evaluated: jnp.ndarray
   num_dropped: jnp.ndarray
   aux: dict
+  num_pruned: jnp.ndarray = 0
 
 
 def _march(rays_o, rays_d, spec: RenderSpec, occupancy, key):
@@ -462,8 +521,27 @@ def _march(rays_o, rays_d, spec: RenderSpec, occupancy, key):
   return rays_d, samples, points, mask, (flat, valid), jnp.int32(r * spec.sample_budget), dropped
 
 
+def _prune(mask, alphas, occupancy, plan, spec: RenderSpec):
+  """The march's mask minus the pruned samples (kept if visible in ANY of ``alphas``).
+
+  No pruning without a grid (dense rendering) or with both rules off. The
+  interaction render passes each field's own alphas, as the official
+  ``sampling_`` keeps a sample visible in either field.
+
+  Returns:
+    (mask [R, N] bool, num_pruned scalar int32).
+  """
+  if plan is None or (spec.alpha_threshold <= 0.0 and spec.early_stop_eps <= 0.0):
+    return mask, jnp.int32(0)
+  thr = prune_threshold(occupancy, spec)
+  visible = functools.reduce(jnp.logical_or, [
+      visible_samples(jax.lax.stop_gradient(a), thr, spec.early_stop_eps) for a in alphas])
+  kept = mask & visible
+  return kept, jnp.sum(mask & ~visible).astype(jnp.int32)
+
+
 def _finish(alpha, rgb, normals, sigma, samples, points, rays_d, mask, background,
-            num_eval, dropped, aux) -> RenderOutput:
+            num_eval, dropped, aux, num_pruned=0) -> RenderOutput:
   weights, _ = compositing_weights(alpha)
   opacity = jnp.sum(weights, axis=-1)
   bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), rgb.shape[:1] + (3,))
@@ -472,7 +550,7 @@ def _finish(alpha, rgb, normals, sigma, samples, points, rays_d, mask, backgroun
       opacity=opacity, depth=jnp.sum(weights * samples.t, axis=-1),
       normal=accumulate(weights, normals), weights=weights, sigma=sigma, alpha=alpha,
       t=samples.t, points=points, normals=normals, dirs=rays_d, mask=mask,
-      num_evaluated=num_eval, num_dropped=dropped, aux=aux)
+      num_evaluated=num_eval, num_dropped=dropped, aux=aux, num_pruned=num_pruned)
 
 
 def _light(shading: Shading, r: int):
@@ -493,7 +571,7 @@ def render_rays(field_fn: FieldFn, params, rays_o, rays_d, background,
     spec: RenderSpec.
     occupancy: OccupancyGrid (or its [G, G, G] bitfield) to skip empty space;
       None renders densely.
-    key: PRNG key for stratified jitter; None = interval midpoints.
+    key: PRNG key for the per-ray sample offsets; None = no offset.
     shading: Shading; None = albedo.
 
   Returns:
@@ -503,52 +581,63 @@ def render_rays(field_fn: FieldFn, params, rays_o, rays_d, background,
   rays_d, samples, points, mask, plan, n_eval, dropped = _march(
       rays_o, rays_d, spec, occupancy, key)
   (ev,) = _evaluate_fields((field_fn,), (params,), points, plan, spec.field_chunks)
+  alpha = density_to_alpha(jnp.where(mask, ev.sigma, 0.0), samples.delta)
+  mask, pruned = _prune(mask, (alpha,), occupancy, plan, spec)
   sigma = jnp.where(mask, ev.sigma, 0.0)
   alpha = density_to_alpha(sigma, samples.delta)
   rgb = shade(ev.albedo, ev.normals, points, _light(shading, points.shape[0]), shading)
   return _finish(alpha, rgb, ev.normals, sigma, samples, points, rays_d, mask,
-                 background, n_eval, dropped, {})
+                 background, n_eval, dropped, {}, pruned)
 
 
 def render_two_fields(field_fn_h: FieldFn, params_h, field_fn_o: FieldFn, params_o,
                       rays_o, rays_d, background, spec: RenderSpec, *,
                       occupancy=None, key=None,
-                      shading: Optional[Shading] = None) -> RenderOutput:
+                      shading: Optional[Shading] = None,
+                      shading_o: Optional[Shading] = None) -> RenderOutput:
   """The interaction render x^I: both fields on shared samples, Eq. 6 per sample.
 
-  Each field is shaded with its own albedo and normals, then alphas, colours
-  and normals are composited with ``composite_two_fields`` (spec.alpha_mode,
-  spec.stop_human_grad, spec.composite_eps) and volume-rendered.
+  Each field is shaded with its own albedo, normals and shading draw, then
+  alphas, colours and normals are composited with ``composite_two_fields``
+  (spec.alpha_mode, spec.stop_human_grad, spec.composite_eps) and
+  volume-rendered. A sample survives pruning when it is visible in either
+  field (official ``sampling_``).
 
   Args:
     field_fn_h, params_h: human field (callable static) and its parameters.
     field_fn_o, params_o: object field and its parameters.
-    rays_o, rays_d, background, spec, occupancy, key, shading: as render_rays.
-      The occupancy grid should hold the summed density of both fields.
+    rays_o, rays_d, background, spec, occupancy, key: as render_rays. The
+      occupancy grid should hold the summed density of both fields.
+    shading: the human field's Shading (None = albedo); shading_o: the
+      object field's (None = the same as ``shading``). Both share the light.
 
   Returns:
     RenderOutput; ``sigma`` is sigma_h + sigma_o, ``aux`` has sigma_h, sigma_o,
     alpha_h, alpha_o [R, N].
   """
   shading = albedo_shading() if shading is None else shading
+  shading_o = shading if shading_o is None else shading_o
   rays_d, samples, points, mask, plan, n_eval, dropped = _march(
       rays_o, rays_d, spec, occupancy, key)
   ev_h, ev_o = _evaluate_fields((field_fn_h, field_fn_o), (params_h, params_o),
                                 points, plan, spec.field_chunks)
   light = _light(shading, points.shape[0])
+  alphas = [density_to_alpha(jnp.where(mask, ev.sigma, 0.0), samples.delta)
+            for ev in (ev_h, ev_o)]
+  mask, pruned = _prune(mask, alphas, occupancy, plan, spec)
   sig_h = jnp.where(mask, ev_h.sigma, 0.0)
   sig_o = jnp.where(mask, ev_o.sigma, 0.0)
   a_h = density_to_alpha(sig_h, samples.delta)
   a_o = density_to_alpha(sig_o, samples.delta)
   c_h = shade(ev_h.albedo, ev_h.normals, points, light, shading)
-  c_o = shade(ev_o.albedo, ev_o.normals, points, light, shading)
+  c_o = shade(ev_o.albedo, ev_o.normals, points, light, shading_o)
   kw = dict(mode=spec.alpha_mode, stop_human_grad=spec.stop_human_grad,
             eps=spec.composite_eps)
   alpha, rgb = composite_two_fields(a_h, c_h, a_o, c_o, **kw)
   _, normals = composite_two_fields(a_h, ev_h.normals, a_o, ev_o.normals, **kw)
   aux = dict(sigma_h=sig_h, sigma_o=sig_o, alpha_h=a_h, alpha_o=a_o)
   return _finish(alpha, rgb, normals, sig_h + sig_o, samples, points, rays_d, mask,
-                 background, n_eval, dropped, aux)
+                 background, n_eval, dropped, aux, pruned)
 
 
 def camera_rays(camera, height: int, width: int):

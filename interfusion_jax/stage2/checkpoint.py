@@ -25,7 +25,7 @@ import logging
 import os
 import pathlib
 import warnings
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -130,7 +130,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: Any,
-                   max_step: int | None = None) -> tuple[int, Any] | None:
+                   max_step: int | None = None,
+                   legacy: Sequence[tuple[Any, Callable[[Any], Any]]] = ()
+                   ) -> tuple[int, Any] | None:
   """Restores the newest loadable checkpoint into the structure of ``target``.
 
   Args:
@@ -138,31 +140,45 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
     target: a pytree with the wanted structure, shapes and dtypes (values unused).
     max_step: only steps <= max_step are tried (a sweep resumes the scenes of a
       group from their common step); None: all.
+    legacy: (older target, convert) pairs tried, in order, when a step does not
+      fit ``target``; ``convert`` maps the restored older tree to the new
+      structure (e.g. ``step.legacy_targets``).
 
   Returns:
     (step, state as NumPy pytree) or None when there is no loadable checkpoint.
     A checkpoint that fails to load, has a different structure or holds
     non-finite values is skipped with a warning.
   """
-  abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), to_host(target))
+  def abstract(tree):
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), to_host(tree))
+
+  candidates = [(abstract(target), None)] + [(abstract(t), fn) for t, fn in legacy]
   with process_local():
     manager.reload()
     steps = sorted((t for t in manager.all_steps() if max_step is None or t <= max_step),
                    reverse=True)
   for step in steps:
-    try:
-      with process_local():
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-      restored = to_host(restored)
-      if not all_finite(restored):
-        raise NonFiniteCheckpointError("non-finite values")
-      return int(step), restored
-    except Exception as e:  # pylint: disable=broad-except
-      msg = (f"Checkpoint at step {step} in {manager.directory} could not be restored "
-             f"({type(e).__name__}: {str(e)[:200]}); falling back to the previous one.")
-      warnings.warn(msg)
-      logging.warning(msg)
+    error = None
+    for wanted, convert in candidates:
+      try:
+        with process_local():
+          restored = manager.restore(step, args=ocp.args.StandardRestore(wanted))
+        restored = to_host(restored)
+        if convert is not None:
+          restored = convert(restored)
+        if not all_finite(restored):
+          raise NonFiniteCheckpointError("non-finite values")
+        return int(step), restored
+      except NonFiniteCheckpointError as e:
+        error = e
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        error = error or e
+    msg = (f"Checkpoint at step {step} in {manager.directory} could not be restored "
+           f"({type(error).__name__}: {str(error)[:200]}); falling back to the previous one.")
+    warnings.warn(msg)
+    logging.warning(msg)
   return None
 
 

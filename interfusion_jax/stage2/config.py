@@ -262,6 +262,12 @@ class RenderConfig(_Section):
   composite_eps: float = setting(_lib_default(_RS, "composite_eps"), *_POS)
   # >1: evaluate fields in rematerialised chunks (less memory)
   field_chunks: int = setting(_lib_default(_RS, "field_chunks"), *_POS_INT)
+  # Official pruning: drop samples with alpha < min(this, mean grid occupancy) ...
+  alpha_threshold: float = setting(_lib_default(_RS, "alpha_threshold"),
+                                   lambda v: _real(v) and 0 <= v < 1, "must be in [0, 1)")
+  # ... and every sample after the transmittance fell below this (0 = off)
+  early_stop_eps: float = setting(_lib_default(_RS, "early_stop_eps"),
+                                  lambda v: _real(v) and 0 <= v < 1, "must be in [0, 1)")
 
   def check(self):
     if self.sample_budget > self.num_samples:
@@ -293,6 +299,9 @@ class ShadingConfig(_Section):
   ambient_light: float = setting(_lib_default(_SS, "ambient_light"), *_NONNEG)
   diffuse_light: float = setting(_lib_default(_SS, "diffuse_light"), *_NONNEG)
   soft: bool = setting(_lib_default(_SS, "soft"), *_BOOL)
+  # after ambient_only_steps: shaded (textureless or diffuse) with this
+  # probability, else albedo (official 0.75)
+  diffuse_prob: float = setting(_lib_default(_SS, "diffuse_prob"), *_PROB)
   # grey "textureless" shading with this probability, after ambient_only_steps
   textureless_prob: float = setting(_lib_default(_SS, "textureless_prob"), *_PROB)
   light_distance_range: tuple = setting(_lib_default(_CS, "light_distance_range"),
@@ -664,13 +673,15 @@ def render_spec(run: RunConfig) -> render_lib.RenderSpec:
       radius=float(run.field.radius), num_samples=r.num_samples,
       sample_budget=r.sample_budget or max(1, r.num_samples // 8), skip_empty=r.skip_empty,
       alpha_mode=r.alpha_mode, stop_human_grad=r.stop_human_grad,
-      composite_eps=float(r.composite_eps), field_chunks=r.field_chunks)
+      composite_eps=float(r.composite_eps), field_chunks=r.field_chunks,
+      alpha_threshold=float(r.alpha_threshold), early_stop_eps=float(r.early_stop_eps))
 
 
 def shading_spec(run: RunConfig) -> render_lib.ShadingSpec:
   s = run.shading
   return render_lib.ShadingSpec(ambient_light=float(s.ambient_light),
                                 diffuse_light=float(s.diffuse_light), soft=s.soft,
+                                diffuse_prob=float(s.diffuse_prob),
                                 textureless_prob=float(s.textureless_prob))
 
 

@@ -226,7 +226,7 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
           f"--resume given but {paths.checkpoints} holds no checkpoint.")
     return fresh
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
-  restored = ckpt_lib.restore_latest(manager, fresh)
+  restored = ckpt_lib.restore_latest(manager, fresh, legacy=step_lib.legacy_targets(fresh))
   if restored is None:
     if resume:
       raise setup_lib.TrainSetupError(f"No loadable checkpoint in {paths.checkpoints}.")
@@ -468,7 +468,8 @@ def load_trained(workdir: str, guidance_spec: Any = None):
                                                       weighting="uniform")
   spec = setup_lib.train_spec(config, gspec)
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
-  restored = ckpt_lib.restore_latest(manager, step_lib.init_state(jax.random.PRNGKey(0), spec))
+  target = step_lib.init_state(jax.random.PRNGKey(0), spec)
+  restored = ckpt_lib.restore_latest(manager, target, legacy=step_lib.legacy_targets(target))
   if restored is None:
     raise FileNotFoundError(f"No loadable checkpoint in {paths.checkpoints}; train first.")
   return config, spec, restored[1]

@@ -56,7 +56,9 @@ def eval_shading(cam, spec: step_lib.TrainSpec):
 
 def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec) -> dict:
   """Renders on white of the object, human and interaction scene, shaded by
-  ``eval_shading`` (albedo, or diffuse with the light at the camera).
+  ``eval_shading`` (albedo, or diffuse with the light at the camera); each on
+  its own occupancy grid (``step.render_grid``; ``occupancy`` is the state's
+  {grid: OccupancyGrid} or one grid for all).
 
   Returns:
     {name: {"rgb": [H, W, 3], "normal": [H, W, 3] display in [0, 1], "opacity": [H, W]}}.
@@ -69,11 +71,13 @@ def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec)
     shading = eval_shading(cam, spec)
     if name == "interaction":
       r = render_lib.render_two_fields(fn, params["human"], fn, params["object"], rays_o,
-                                       rays_d, bg, spec.render, occupancy=occupancy,
+                                       rays_d, bg, spec.render,
+                                       occupancy=step_lib.render_grid(occupancy, name),
                                        shading=shading)
     else:
       r = render_lib.render_rays(fn, params[name], rays_o, rays_d, bg, spec.render,
-                                 occupancy=occupancy, shading=shading)
+                                 occupancy=step_lib.render_grid(occupancy, name),
+                                 shading=shading)
     img = render_lib.to_image(r, h, w)
     out[name] = {"rgb": img["rgb"], "opacity": img["opacity"],
                  "normal": render_lib.normals_to_image(img["normal"], img["opacity"])}

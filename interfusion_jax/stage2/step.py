@@ -13,7 +13,9 @@ One camera (``camera_losses``), in order:
      human and head cameras derived from it (``derived_cameras``, PAPER.md
      "Camera tracing");
   2. renders of psi_O, psi_H, the head close-up and the Eq. 6 composite
-     (``render_views``), with the official background augmentation;
+     (``render_views``): each on its own occupancy grid (``GRID_OF``), with its
+     own shading draw (one per field inside the composite) and its field's
+     background (``augmented_background``), as the official renderers;
   3. four SDS terms with view-dependent embeddings (``sds_terms``), combined
      by Eq. 3 (``human_sds``) and Eq. 5 (``object_sds``);
   4. L_H^geo and L_O^geo (Eq. 4 and 7, ``geometry_terms``);
@@ -23,7 +25,7 @@ Then the optimiser: Adam (``make_optimizer``); a non-finite loss or gradient
 skips the update and counts it.
 
 Inputs:
-  state: ``TrainState`` (params, Adam state, occupancy grid, c_O, counters);
+  state: ``TrainState`` (params, Adam state, three occupancy grids, c_O, counters);
   frozen: {"guidance": diffusion params, "text": {name: [V, L, D]} prompt
     embeddings, "anchor": body.anchor.Anchor} — frozen pytree arguments;
   key: the step's PRNG key; spec: the static ``TrainSpec``.
@@ -51,6 +53,11 @@ from interfusion_jax.stage2 import schedules
 
 Params = Any
 RENDERS = ("object", "human", "interaction", "head")
+# The official renderers' occupancy grids (PAPER.md renderer row): the object
+# render's on sigma_O, the human and head renders' on sigma_H, the
+# interaction render's on sigma_H + sigma_O.
+GRIDS = ("object", "human", "interaction")
+GRID_OF = {"object": "object", "human": "human", "head": "human", "interaction": "interaction"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +113,14 @@ class TrainState(NamedTuple):
   """The mutable training state (a pytree; everything is checkpointed).
 
   step: int32 scalar, steps done; params: {"human", "object", "bg_human",
-  "bg_object"}; opt_state: optax state; occupancy: OccupancyGrid [G, G, G];
-  object_center: [3] c_O; consecutive_skips, total_skips: int32 scalars.
+  "bg_object"}; opt_state: optax state; occupancy: {grid name (``GRIDS``):
+  OccupancyGrid [G, G, G]}; object_center: [3] c_O; consecutive_skips,
+  total_skips: int32 scalars.
   """
   step: jax.Array
   params: Params
   opt_state: Any
-  occupancy: occ_lib.OccupancyGrid
+  occupancy: dict
   object_center: jax.Array
   consecutive_skips: jax.Array
   total_skips: jax.Array
@@ -129,7 +137,7 @@ def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
 
 
 def init_state(key: jax.Array, spec: TrainSpec, object_origin=None) -> TrainState:
-  """Fresh parameters, optimizer state, occupancy grid (all occupied) and c_O.
+  """Fresh parameters, optimizer state, occupancy grids (all occupied) and c_O.
 
   Args:
     key: PRNG key of the parameters.
@@ -146,9 +154,18 @@ def init_state(key: jax.Array, spec: TrainSpec, object_origin=None) -> TrainStat
     params = model_lib.with_blob_centers(params, origin)
   return TrainState(step=jnp.int32(0), params=params,
                     opt_state=make_optimizer(spec).init(params),
-                    occupancy=occ_lib.init_occupancy(spec.occupancy),
+                    occupancy={g: occ_lib.init_occupancy(spec.occupancy) for g in GRIDS},
                     object_center=origin,
                     consecutive_skips=jnp.int32(0), total_skips=jnp.int32(0))
+
+
+def legacy_targets(fresh: TrainState) -> list:
+  """Older checkpoint layouts and their conversion to ``TrainState`` (for
+  ``checkpoint.restore_latest(legacy=...)``): a state with ONE occupancy grid
+  (before the three official grids) restores into every grid.
+  """
+  single = fresh._replace(occupancy=fresh.occupancy["interaction"])
+  return [(single, lambda s: s._replace(occupancy={g: s.occupancy for g in GRIDS}))]
 
 
 # ----------------------------------------------------------------------------
@@ -196,18 +213,32 @@ def derived_cameras(cam: camera_lib.Camera, object_center: jax.Array, head_joint
 # 2. Renders.
 
 
+def render_grid(occupancy, name: str):
+  """The occupancy grid of render ``name`` (``GRID_OF``); a single grid serves all."""
+  return occupancy[GRID_OF[name]] if isinstance(occupancy, dict) else occupancy
+
+
 def augmented_background(params: Params, dirs: jax.Array, key: jax.Array,
-                         spec: TrainSpec) -> jax.Array:
-  """Official background augmentation: either field's background at random; white with p.
+                         spec: TrainSpec, name: str) -> jax.Array:
+  """Official background augmentation of render ``name``; pure white with p.
+
+  The object render uses the object field's background, the human and head
+  renders the human field's, the interaction render either at random (the
+  official renderers); each is white with probability
+  ``background.random_white_prob``.
 
   Args:
     dirs: [R, 3] ray directions.
+    name: one of ``RENDERS``.
 
   Returns:
     [R, 3] background colours.
   """
   k_pick, k_white = jax.random.split(key)
-  use_human = jax.random.uniform(k_pick) < 0.5
+  if name == "interaction":
+    use_human = jax.random.uniform(k_pick) < 0.5
+  else:
+    use_human = jnp.asarray(name in ("human", "head"))
   white = jax.random.uniform(k_white) < spec.sections.background.random_white_prob
   bg = jnp.where(use_human, spec.model.background(params["bg_human"], dirs),
                  spec.model.background(params["bg_object"], dirs))
@@ -215,13 +246,19 @@ def augmented_background(params: Params, dirs: jax.Array, key: jax.Array,
 
 
 def render_views(params: Params, cams: dict, occupancy, key: jax.Array,
-                 shading: render_lib.Shading, spec: TrainSpec) -> dict:
+                 shadings: dict, spec: TrainSpec) -> dict:
   """Object, human, head and interaction (Eq. 6) renders for one camera.
 
   The three single-field renders (human, head: psi_H; object: psi_O) are one
-  ``vmap``-ed ``render_rays`` over stacked parameters (one trace instead of
-  three); the interaction render composites both fields with
+  ``vmap``-ed ``render_rays`` over stacked parameters and grids (one trace
+  instead of three); the interaction render composites both fields with
   ``nerf.render.render_two_fields``.
+
+  Args:
+    occupancy: {grid: OccupancyGrid} (``GRIDS``), or one grid for all renders.
+    shadings: {"object", "human", "head", "interaction_human",
+      "interaction_object"} -> nerf.render.Shading (light positions are taken
+      from each render's camera).
 
   Returns:
     {name: nerf.render.RenderOutput} with H*W rays each.
@@ -230,27 +267,45 @@ def render_views(params: Params, cams: dict, occupancy, key: jax.Array,
   fn, h, w = spec.model.field, spec.height, spec.width
   singles = ("human", "head", "object")
   rays = {n: render_lib.camera_rays(cams[n], h, w) for n in RENDERS}
-  bgs = {n: augmented_background(params, rays[n][1], k, spec)
+  bgs = {n: augmented_background(params, rays[n][1], k, spec, n)
          for n, k in zip(RENDERS, jax.random.split(k_bg, len(RENDERS)))}
   stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
   field_params = stack([params["human"], params["human"], params["object"]])
+  grids = stack([render_grid(occupancy, n) for n in singles])
+  lit = lambda name, cam: shadings[name]._replace(light_position=cams[cam].light_position)
 
-  def one(p, rays_o, rays_d, bg, light, k):
-    return render_lib.render_rays(fn, p, rays_o, rays_d, bg, spec.render, occupancy=occupancy,
-                                  key=k, shading=shading._replace(light_position=light))
+  def one(p, grid, rays_o, rays_d, bg, shading, k):
+    return render_lib.render_rays(fn, p, rays_o, rays_d, bg, spec.render, occupancy=grid,
+                                  key=k, shading=shading)
 
-  batched = jax.vmap(one)(field_params,
+  batched = jax.vmap(one)(field_params, grids,
                           jnp.stack([rays[n][0] for n in singles]),
                           jnp.stack([rays[n][1] for n in singles]),
                           jnp.stack([bgs[n] for n in singles]),
-                          jnp.stack([cams[n].light_position for n in singles]),
+                          stack([lit(n, n) for n in singles]),
                           jax.random.split(k_single, len(singles)))
   outs = {n: jax.tree_util.tree_map(lambda x, i=i: x[i], batched) for i, n in enumerate(singles)}
   outs["interaction"] = render_lib.render_two_fields(
       fn, params["human"], fn, params["object"], *rays["interaction"], bgs["interaction"],
-      spec.render, occupancy=occupancy, key=k_inter,
-      shading=shading._replace(light_position=cams["interaction"].light_position))
+      spec.render, occupancy=render_grid(occupancy, "interaction"), key=k_inter,
+      shading=lit("interaction_human", "interaction"),
+      shading_o=lit("interaction_object", "interaction"))
   return outs
+
+
+SHADED = ("object", "human", "head", "interaction_human", "interaction_object")
+
+
+def sample_shadings(key: jax.Array, ambient_only: jax.Array, spec: TrainSpec) -> dict:
+  """One official shading draw per render, and per field inside the interaction render.
+
+  Returns:
+    {name in ``SHADED``: nerf.render.Shading} (light positions are filled in
+    by ``render_views``).
+  """
+  keys = jax.random.split(key, len(SHADED))
+  return {n: render_lib.sample_shading(k, jnp.zeros(3, jnp.float32), ambient_only, spec.shading)
+          for n, k in zip(SHADED, keys)}
 
 
 # ----------------------------------------------------------------------------
@@ -313,36 +368,60 @@ def object_sds(terms: dict, lambda_object: jax.Array) -> jax.Array:
 # 4. Geometry and regularisers.
 
 
+def real_samples(out: render_lib.RenderOutput, spec: TrainSpec) -> tuple[jax.Array, jax.Array]:
+  """The render's real samples (``out.mask``: kept by skipping and pruning), packed.
+
+  At most R * render.sample_budget samples are real when skipping empty space,
+  so they are packed into that many rows first (R * N without skipping).
+
+  Returns:
+    (points [P, 3] (gradient stopped), valid [P] bool; the first
+    sum(out.mask) rows are the real samples in ray order).
+  """
+  mask = out.mask.reshape(-1)
+  rays = out.mask.shape[0]
+  size = min(mask.shape[0], rays * spec.render.sample_budget) if spec.render.skip_empty \
+      else mask.shape[0]
+  (flat,) = jnp.nonzero(mask, size=size, fill_value=0)
+  valid = jnp.arange(size) < jnp.sum(mask)
+  return jax.lax.stop_gradient(out.points).reshape(-1, 3)[flat], valid
+
+
 def geometry_terms(params: Params, outs: dict, anchor: Any, key: jax.Array,
-                   spec: TrainSpec) -> dict:
+                   spec: TrainSpec) -> tuple[dict, dict]:
   """L_H^geo (stage2.losses.human_geometry_loss) on the human render's samples and
   L_O^geo (stage2.losses.object_geometry_loss) on the object render's samples.
 
-  At most ``loss.geo_max_points`` real ray samples are drawn; the densities are
-  re-evaluated there, so each loss reaches only its own field.
+  Each loss draws min(N_real, ``loss.geo_max_points``) of its render's real
+  samples at random (``real_samples``, ``body.anchor.sample_anchor_fields``;
+  official ShapeLoss); the densities are re-evaluated there, so each loss
+  reaches only its own field.
 
   Returns:
-    {"geo_human": scalar, "geo_object": scalar}.
+    ({"geo_human", "geo_object"}: scalars,
+     {"geo_points_human", "geo_points_object"}: float32 point counts).
   """
   l = spec.sections.loss
   k_h, k_o = jax.random.split(key)
 
   def samples(out, k):
-    pts = jax.lax.stop_gradient(out.points).reshape(-1, 3)
-    return anchor_lib.sample_anchor_fields(anchor, pts, k, l.geo_max_points,
-                                           point_mask=out.mask.reshape(-1))
+    pts, real = real_samples(out, spec)
+    return anchor_lib.sample_anchor_fields(anchor, pts, k, l.geo_max_points, point_mask=real)
 
   pts_h, in_h, d2_h, v_h = samples(outs["human"], k_h)
   pts_o, in_o, _, v_o = samples(outs["object"], k_o)
   sig_h = spec.model.density(params["human"], pts_h)
   sig_o = spec.model.density(params["object"], pts_o)
-  return {
+  terms = {
       "geo_human": losses.human_geometry_loss(sig_h, in_h, d2_h, delta=l.geo_delta,
                                               eta=l.geo_eta, reduction=l.geo_reduction,
                                               valid=v_h),
       "geo_object": losses.object_geometry_loss(sig_o, in_o, delta=l.geo_delta,
                                                 reduction=l.geo_reduction, valid=v_o),
   }
+  counts = {"geo_points_human": jnp.sum(v_h).astype(jnp.float32),
+            "geo_points_object": jnp.sum(v_o).astype(jnp.float32)}
+  return terms, counts
 
 
 def regulariser_terms(outs: dict) -> dict:
@@ -392,30 +471,40 @@ def total_loss(terms: dict, weights: dict, spec: TrainSpec) -> jax.Array:
 
 
 def camera_losses(params: Params, state: TrainState, frozen: dict, key: jax.Array,
-                  spec: TrainSpec) -> tuple[jax.Array, dict]:
-  """Eq. 8 loss for one random camera; returns (scalar, metrics dict of scalars)."""
+                  spec: TrainSpec, index: jax.Array | int = 0) -> tuple[jax.Array, dict]:
+  """Eq. 8 loss for camera ``index`` of the global batch (its azimuth stratum).
+
+  Returns:
+    (scalar, metrics dict of scalars).
+  """
   k_cam, k_shade, k_render, k_sds, k_geo = jax.random.split(key, 5)
-  cam = camera_lib.sample_camera(k_cam, spec.camera)
+  cam = camera_lib.sample_camera(k_cam, spec.camera, index=index,
+                                 count=spec.sections.render.batch_size)
   head = jnp.asarray(frozen["anchor"].head, jnp.float32)   # joint 15 (Eq. 3's head render)
   cams = derived_cameras(cam, state.object_center, head, spec)
   ambient = schedules.ambient_only(state.step, spec.schedule.ambient_only_steps)
-  shading = render_lib.sample_shading(k_shade, cam.light_position, ambient, spec.shading)
-  outs = render_views(params, cams, state.occupancy, k_render, shading, spec)
+  shadings = sample_shadings(k_shade, ambient, spec)
+  outs = render_views(params, cams, state.occupancy, k_render, shadings, spec)
   view = view_index(cam.elevation, cam.azimuth, spec)
   t_max = schedules.max_timestep_fraction(state.step, spec.schedule)
   direction = cam.position / jnp.linalg.norm(cam.position)
   sds, sds_aux = sds_terms(outs, frozen, view, k_sds, t_max, spec, direction)
   terms = {f"sds_{k}": v for k, v in sds.items()}
-  terms.update(geometry_terms(params, outs, frozen["anchor"], k_geo, spec))
+  geo, geo_counts = geometry_terms(params, outs, frozen["anchor"], k_geo, spec)
+  terms.update(geo)
   terms.update(regulariser_terms(outs))
   weights = schedules.step_weights(state.step, spec.schedule)
   loss = total_loss(terms, weights, spec)
   metrics = {f"loss_{k}": v for k, v in terms.items()}
   metrics.update(weights)
   metrics.update(sds_aux)
+  metrics.update(geo_counts)
   metrics["ambient_only"] = ambient.astype(jnp.float32)
-  metrics["textureless"] = shading.textureless
+  modes = jnp.stack([render_lib.shading_mode(shadings[n]) for n in SHADED])
+  for i, mode in enumerate(("albedo", "textureless", "diffuse")):
+    metrics[f"shading_{mode}"] = jnp.mean((modes == i).astype(jnp.float32))
   metrics["samples_dropped"] = sum(o.num_dropped for o in outs.values()).astype(jnp.float32)
+  metrics["samples_pruned"] = sum(o.num_pruned for o in outs.values()).astype(jnp.float32)
   for name in RENDERS:
     metrics[f"opacity_{name}"] = jnp.mean(outs[name].opacity)
   return loss, metrics
@@ -429,14 +518,29 @@ def batch_losses(params: Params, state: TrainState, frozen: dict, key: jax.Array
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
   if spec.camera_sharding is not None:
     keys = jax.lax.with_sharding_constraint(keys, spec.camera_sharding)
-  loss, metrics = jax.vmap(lambda k: camera_losses(params, state, frozen, k, spec))(keys)
+  loss, metrics = jax.vmap(lambda k, i: camera_losses(params, state, frozen, k, spec, i))(
+      keys, idx)
   return jnp.mean(loss), jax.tree_util.tree_map(jnp.mean, metrics)
 
 
-def summed_density(params: Params, spec: TrainSpec):
-  """x [N, 3] -> sigma_H + sigma_O [N], the occupancy grid's density (PAPER.md renderer)."""
-  return lambda x: (spec.model.density(params["human"], x)
-                    + spec.model.density(params["object"], x))
+def grid_density(params: Params, name: str, spec: TrainSpec):
+  """x [N, 3] -> the density [N] of occupancy grid ``name`` (PAPER.md renderer row):
+  sigma_O ("object"), sigma_H ("human"), sigma_H + sigma_O ("interaction")."""
+  density = spec.model.density
+  if name == "object":
+    return lambda x: density(params["object"], x)
+  if name == "human":
+    return lambda x: density(params["human"], x)
+  return lambda x: density(params["human"], x) + density(params["object"], x)
+
+
+def update_grids(state: TrainState, key: jax.Array, spec: TrainSpec) -> dict:
+  """Every ``occupancy.update_every`` steps, each grid's EMA update on its own density."""
+  return {g: occ_lib.maybe_update_occupancy(state.occupancy[g],
+                                            grid_density(state.params, g, spec),
+                                            jax.random.fold_in(key, i), state.step,
+                                            spec.occupancy)
+          for i, g in enumerate(GRIDS)}
 
 
 # ----------------------------------------------------------------------------
@@ -447,8 +551,8 @@ def train_step(state: TrainState, frozen: dict, key: jax.Array, *, spec: TrainSp
                axis_name: str | None = None, num_shards: int = 1) -> tuple[TrainState, dict]:
   """One optimisation step (PAPER.md Eq. 3-8). Pure; jit, vmap or pmap it.
 
-  Order: occupancy update (every ``update_every`` steps, on the summed density
-  of both fields, before marching), the camera batch's loss and gradient
+  Order: occupancy updates (every ``update_every`` steps, each grid on its own
+  density, ``update_grids``, before marching), the camera batch's loss and gradient
   (``pmean`` over ``axis_name``), then Adam. A non-finite loss or gradient
   skips the update (params and optimizer state unchanged) and counts it.
 
@@ -465,9 +569,8 @@ def train_step(state: TrainState, frozen: dict, key: jax.Array, *, spec: TrainSp
     (new state, metrics: dict of scalars incl. "loss", "skipped", "grad_norm").
   """
   k_occ, k_loss = jax.random.split(key)
-  grid = occ_lib.maybe_update_occupancy(state.occupancy, summed_density(state.params, spec),
-                                        k_occ, state.step, spec.occupancy)
-  state = state._replace(occupancy=grid)
+  grids = update_grids(state, k_occ, spec)
+  state = state._replace(occupancy=grids)
   per_shard = spec.sections.render.batch_size // num_shards
   first = (jax.lax.axis_index(axis_name) * per_shard) if axis_name else jnp.int32(0)
   (loss, metrics), grads = jax.value_and_grad(batch_losses, has_aux=True)(
@@ -490,7 +593,9 @@ def train_step(state: TrainState, frozen: dict, key: jax.Array, *, spec: TrainSp
   metrics = dict(metrics)
   metrics.update(loss=loss, skipped=skipped.astype(jnp.float32),
                  grad_norm=jnp.where(finite, optax.global_norm(grads), jnp.nan),
-                 occupied_fraction=occ_lib.occupied_fraction(grid))
+                 occupied_fraction=occ_lib.occupied_fraction(grids["interaction"]),
+                 **{f"occupied_fraction_{g}": occ_lib.occupied_fraction(grids[g])
+                    for g in ("object", "human")})
   return new_state, metrics
 
 

@@ -594,7 +594,8 @@ def restore_at_most(config, spec, paths: run_io.RunPaths, origin, max_step: int)
   if max_step <= 0:
     return fresh
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
-  restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step)
+  restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step,
+                                     legacy=step_lib.legacy_targets(fresh))
   if restored is None:
     return fresh
   step, host = restored
