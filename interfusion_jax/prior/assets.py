@@ -37,7 +37,7 @@ from interfusion_jax.prior import objects, placement, scenes
 from interfusion_jax.guidance import captions as colors
 from interfusion_jax.guidance import builtin as denoiser
 
-BANK_VERSION = 4   # bump when the bank's contents change (history: docs/evaluation.md)
+BANK_VERSION = 5   # bump when the bank's contents change (history: docs/evaluation.md)
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_PATH = ASSETS_DIR / "prior_bank.npz"
 

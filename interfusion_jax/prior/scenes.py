@@ -266,7 +266,8 @@ def caption(scene: Scene, kind: str, view: Optional[str], spec: SceneSpec) -> st
 def render(scene: Scene, kind: str, cams: camera_lib.Camera, spec: SceneSpec) -> np.ndarray:
   """Renders one kind of a scene from cameras sampled around the origin.
 
-  Each camera is re-centred as the trainer does (scale * pos + target).
+  Each camera is re-centred as the trainer does: centre scale * pos + target,
+  the sampled rotation kept (``camera.recenter_camera``).
 
   Args:
     scene: Scene; kind: one of KINDS.
@@ -281,8 +282,10 @@ def render(scene: Scene, kind: str, cams: camera_lib.Camera, spec: SceneSpec) ->
   scale = CAMERA_SCALES[kind]
   size = spec.resolution * spec.supersample
   pos = scale * cams.position + target
-  c2ws = np.asarray(_look_at(pos, np.broadcast_to(target, pos.shape), spec.cameras.up),
-                    np.float64)
+  # As the trainer (camera.recenter_camera, official c_mtx): the sampled
+  # rotation is kept and only the centre moves.
+  c2ws = np.array(cams.c2w, np.float64)
+  c2ws[:, :3, 3] = pos
   out = []
   for i in range(len(cams.fovy)):
     c2w = c2ws[i]

@@ -352,7 +352,7 @@ class CameraConfig(_Section):
   head_scale: float = setting(0.2, *_POS)
   trace_every: int = setting(_lib_default(_SCH, "trace_every"), *_POS_INT)
   trace_threshold: float = setting(0.5, *_PROB)
-  trace_resolution: int = setting(64, *_POS_INT)
+  trace_resolution: int = setting(128, *_POS_INT)   # official: the 128 tet grid
 
 
 @dataclasses.dataclass(frozen=True)
