@@ -584,7 +584,7 @@ def render_rays(field_fn: FieldFn, params, rays_o, rays_d, background,
   alpha = density_to_alpha(jnp.where(mask, ev.sigma, 0.0), samples.delta)
   mask, pruned = _prune(mask, (alpha,), occupancy, plan, spec)
   sigma = jnp.where(mask, ev.sigma, 0.0)
-  alpha = density_to_alpha(sigma, samples.delta)
+  alpha = jnp.where(mask, alpha, 0.0)          # the pruned mask is inside the march's
   rgb = shade(ev.albedo, ev.normals, points, _light(shading, points.shape[0]), shading)
   return _finish(alpha, rgb, ev.normals, sigma, samples, points, rays_d, mask,
                  background, n_eval, dropped, {}, pruned)
@@ -627,8 +627,7 @@ def render_two_fields(field_fn_h: FieldFn, params_h, field_fn_o: FieldFn, params
   mask, pruned = _prune(mask, alphas, occupancy, plan, spec)
   sig_h = jnp.where(mask, ev_h.sigma, 0.0)
   sig_o = jnp.where(mask, ev_o.sigma, 0.0)
-  a_h = density_to_alpha(sig_h, samples.delta)
-  a_o = density_to_alpha(sig_o, samples.delta)
+  a_h, a_o = (jnp.where(mask, a, 0.0) for a in alphas)
   c_h = shade(ev_h.albedo, ev_h.normals, points, light, shading)
   c_o = shade(ev_o.albedo, ev_o.normals, points, light, shading_o)
   kw = dict(mode=spec.alpha_mode, stop_human_grad=spec.stop_human_grad,
