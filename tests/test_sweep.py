@@ -6,9 +6,7 @@ import pytest
 from configs import hoi
 from interfusion_jax.stage2 import loop as sweep
 from interfusion_jax.stage2 import setup as setup_lib
-from interfusion_jax.stage2 import step as train
 from interfusion_jax.stage2 import config as config_validation
-from interfusion_jax.stage2 import schedules
 
 PROMPTS = [
     {"human": "a man in a red shirt", "object": "a blue chair",
@@ -50,32 +48,6 @@ def test_stack_unstack_round_trip():
   for t, u in zip(trees, back):
     np.testing.assert_array_equal(t["a"], u["a"])
     assert int(u["b"]) == int(t["b"])
-
-
-@pytest.mark.slow
-def test_sweep_scene_matches_a_single_run():
-  """Scene i of a sweep follows the trajectory of a single run of its prompts."""
-  cfgs = sweep.scene_configs(_base(), PROMPTS)
-  out = sweep.train_sweep(cfgs, progress=False)
-  sw = out["group"]
-  # The two scenes see different prompts and anchors, so they must differ.
-  p0, p1 = (jax.tree_util.tree_leaves(s.params["object"]) for s in out["states"])
-  assert max(float(np.max(np.abs(a - b))) for a, b in zip(p0, p1)) > 1e-4
-  # Reference: the single-scene loop, written out with the unvmapped step.
-  scene = sw.scenes[1]
-  step = jax.jit(train.make_train_step(sw.spec))
-  state = train.init_state(jax.random.PRNGKey(int(cfgs[1].seed)), sw.spec)
-  key = jax.random.PRNGKey(int(cfgs[1].seed))
-  for i in range(cfgs[1].train.steps):
-    if schedules.trace_due(i, sw.spec.schedule.trace_every):
-      state = state._replace(object_center=train.object_center(
-          state.params["object"], state.object_center, sw.spec))
-    state, _ = step(state, scene.frozen, jax.random.fold_in(key, i))
-  got = out["states"][1]
-  assert int(got.step) == 3
-  np.testing.assert_allclose(got.object_center, state.object_center, atol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(state.params)):
-    np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 # --- Whole sweeps on a closed-form field (fast to compile): isolation and groups. ---
@@ -217,3 +189,28 @@ def test_scenes_checkpointed_at_different_steps_resume_from_their_common_step(tm
       np.testing.assert_array_equal(u, v)
     rows = _run_io.read_metrics(tmp_path / "cut" / n / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, blob_world.train.steps + 1))
+
+
+def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_not_repeated(tmp_path,
+                                                                              blob_world):
+  """Rows logged before the first save are dropped when the run starts again from
+  scratch: a single run (loop.run) and a sweep scene whose checkpoints are gone."""
+  cfg = blob_world.copy_and_resolve_references()
+  cfg.train.ckpt_every = 4
+  sweep.run(cfg, str(tmp_path / "single"), progress=False, stop_after=3, final_outputs=False)
+  rows = _run_io.read_metrics(tmp_path / "single" / "metrics.jsonl")
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert _ckpt.latest_step(tmp_path / "single" / "checkpoints") is None
+  sweep.run(cfg, str(tmp_path / "single"), progress=False, final_outputs=False)
+  rows = _run_io.read_metrics(tmp_path / "single" / "metrics.jsonl")
+  assert [r["step"] for r in rows] == list(range(1, cfg.train.steps + 1))
+
+  import shutil
+  path = _rows(tmp_path, [_row("a", "a red ball"), _row("b", "a blue chair", seed=2)])
+  sweep_lib.run_sweep(blob_world, path, tmp_path / "cut", progress=False, final_outputs=False,
+                      stop_after=5)
+  shutil.rmtree(tmp_path / "cut" / "b" / "checkpoints")   # killed before b's first save
+  sweep_lib.run_sweep(blob_world, path, tmp_path / "cut", progress=False, final_outputs=False)
+  for n in ("a", "b"):
+    rows = _run_io.read_metrics(tmp_path / "cut" / n / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, blob_world.train.steps + 1)), n

@@ -209,6 +209,8 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
   resume None: resume automatically when checkpoints exist; True: a
   checkpoint must exist; False: start fresh (existing checkpoints are an error).
   origin: the fresh state's object origin (``setup.object_origin``).
+  Metrics rows after the step it starts from (0 when fresh) are dropped, so a
+  run killed before or after a save logs each step once.
   """
   fresh = step_lib.init_state(jax.random.PRNGKey(int(config.seed)), spec, origin)
   if paths is None:
@@ -219,11 +221,13 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
       raise setup_lib.TrainSetupError(
           f"{paths.checkpoints} already holds checkpoints but --noresume was given; use "
           "--resume (or drop the flag) to continue, or choose a new --workdir.")
+    run_io.truncate_metrics(paths.metrics, 0)
     return fresh
   if not has:
     if resume:
       raise setup_lib.TrainSetupError(
           f"--resume given but {paths.checkpoints} holds no checkpoint.")
+    run_io.truncate_metrics(paths.metrics, 0)   # rows of a run killed before its first save
     return fresh
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
   restored = ckpt_lib.restore_latest(manager, fresh, legacy=step_lib.legacy_targets(fresh))
@@ -231,6 +235,7 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
     if resume:
       raise setup_lib.TrainSetupError(f"No loadable checkpoint in {paths.checkpoints}.")
     warnings.warn("No loadable checkpoint; starting from scratch.")
+    run_io.truncate_metrics(paths.metrics, 0)
     return fresh
   step, host = restored
   print(f"Resuming from step {step} ({paths.checkpoints}).", file=sys.stderr)
