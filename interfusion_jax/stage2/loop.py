@@ -209,8 +209,6 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
   resume None: resume automatically when checkpoints exist; True: a
   checkpoint must exist; False: start fresh (existing checkpoints are an error).
   origin: the fresh state's object origin (``setup.object_origin``).
-  Metrics rows after the step it starts from (0 when fresh) are dropped, so a
-  run killed before or after a save logs each step once.
   """
   fresh = step_lib.init_state(jax.random.PRNGKey(int(config.seed)), spec, origin)
   if paths is None:
@@ -221,13 +219,11 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
       raise setup_lib.TrainSetupError(
           f"{paths.checkpoints} already holds checkpoints but --noresume was given; use "
           "--resume (or drop the flag) to continue, or choose a new --workdir.")
-    run_io.truncate_metrics(paths.metrics, 0)
     return fresh
   if not has:
     if resume:
       raise setup_lib.TrainSetupError(
           f"--resume given but {paths.checkpoints} holds no checkpoint.")
-    run_io.truncate_metrics(paths.metrics, 0)   # rows of a run killed before its first save
     return fresh
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
   restored = ckpt_lib.restore_latest(manager, fresh, legacy=step_lib.legacy_targets(fresh))
@@ -235,11 +231,9 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
     if resume:
       raise setup_lib.TrainSetupError(f"No loadable checkpoint in {paths.checkpoints}.")
     warnings.warn("No loadable checkpoint; starting from scratch.")
-    run_io.truncate_metrics(paths.metrics, 0)
     return fresh
   step, host = restored
   print(f"Resuming from step {step} ({paths.checkpoints}).", file=sys.stderr)
-  run_io.truncate_metrics(paths.metrics, step)
   return jax.tree_util.tree_map(jnp.asarray, host)
 
 
@@ -251,7 +245,9 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
 
   Per scene: metrics every ``train.log_every`` steps, validation grids every
   ``val_every`` and checkpoints every ``ckpt_every`` steps (and at the end or
-  on Ctrl-C) into its run directory, when it has one. ``stop_after`` (tests)
+  on Ctrl-C) into its run directory, when it has one. Metrics rows already
+  there for steps after the start step (a run killed after its last save, or
+  before its first) are dropped first, so every step is logged once. ``stop_after`` (tests)
   returns after that many steps, like a killed run.
 
   Args:
@@ -289,6 +285,9 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
   seeds = jnp.asarray([jax.random.PRNGKey(int(c.seed)) for c in group.configs])
   managers = [ckpt_lib.make_manager(p.checkpoints, tc.keep_checkpoints) if p else None
               for p in group.paths]
+  for p in group.paths:   # rows logged after the start step (killed before or after a save)
+    if p is not None:
+      run_io.truncate_metrics(p.metrics, start)
   writers = [run_io.MetricsWriter(p) if p else None for p in group.paths]
   isolate = n > 1 if isolate_failures is None else bool(isolate_failures)
   own_bar = bar is None

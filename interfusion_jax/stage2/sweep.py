@@ -588,19 +588,17 @@ def restore_at_most(config, spec, paths: run_io.RunPaths, origin, max_step: int)
 
   The scenes of a group resume from one step, so the group trains as the
   same compiled program as before the interruption (bitwise resume on CPU);
-  metrics rows after that step (0 when fresh) are dropped.
+  ``loop.train_loop`` drops the metrics rows after that step.
   """
   fresh = step_lib.init_state(jax.random.PRNGKey(int(config.seed)), spec, origin)
-  restored = None
-  if max_step > 0:
-    manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
-    restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step,
-                                       legacy=step_lib.legacy_targets(fresh))
+  if max_step <= 0:
+    return fresh
+  manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
+  restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step,
+                                     legacy=step_lib.legacy_targets(fresh))
   if restored is None:
-    run_io.truncate_metrics(paths.metrics, 0)
     return fresh
   step, host = restored
-  run_io.truncate_metrics(paths.metrics, step)
   return jax.tree_util.tree_map(jax.numpy.asarray, host)
 
 
