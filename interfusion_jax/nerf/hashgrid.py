@@ -151,20 +151,29 @@ def _check_points(x01: jax.Array, spec: HashGridSpec) -> None:
         "flatten batch dimensions first.")
 
 
-def _level_cells(x01: jax.Array, res: int) -> tuple[jax.Array, jax.Array]:
-  """Cell coordinates and in-cell fractions of one level.
+def _level_groups(spec: HashGridSpec) -> tuple[tuple[int, int, bool], ...]:
+  """The levels as at most two blocks (start, stop, dense): the dense levels and the
+  hashed ones. Resolutions grow with the level, so the dense levels come first."""
+  n_dense = sum(spec.dense)
+  return tuple(g for g in ((0, n_dense, True), (n_dense, spec.n_levels, False))
+               if g[1] > g[0])
+
+
+def _cells(x01: jax.Array, spec: HashGridSpec, start: int, stop: int
+           ) -> tuple[jax.Array, jax.Array]:
+  """Cell coordinates and in-cell fractions of levels ``start .. stop - 1`` at once.
 
   Args:
     x01: [N, 3] positions; values outside [0, 1] are clamped into the grid.
-    res: cells per axis.
 
   Returns:
-    (cell [N, 3] int32 in [0, res - 1], frac [N, 3] float32 in [0, 1]).
+    (cell [N, G, 3] int32 in [0, R_l - 1], frac [N, G, 3] float32 in [0, 1]),
+    G = stop - start.
   """
-  pos = jnp.clip(x01.astype(jnp.float32), 0.0, 1.0) * res
-  cell = jnp.clip(jnp.floor(pos), 0, res - 1)
-  frac = pos - cell
-  return cell.astype(jnp.int32), frac
+  res = np.asarray(spec.resolutions[start:stop], np.float32)[:, None]   # [G, 1]
+  pos = jnp.clip(x01.astype(jnp.float32), 0.0, 1.0)[:, None, :] * res
+  cell = jnp.clip(jnp.floor(pos), 0.0, res - 1.0)
+  return cell.astype(jnp.int32), pos - cell
 
 
 def corner_bits(c: int) -> tuple[int, int, int]:
@@ -172,70 +181,71 @@ def corner_bits(c: int) -> tuple[int, int, int]:
   return (c & 1, (c >> 1) & 1, (c >> 2) & 1)
 
 
-def level_corners(x01: jax.Array, level: int, spec: HashGridSpec
-                  ) -> tuple[jax.Array, jax.Array]:
-  """Table rows (within the level) and trilinear weights of the 8 corners.
+def _corner_rows(cell: jax.Array, c: int, spec: HashGridSpec, start: int, stop: int,
+                 dense: bool) -> jax.Array:
+  """Global table rows of corner ``c`` on levels ``start .. stop - 1``: [N, G, 3] -> [N, G].
 
-  Per-axis terms are computed once and combined per corner (the hash is
-  ``h = (i P0) ^ (j P1) ^ (k P2) mod T`` in uint32, the dense index
-  ``i + j S + k S^2`` with S = R + 1); the trilinear weight of corner
-  (bx, by, bz) is prod_d (b_d ? f_d : 1 - f_d).
+  Dense levels index ``i + j S + k S^2`` with S = R + 1, hashed ones
+  ``(i P0 ^ j P1 ^ k P2) mod T`` in uint32; both plus the level's row offset.
+  """
+  v = cell + np.asarray(corner_bits(c), np.int32)
+  if dense:
+    s = np.asarray(spec.resolutions[start:stop], np.int64) + 1
+    v = v * np.stack([np.ones_like(s), s, s * s], axis=-1).astype(np.int32)
+    rows = v[..., 0] + v[..., 1] + v[..., 2]
+  else:
+    u = v.astype(jnp.uint32) * np.asarray(HASH_PRIMES, np.uint32)
+    rows = ((u[..., 0] ^ u[..., 1] ^ u[..., 2])
+            & np.uint32(spec.hashmap_size - 1)).astype(jnp.int32)
+  return rows + np.asarray(spec.level_offsets[start:stop], np.int32)
+
+
+def _corner_weight(frac: jax.Array, c: int) -> jax.Array:
+  """Trilinear weight of corner ``c``: prod_d (b_d ? f_d : 1 - f_d); [..., 3] -> [...]."""
+  w = [frac[..., d] if b else 1.0 - frac[..., d] for d, b in enumerate(corner_bits(c))]
+  return w[0] * w[1] * w[2]
+
+
+def _corner_weight_grad(frac: jax.Array, c: int) -> jax.Array:
+  """d weight_c / d frac_d of corner ``c``'s trilinear weight: [..., 3] -> [..., 3]."""
+  b = corner_bits(c)
+  ws = [frac[..., d] if b[d] else 1.0 - frac[..., d] for d in range(3)]
+  per = []
+  for d in range(3):
+    e1, e2 = [e for e in range(3) if e != d]
+    per.append((1.0 if b[d] else -1.0) * ws[e1] * ws[e2])
+  return jnp.stack(per, axis=-1)
+
+
+def corners(x01: jax.Array, spec: HashGridSpec) -> tuple[jax.Array, jax.Array]:
+  """Global table rows and trilinear weights of the 8 corners on every level.
+
+  Corner c's vertex is ``cell + corner_bits(c)``; level l's rows lie in
+  ``[level_offsets[l], level_offsets[l] + level_rows[l])``.
 
   Args:
     x01: [N, 3] positions in [0, 1] (clamped).
-    level: level index.
     spec: the grid.
 
   Returns:
-    (rows [N, 8] int32 in [0, level_rows), weights [N, 8] float32 summing to 1),
-    corner order of ``corner_bits``.
+    (rows [N, L, 8] int32, weights [N, L, 8] float32 summing to 1 over corners).
   """
-  res, dense = spec.resolutions[level], spec.dense[level]
-  cell, frac = _level_cells(x01, res)
-  ws = [(1.0 - frac[:, d], frac[:, d]) for d in range(3)]
-  if dense:
-    s = res + 1
-    terms = [(cell[:, d] * s**d, (cell[:, d] + 1) * s**d) for d in range(3)]
-    combine = lambda a, b, c: a + b + c
-  else:
-    u = cell.astype(jnp.uint32)
-    terms = [(u[:, d] * jnp.uint32(HASH_PRIMES[d]),
-              (u[:, d] + jnp.uint32(1)) * jnp.uint32(HASH_PRIMES[d]))
-             for d in range(3)]
-    mask = jnp.uint32(spec.hashmap_size - 1)
-    combine = lambda a, b, c: ((a ^ b ^ c) & mask).astype(jnp.int32)
   rows, weights = [], []
-  for c in range(8):
-    bx, by, bz = corner_bits(c)
-    rows.append(combine(terms[0][bx], terms[1][by], terms[2][bz]))
-    weights.append(ws[0][bx] * ws[1][by] * ws[2][bz])
-  return jnp.stack(rows, axis=1), jnp.stack(weights, axis=1)
-
-
-def _trilinear_weight_grads(frac: jax.Array) -> jax.Array:
-  """d weight_c / d frac_d of the trilinear weights.
-
-  Args:
-    frac: [N, 3].
-
-  Returns:
-    [N, 8, 3], corner order of ``corner_bits``.
-  """
-  ws = [(1.0 - frac[:, d], frac[:, d]) for d in range(3)]
-  out = []
-  for c in range(8):
-    b = corner_bits(c)
-    per = []
-    for d in range(3):
-      sign = 1.0 if b[d] else -1.0
-      e1, e2 = [e for e in range(3) if e != d]
-      per.append(sign * ws[e1][b[e1]] * ws[e2][b[e2]])
-    out.append(jnp.stack(per, axis=-1))
-  return jnp.stack(out, axis=1)
+  for start, stop, dense in _level_groups(spec):
+    cell, frac = _cells(x01, spec, start, stop)
+    rows.append(jnp.stack([_corner_rows(cell, c, spec, start, stop, dense)
+                           for c in range(8)], axis=-1))
+    weights.append(jnp.stack([_corner_weight(frac, c) for c in range(8)], axis=-1))
+  return jnp.concatenate(rows, axis=1), jnp.concatenate(weights, axis=1)
 
 
 # --------------------------------------------------------------------------
 # Forward / backward.
+#
+# Each function handles the dense and the hashed levels as two blocks, every
+# block with one gather (or scatter) per corner over all its levels: the
+# program size does not grow with the number of levels (16 unrolled levels
+# made the training step several times slower to trace and compile).
 # --------------------------------------------------------------------------
 
 def _gather(table: jax.Array, rows: jax.Array) -> jax.Array:
@@ -254,27 +264,29 @@ def _encode_reference(table: jax.Array, x01: jax.Array, spec: HashGridSpec
                       ) -> jax.Array:
   """The encoding as plain jnp (autodiff would scatter-add); [N, L*F].
 
-  One 1-D gather per corner and level, so that XLA fuses index computation,
-  gather and weighted sum into one loop per level (nothing [N, 8] sized
-  materialises).
+  Per block, the index computation, the gathers and the weighted sum over the
+  corners fuse into one loop (nothing [N, L, 8] sized materialises).
   """
   feats = []
-  for l, off in enumerate(spec.level_offsets):
-    rows, w = level_corners(x01, l, spec)
+  for start, stop, dense in _level_groups(spec):
+    cell, frac = _cells(x01, spec, start, stop)
     acc = 0.0
     for c in range(8):
-      acc = acc + w[:, c:c + 1] * _gather(table, rows[:, c] + off)
-    feats.append(acc)
-  return jnp.concatenate(feats, axis=-1)
+      rows = _corner_rows(cell, c, spec, start, stop, dense)
+      acc = acc + _corner_weight(frac, c)[..., None] * _gather(table, rows)
+    feats.append(acc)                                              # [N, G, F]
+  return jnp.concatenate(feats, axis=1).reshape(x01.shape[0], spec.output_dim)
 
 
 def _table_grad(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
   """Gradient of sum(g * encode) w.r.t. the flat table (the trilinear splat).
 
-  Per level, rows and weighted updates are materialised first (an
-  optimisation barrier keeps XLA from fusing the hash into the scatter loop,
-  which is several times slower on CPU) and scattered level after level into
-  one buffer (chained scatters update it in place; no concatenation).
+  Per block, rows and weighted updates of all its levels and corners are
+  materialised first (an optimisation barrier keeps XLA from fusing the hash
+  into the scatter loop, which is several times slower on CPU) and scattered
+  in one scatter-add into one buffer (the second block's updates it in
+  place). Levels own disjoint rows, so every row receives its updates in
+  point order.
 
   Args:
     g: [N, L, F] output cotangent.
@@ -284,9 +296,12 @@ def _table_grad(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
     [total_rows, F].
   """
   out = jnp.zeros((spec.total_rows, g.shape[-1]), g.dtype)
-  for l, off in enumerate(spec.level_offsets):
-    rows, w = level_corners(x01, l, spec)
-    rows, upd = jax.lax.optimization_barrier((rows + off, w[:, :, None] * g[:, l, None, :]))
+  for start, stop, dense in _level_groups(spec):
+    cell, frac = _cells(x01, spec, start, stop)
+    rows = jnp.stack([_corner_rows(cell, c, spec, start, stop, dense) for c in range(8)], -1)
+    w = jnp.stack([_corner_weight(frac, c) for c in range(8)], axis=-1)   # [N, G, 8]
+    rows, upd = jax.lax.optimization_barrier(
+        (rows, w[..., None] * g[:, start:stop, None, :]))
     out = out.at[rows].add(upd, mode="promise_in_bounds")
   return out
 
@@ -301,14 +316,16 @@ def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
   Returns:
     [N, 3] (zero where a coordinate was clamped).
   """
-  out = jnp.zeros(x01.shape, jnp.float32)
-  for l, (res, off) in enumerate(zip(spec.resolutions, spec.level_offsets)):
-    rows, _ = level_corners(x01, l, spec)
-    _, frac = _level_cells(x01, res)
-    dw = _trilinear_weight_grads(frac)  # [N, 8, 3]
+  out = 0.0
+  for start, stop, dense in _level_groups(spec):
+    cell, frac = _cells(x01, spec, start, stop)
+    per_level = 0.0
     for c in range(8):
-      gv = jnp.sum(_gather(table, rows[:, c] + off) * g[:, l], axis=-1)  # [N]
-      out = out + (res * gv)[:, None] * dw[:, c]
+      rows = _corner_rows(cell, c, spec, start, stop, dense)
+      gv = jnp.sum(_gather(table, rows) * g[:, start:stop], axis=-1)    # [N, G]
+      per_level = per_level + gv[..., None] * _corner_weight_grad(frac, c)
+    res = np.asarray(spec.resolutions[start:stop], np.float32)[:, None]
+    out = out + jnp.sum(per_level * res, axis=1)                       # [N, 3]
   inside = (x01 >= 0.0) & (x01 <= 1.0)
   return jnp.where(inside, out, 0.0).astype(x01.dtype)
 
