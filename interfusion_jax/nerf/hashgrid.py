@@ -230,13 +230,16 @@ def corners(x01: jax.Array, spec: HashGridSpec) -> tuple[jax.Array, jax.Array]:
   Returns:
     (rows [N, L, 8] int32, weights [N, L, 8] float32 summing to 1 over corners).
   """
-  rows, weights = [], []
-  for start, stop, dense in _level_groups(spec):
-    cell, frac = _cells(x01, spec, start, stop)
-    rows.append(jnp.stack([_corner_rows(cell, c, spec, start, stop, dense)
-                           for c in range(8)], axis=-1))
-    weights.append(jnp.stack([_corner_weight(frac, c) for c in range(8)], axis=-1))
+  rows, weights = zip(*[_block_corners(x01, spec, *g) for g in _level_groups(spec)])
   return jnp.concatenate(rows, axis=1), jnp.concatenate(weights, axis=1)
+
+
+def _block_corners(x01: jax.Array, spec: HashGridSpec, start: int, stop: int, dense: bool
+                   ) -> tuple[jax.Array, jax.Array]:
+  """``corners`` of one block of levels: (rows [N, G, 8] int32, weights [N, G, 8])."""
+  cell, frac = _cells(x01, spec, start, stop)
+  return (jnp.stack([_corner_rows(cell, c, spec, start, stop, dense) for c in range(8)], -1),
+          jnp.stack([_corner_weight(frac, c) for c in range(8)], axis=-1))
 
 
 # --------------------------------------------------------------------------
@@ -297,9 +300,7 @@ def _table_grad(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
   """
   out = jnp.zeros((spec.total_rows, g.shape[-1]), g.dtype)
   for start, stop, dense in _level_groups(spec):
-    cell, frac = _cells(x01, spec, start, stop)
-    rows = jnp.stack([_corner_rows(cell, c, spec, start, stop, dense) for c in range(8)], -1)
-    w = jnp.stack([_corner_weight(frac, c) for c in range(8)], axis=-1)   # [N, G, 8]
+    rows, w = _block_corners(x01, spec, start, stop, dense)             # [N, G, 8]
     rows, upd = jax.lax.optimization_barrier(
         (rows, w[..., None] * g[:, start:stop, None, :]))
     out = out.at[rows].add(upd, mode="promise_in_bounds")
