@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -98,7 +99,6 @@ def _saved(workdir, names):
 
 
 def _leaves(state):
-  import jax
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
 
 
