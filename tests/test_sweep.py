@@ -214,3 +214,55 @@ def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_not_repeated(tm
   for n in ("a", "b"):
     rows = _run_io.read_metrics(tmp_path / "cut" / n / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, blob_world.train.steps + 1)), n
+
+
+def test_sweep_progress_counts_every_processes_scene_steps(monkeypatch):
+  """Process 0's bar adds the counts the others post (at most once per every_s),
+  and wait_for_all keeps reading until each has posted finished."""
+  store = {}   # the coordination service's key-value store, process -> latest post
+  now = [0.0]
+  clock = lambda: now[0]
+
+  def processes(index):
+    return sweep_lib.Processes(
+        index=index, count=3,
+        post=lambda name, obj: store.__setitem__((name, index), _json.loads(_json.dumps(obj))),
+        posted=lambda name: {i: v for (n, i), v in store.items() if n == name})
+
+  bars = [sweep_lib.SweepProgress(processes(i), total=30, every_s=1.0, clock=clock)
+          for i in range(3)]
+  bars[1].update(1, n=4)            # posted at once (first update)
+  bars[2].update(1, n=2)
+  bars[0].update(1, n=3)            # reads 4 + 2
+  assert [b.count for b in bars] == [9, 4, 2]
+  bars[1].update(2, n=5)            # within every_s: not posted yet
+  bars[0].update(2, n=0)
+  assert bars[0].count == 9 and store[("progress", 1)] == {"steps": 4, "finished": False}
+  now[0] = 1.5
+  bars[1].update(3, n=1)            # posts 10
+  bars[0].update(3, n=0)            # reads it
+  assert bars[0].count == 3 + 10 + 2
+
+  polls, fired = [], []
+
+  def sleep(s):
+    polls.append(s)
+    now[0] += s
+    if len(polls) == 2 and not fired:   # the others finish while process 0 waits
+      fired.append(True)
+      bars[1].wait_for_all(timeout_s=10)
+      bars[2].update(4, n=8)
+      bars[2].wait_for_all(timeout_s=10)
+  monkeypatch.setattr(sweep_lib.time, "sleep", sleep)
+  bars[0].wait_for_all(timeout_s=60, poll_s=0.5)
+  assert len(polls) == 2 and bars[0].count == 3 + 10 + 10
+  assert store[("progress", 0)] == {"steps": 3, "finished": True}
+  # A process that never finishes: process 0 stops waiting after timeout_s.
+  store[("progress", 2)]["finished"] = False
+  polls.clear()
+  bars[0].wait_for_all(timeout_s=5, poll_s=1.0)
+  assert len(polls) == 5
+  single = sweep_lib.SweepProgress(sweep_lib.Processes(), total=3, clock=clock)
+  single.update(1, n=3)
+  single.wait_for_all(timeout_s=5)   # nobody else: returns at once
+  assert single.count == 3

@@ -76,6 +76,7 @@ REQUIRED = ("human", "object", "interaction")
 EXAMPLES = {"human": "a man", "object": "a bike", "interaction": "riding a bike"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 STATUS_FILE = "sweep_status.json"
+BARRIER_TIMEOUT_S = 14 * 24 * 3600.0   # how long a finished process waits for the others
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,15 +434,20 @@ class Processes:
   """This process's place in the sweep and the two collectives it needs.
 
   barrier(name): every process waits until all arrive; gather(obj) -> the
-  JSON-able ``obj`` of every process, in process order.
+  JSON-able ``obj`` of every process, in process order. post(name, obj)
+  publishes this process's latest JSON-able ``obj`` under ``name`` without
+  waiting; posted(name) -> {process index: its latest obj} of the processes
+  that have posted one (no waiting; this process's own included).
   """
   index: int = 0
   count: int = 1
   barrier: Callable[[str], None] = lambda name: None
   gather: Callable[[Any], list] = lambda obj: [obj]
+  post: Callable[[str, Any], None] = lambda name, obj: None
+  posted: Callable[[str], dict] = lambda name: {}
 
 
-def jax_processes(timeout_s: float = 14 * 24 * 3600.0) -> Processes:
+def jax_processes(timeout_s: float = BARRIER_TIMEOUT_S) -> Processes:
   """``Processes`` of an initialised ``jax.distributed``: its coordination service.
 
   The barrier and the gather go through the coordination service's barrier
@@ -465,7 +471,15 @@ def jax_processes(timeout_s: float = 14 * 24 * 3600.0) -> Processes:
     return [json.loads(client.blocking_key_value_get(f"interfusion_sweep_gather/{i}", ms))
             for i in range(count)]
 
-  return Processes(index, count, barrier, gather)
+  def post(name: str, obj) -> None:
+    client.key_value_set(f"interfusion_sweep_{name}/{index}", json.dumps(obj),
+                         allow_overwrite=True)
+
+  def posted(name: str) -> dict:
+    return {int(k.rsplit("/", 1)[-1]): json.loads(v)
+            for k, v in client.key_value_dir_get(f"interfusion_sweep_{name}/")}
+
+  return Processes(index, count, barrier, gather, post, posted)
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -602,6 +616,74 @@ def restore_at_most(config, spec, paths: run_io.RunPaths, origin, max_step: int)
   return jax.tree_util.tree_map(jax.numpy.asarray, host)
 
 
+class SweepProgress:
+  """The sweep's one progress bar (process 0): every process's scenes x steps, with an ETA.
+
+  Every process counts its own scene-steps (resumed ones included) and posts
+  the count through ``Processes.post`` at most every ``every_s`` seconds;
+  process 0 adds the others' posted counts to its bar, and ``wait_for_all``
+  keeps its bar moving while it waits for the others to finish. Same
+  ``update`` / ``close`` interface as ``run_io.Progress`` (``loop.train_loop``
+  drives it).
+
+  Args:
+    proc: this process and its collectives.
+    total: scene-steps of the whole sweep (every process's scenes).
+    disable: no bar; the counts are still posted, and ``wait_for_all`` returns at once.
+  """
+
+  def __init__(self, proc: Processes, total: int, disable: bool = False,
+               every_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    self._proc, self._every_s, self._clock = proc, every_s, clock
+    self._disabled = disable
+    self._bar = run_io.Progress(total, disable=disable or proc.index != 0)
+    self._own, self._others, self._last = 0, 0, -math.inf
+
+  @property
+  def count(self) -> int:
+    """Scene-steps shown: this process's plus (on process 0) the others' last posted."""
+    return self._own + self._others
+
+  def update(self, step: int, loss: float | None = None, n: int = 1) -> None:
+    self._own += n
+    self._bar.update(step, loss, n=n)
+    if self._clock() - self._last >= self._every_s:
+      self.sync()
+
+  def sync(self, finished: bool = False) -> dict:
+    """Posts this process's count; on process 0 adds the others' new steps to the bar.
+
+    Returns:
+      {process index: {"steps": int, "finished": bool}} of those that posted.
+    """
+    self._last = self._clock()
+    self._proc.post("progress", {"steps": self._own, "finished": finished})
+    if self._proc.index != 0 or self._proc.count == 1:
+      return {}
+    seen = {i: v for i, v in self._proc.posted("progress").items() if i != 0}
+    others = sum(int(v["steps"]) for v in seen.values())
+    if others > self._others:
+      self._bar.update(0, None, n=others - self._others)
+      self._others = others
+    return seen
+
+  def wait_for_all(self, timeout_s: float, poll_s: float = 1.0) -> None:
+    """This process is done: posts that; process 0 refreshes the bar until every
+    other process has posted ``finished`` (or ``timeout_s`` passes; the barrier
+    after it is what waits for a process that never does)."""
+    seen = self.sync(finished=True)
+    if self._proc.index != 0 or self._disabled:
+      return
+    deadline = self._clock() + timeout_s
+    while (self._proc.count > 1 and self._clock() < deadline and not
+           (len(seen) == self._proc.count - 1 and all(v["finished"] for v in seen.values()))):
+      time.sleep(poll_s)
+      seen = self.sync(finished=True)
+
+  def close(self) -> None:
+    self._bar.close()
+
+
 def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, bar,
                  num_devices, retry_failed: bool, stop_after, final_outputs: bool
                  ) -> dict[str, dict]:
@@ -703,9 +785,8 @@ def run_sweep(base: ml_collections.ConfigDict, prompts_file, workdir, *,
     write_index(root, [index_entry(s, scene_status(run_io.RunPaths(root / s.name),
                                                    int(s.config.train.steps)))
                        for s in scenes], dict(meta, state="running"))
-  mine = [s for s in scenes if s.process == proc.index]
-  total = sum(int(s.config.train.steps) for s in mine)
-  bar = run_io.Progress(total, disable=not progress or proc.index != 0)
+  bar = SweepProgress(proc, sum(int(s.config.train.steps) for s in scenes),
+                      disable=not progress)
   statuses, loaded = {}, {}
   try:
     for g, members in enumerate(groups):
@@ -723,6 +804,7 @@ def run_sweep(base: ml_collections.ConfigDict, prompts_file, workdir, *,
           statuses[s.name] = {"status": "failed", "step": 0,
                               "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
           run_io.write_json(root / s.name / STATUS_FILE, statuses[s.name])
+    bar.wait_for_all(timeout_s=BARRIER_TIMEOUT_S)
   finally:
     bar.close()
   proc.barrier("interfusion_sweep_done")
