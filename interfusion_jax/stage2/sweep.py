@@ -431,7 +431,7 @@ def plan(base: ml_collections.ConfigDict, rows: Sequence[Row], num_processes: in
 
 @dataclasses.dataclass(frozen=True)
 class Processes:
-  """This process's place in the sweep and the two collectives it needs.
+  """This process's place in the sweep and the coordination it needs.
 
   barrier(name): every process waits until all arrive; gather(obj) -> the
   JSON-able ``obj`` of every process, in process order. post(name, obj)
