@@ -41,10 +41,10 @@ from interfusion_jax.stage2 import run_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", "/tmp/interfusion_jax_test_cache")
-STEPS, EVERY = 4, 2
 # XLA flags of every process: compile fast (4 steps run; see the module docstring).
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                 "--xla_cpu_use_fusion_emitters=false")
+STEPS, EVERY = 4, 2
 COMPARE_AT = 2      # the single runs are compared with the sweep at this step
 OVERRIDES = {"train.steps": STEPS, "train.ckpt_every": EVERY, "train.val_every": 1000,
              "train.keep_checkpoints": STEPS // EVERY,

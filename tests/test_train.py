@@ -10,6 +10,8 @@ model. The real field + a real-format guidance model run in test_train_smoke.py.
 import functools
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -475,8 +477,6 @@ def test_compilation_cache_keeps_small_programs(tmp_path):
   compile in under 1 s): a tiny jitted function leaves an entry, and a second
   process loads it instead of compiling. Subprocesses: the cache is set up once
   per process."""
-  import subprocess
-  import sys
   code = ("import jax, jax.numpy as jnp\n"
           "from interfusion_jax.stage2 import setup\n"
           "setup.enable_compilation_cache()\n"

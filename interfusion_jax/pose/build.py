@@ -31,6 +31,7 @@ import warnings
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+
 from interfusion_jax.body import model as body_model
 from interfusion_jax.body.model import body_model_digest
 from interfusion_jax.pose import clip as clip_lib

@@ -40,7 +40,7 @@ def enable_compilation_cache() -> None:
   """The persistent XLA compilation cache of the command lines (JAX_COMPILATION_CACHE_DIR,
   default ~/.cache/interfusion_jax/jax_cache): a repeated or resumed run starts faster.
 
-  Every program is cached, the ~100 small eager ones of the setup included (JAX's
+  Every program is cached, the ~115 small eager ones of the setup included (JAX's
   default skips programs that compile in under 1 s; their compiles add up to a
   few seconds per start)."""
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(

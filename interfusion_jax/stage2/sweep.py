@@ -629,7 +629,8 @@ class SweepProgress:
   Args:
     proc: this process and its collectives.
     total: scene-steps of the whole sweep (every process's scenes).
-    disable: no bar; the counts are still posted, and ``wait_for_all`` returns at once.
+    disable: no bar; the counts are still posted (process 0 reads none), and
+      ``wait_for_all`` returns at once.
   """
 
   def __init__(self, proc: Processes, total: int, disable: bool = False,
@@ -658,7 +659,7 @@ class SweepProgress:
     """
     self._last = self._clock()
     self._proc.post("progress", {"steps": self._own, "finished": finished})
-    if self._proc.index != 0 or self._proc.count == 1:
+    if self._proc.index != 0 or self._disabled:
       return {}
     seen = {i: v for i, v in self._proc.posted("progress").items() if i != 0}
     others = sum(int(v["steps"]) for v in seen.values())
@@ -675,8 +676,8 @@ class SweepProgress:
     if self._proc.index != 0 or self._disabled:
       return
     deadline = self._clock() + timeout_s
-    while (self._proc.count > 1 and self._clock() < deadline and not
-           (len(seen) == self._proc.count - 1 and all(v["finished"] for v in seen.values()))):
+    while self._clock() < deadline and not (
+        len(seen) == self._proc.count - 1 and all(v["finished"] for v in seen.values())):
       time.sleep(poll_s)
       seen = self.sync(finished=True)
 
