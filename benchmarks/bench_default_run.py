@@ -9,7 +9,7 @@
    from the moments the rows of metrics.jsonl appear, the compile/setup time
    before the first logged step and the time per step after it.
 2. Loads the final checkpoint (``train.load_trained``) and computes the bar
-   metrics with ``interfusion_jax.evaluate.evaluate_run`` on a 128^3 grid.
+   metrics with ``interfusion_jax.evaluation.metrics.evaluate_run`` on a 128^3 grid.
 3. Writes benchmarks/results/default_run.json (``--out``).
 """
 from __future__ import annotations
@@ -104,9 +104,9 @@ def main() -> None:
       sys.exit(f"training failed:\n{result['run']['stderr_tail']}")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   sys.path.insert(0, str(ROOT))
-  from interfusion_jax.stage2 import evaluation as evaluate# pylint: disable=import-outside-toplevel
+  from interfusion_jax.evaluation import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   t = time.perf_counter()
-  metrics = evaluate.evaluate_run(str(workdir), resolution=args.resolution)
+  metrics = metrics_lib.evaluate_run(str(workdir), resolution=args.resolution)
   result["evaluate_s"] = time.perf_counter() - t
   if "run" in result:
     metrics["wall_time_s"] = result["run"]["wall_time_s"]
@@ -118,8 +118,8 @@ def main() -> None:
     result["outputs_present"] = sorted(pathlib.Path(p).name for p in s.get("outputs", {}).values()
                                        if pathlib.Path(p).exists())
   result["metrics"] = metrics
-  result["bars"] = evaluate.check_bars(metrics)
-  result["thresholds"] = evaluate.BARS
+  result["bars"] = metrics_lib.check_bars(metrics)
+  result["thresholds"] = metrics_lib.BARS
   print(json.dumps({"metrics": metrics, "bars": result["bars"]}, indent=1))
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")

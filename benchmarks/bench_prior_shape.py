@@ -10,7 +10,7 @@ term, from cameras of the ``cpu`` distribution aimed at the centre of the
 object placed against its library pose (as in the prior's bank). No human, no
 interaction render, no geometric loss, no camera tracing. It then reports the
 object field's volume, its IoU with every parametric object placed by its
-rule (``evaluate.object_shape_match`` semantics) and writes 4 views at 96x96.
+rule (``metrics.object_shape_match`` semantics) and writes 4 views at 96x96.
 Results are appended to benchmarks/results/prior_shape.json.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from configs import hoi  # noqa: E402
 from interfusion_jax.nerf import camera as camera_lib# noqa: E402
 from interfusion_jax.stage2 import setup as setup_lib  # noqa: E402
 from interfusion_jax.stage2 import step as train  # noqa: E402
-from interfusion_jax.stage2 import evaluation as evaluate
+from interfusion_jax.evaluation import metrics
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import config as config_lib  # noqa: E402
 from interfusion_jax.nerf import render as render_lib# noqa: E402
@@ -103,13 +103,13 @@ def main(argv=None) -> int:
   train_s = time.perf_counter() - t0
 
   res, radius = 96, float(cfg.field.radius)
-  sigma = evaluate.density_grid(jax.jit(lambda x: model.density(params, x)), res, radius)
-  mask = evaluate.occupied(sigma)
-  ious = evaluate.object_shape_match(sigma, body.vertices, body.faces, body.joints, radius)
+  sigma = metrics.density_grid(jax.jit(lambda x: model.density(params, x)), res, radius)
+  mask = metrics.occupied(sigma)
+  ious = metrics.object_shape_match(sigma, body.vertices, body.faces, body.joints, radius)
   best = max(ious, key=ious.get)
   row = dict(object=args.object, color=args.color, sharpness=args.sharpness,
              camera_kappa=args.camera_kappa, steps=args.steps, train_s=round(train_s, 1),
-             volume_litres=round(evaluate.volume_litres(mask, evaluate.voxel_size(res, radius)), 1),
+             volume_litres=round(metrics.volume_litres(mask, metrics.voxel_size(res, radius)), 1),
              named_iou=round(ious[args.object], 3), best=best, best_iou=round(ious[best], 3))
   print(json.dumps(row))
   if args.image:

@@ -18,7 +18,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from interfusion_jax.pose import clip as clip_lib
-from interfusion_jax.stage2 import clip_score, evaluation, judge, report, rundirs
+from interfusion_jax.evaluation import clip_score, judge, protocol, report, rundirs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory or sweep directory to evaluate.")
@@ -44,13 +44,13 @@ def evaluate_main() -> None:
   spec = clip_score.ClipScoreSpec(views=FLAGS.views, elevation_deg=FLAGS.elevation,
                                   resolution=FLAGS.resolution)
   clip_dir = (FLAGS.clip_dir if FLAGS.clip_dir is not None
-              else evaluation.default_clip_dir(FLAGS.workdir))
+              else protocol.default_clip_dir(FLAGS.workdir))
   clip = clip_lib.load_clip(clip_dir) if clip_dir.strip() else None
   if clip is None:
-    print(evaluation.NO_CLIP_NOTE)
-  out = evaluation.evaluate_path(FLAGS.workdir, clip=clip, score_spec=spec,
+    print(protocol.NO_CLIP_NOTE)
+  out = protocol.evaluate_path(FLAGS.workdir, clip=clip, score_spec=spec,
                                  grid_resolution=FLAGS.grid_resolution, geometry=FLAGS.geometry)
-  print(evaluation.summary_text(out), end="")
+  print(protocol.summary_text(out), end="")
   for p in report.write_reports(FLAGS.workdir) if FLAGS.reports else []:
     print(f"report: {p}")
 

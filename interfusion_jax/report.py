@@ -11,8 +11,8 @@ import sys
 
 from absl import app, flags
 
-from interfusion_jax.stage2 import report
-from interfusion_jax.stage2 import rundirs
+from interfusion_jax.evaluation import report
+from interfusion_jax.evaluation import rundirs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory or sweep directory.")

@@ -21,6 +21,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from interfusion_jax.evaluation import report
 from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import setup as setup_lib
 from interfusion_jax.stage2 import sweep as sweep_lib
@@ -66,11 +67,12 @@ def main(argv) -> int:
           "to resume.", file=sys.stderr)
     return 130
   if processes.index == 0:
+    report.refresh_reports(FLAGS.workdir)
     counts = {}
     for e in entries:
       counts[e["status"]] = counts.get(e["status"], 0) + 1
     print(f"Sweep: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; index: "
-          f"{FLAGS.workdir}/sweep.json, sweep.csv.")
+          f"{FLAGS.workdir}/sweep.json, sweep.csv, index.html.")
   return 0 if all(e["status"] == "done" for e in entries) else 1
 
 

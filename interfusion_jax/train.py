@@ -17,6 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from interfusion_jax.evaluation import report
 from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import setup as setup_lib
@@ -46,7 +47,9 @@ def main(argv) -> int:
     print(f"Interrupted; checkpoint written to {FLAGS.workdir}/checkpoints. "
           "Resume with --resume.")
     return 0
-  print(f"Done: {FLAGS.workdir}/final (summary.json, turntables, meshes).")
+  report.refresh_reports(FLAGS.workdir)
+  print(f"Done: {FLAGS.workdir}/final (summary.json, turntables, meshes) and "
+        f"{FLAGS.workdir}/report.html.")
   return 0
 
 

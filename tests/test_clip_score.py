@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from interfusion_jax.pose import clip as clip_lib
-from interfusion_jax.stage2 import clip_score
+from interfusion_jax.evaluation import clip_score
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import clip_reference  # noqa: E402  pylint: disable=g-import-not-at-top

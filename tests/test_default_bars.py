@@ -14,7 +14,7 @@ import pytest
 
 from configs import hoi
 from interfusion_jax.stage2 import loop as sweep
-from interfusion_jax.stage2 import evaluation as evaluate
+from interfusion_jax.evaluation import metrics
 
 PAIRS = [
     {"human": "a man in a red shirt", "object": "a blue chair",
@@ -25,7 +25,7 @@ PAIRS = [
      "interaction": "sitting on a sofa"},
 ]
 SCENES = [f"{p['human'].split()[-2]}-{p['object'].split()[-1]}" for p in PAIRS]
-BARS = evaluate.BARS
+BARS = metrics.BARS
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,8 @@ def measured():
   res = sweep.train_sweep(cfgs, progress=False)
   out = []
   for cfg, state in zip(cfgs, res["states"]):
-    anchor = evaluate.anchor_for_run(cfg, None, 128)
-    m = evaluate.evaluate_state(cfg, res["group"].spec, state, anchor, 128)
+    anchor = metrics.anchor_for_run(cfg, None, 128)
+    m = metrics.evaluate_state(cfg, res["group"].spec, state, anchor, 128)
     print(cfg.prompt.human, "/", cfg.prompt.object, {k: m[k] for k in sorted(m)
                                                       if not isinstance(m[k], str)})
     out.append(m)

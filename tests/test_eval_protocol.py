@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from interfusion_jax.stage2 import evaluation, rundirs
+from interfusion_jax.evaluation import protocol, rundirs
 
 
 def _run_dir(path, interaction, steps=5):
@@ -48,7 +48,7 @@ def test_sweep_without_clip_and_with_an_untrained_scene(tmp_path):
   sweep = tmp_path / "sweep"
   _run_dir(sweep / "a", "riding a bike")
   _run_dir(sweep / "untrained", "sitting on a chair")
-  out = evaluation.evaluate_path(sweep, geometry=False, load=_load)
+  out = protocol.evaluate_path(sweep, geometry=False, load=_load)
   assert out["kind"] == "sweep" and out["r_precision"] is None
   assert out["r_precision_note"] == "not computed: no CLIP weights"
   ev = json.loads((sweep / "a" / "eval.json").read_text())
@@ -69,7 +69,7 @@ def test_sweep_without_clip_and_with_an_untrained_scene(tmp_path):
 def test_single_run_without_checkpoint_is_an_error(tmp_path):
   run = _run_dir(tmp_path / "untrained", "riding a bike")
   with pytest.raises(FileNotFoundError, match="train first"):
-    evaluation.evaluate_path(run, geometry=False, load=_load)
+    protocol.evaluate_path(run, geometry=False, load=_load)
 
 
 def test_cli_bad_input_is_one_line(tmp_path):

@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from interfusion_jax.stage2 import judge
+from interfusion_jax.evaluation import judge
 from interfusion_jax.stage2 import run_io
 
 COLOURS = {"good": (1.0, 0.0, 0.0), "meh": (0.0, 0.7, 0.0), "bad": (0.0, 0.0, 1.0)}

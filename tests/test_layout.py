@@ -30,12 +30,14 @@ def test_import_graph_obeys_the_layer_rule():
   v = ig.violations(edges)
   assert v["cycles"] == [], v["cycles"]
   assert v["cli_imports"] == [], v["cli_imports"]
+  assert v["upward_imports"] == [], v["upward_imports"]
   assert v["local_imports"] == [], v["local_imports"]
 
 
 def test_import_graph_finds_a_planted_cycle_and_a_cli_import(tmp_path):
-  """The checker itself: a two-module cycle through a function-local import and a
-  library module importing a command line are both reported."""
+  """The checker itself: a two-module cycle through a function-local import, a
+  library module importing a command line and stage2 importing evaluation are
+  all reported."""
   pkg = tmp_path / "interfusion_jax"
   (pkg / "lib").mkdir(parents=True)
   (pkg / "__init__.py").write_text("")
@@ -44,8 +46,15 @@ def test_import_graph_finds_a_planted_cycle_and_a_cli_import(tmp_path):
   (pkg / "lib" / "b.py").write_text("def f():\n  from interfusion_jax.lib import a\n")
   (pkg / "train.py").write_text("")
   (pkg / "lib" / "c.py").write_text("from interfusion_jax import train\n")
+  for sub in ("stage2", "evaluation"):
+    (pkg / sub).mkdir()
+    (pkg / sub / "__init__.py").write_text("")
+  (pkg / "evaluation" / "report.py").write_text("")
+  (pkg / "stage2" / "outputs.py").write_text("from interfusion_jax.evaluation import report\n")
   ig = _import_graph()
   v = ig.violations(ig.collect(tmp_path)[1])
+  assert [(m, t) for m, t, _ in v["upward_imports"]] == [("interfusion_jax.stage2.outputs",
+                                                          "interfusion_jax.evaluation.report")]
   assert v["cycles"] == [["interfusion_jax.lib.a", "interfusion_jax.lib.b"]]
   assert [(m, t) for m, t, _ in v["cli_imports"]] == [("interfusion_jax.lib.c",
                                                        "interfusion_jax.train")]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from interfusion_jax.mesh import export, types
-from interfusion_jax.stage2 import report
+from interfusion_jax.evaluation import report
 
 
 def test_curve_svg_scales_points_into_the_box_and_drops_non_finite():

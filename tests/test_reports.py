@@ -171,7 +171,8 @@ def test_evaluate_sweep_with_clip_and_index_in_chromium(chromium, sweep_dir, cli
       assert -1 <= r["clip"][part]["score"] <= 1
       assert r["clip"][part]["score"] == pytest.approx(np.mean(r["clip"][part]["per_view"]))
   # Conformance on the very renders: PyTorch transformers CLIP on the same views.
-  from interfusion_jax.stage2 import clip_score, loop
+  from interfusion_jax.evaluation import clip_score
+  from interfusion_jax.stage2 import loop
   config, spec, state = loop.load_trained(str(sweep_dir / "scene_a"))
   views = clip_score.render_views(state, spec, clip_score.ClipScoreSpec(views=4), 32)
   ref_model = clip_reference.load(clip_dir)

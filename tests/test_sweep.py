@@ -59,6 +59,7 @@ import zlib as _zlib
 import jax.numpy as jnp
 
 import test_train as _tt
+from interfusion_jax.evaluation import report as _report
 from interfusion_jax.stage2 import checkpoint as _ckpt
 from interfusion_jax.stage2 import run_io as _run_io
 from interfusion_jax.stage2 import sweep as sweep_lib
@@ -119,7 +120,9 @@ def test_a_nan_scene_fails_alone_and_is_not_trained_again(tmp_path, blob_world, 
   assert [e["status"] for e in index["scenes"]] == ["done", "failed", "done"]
   csv_rows = (tmp_path / "w" / "sweep.csv").read_text().splitlines()
   assert csv_rows[2].startswith("bad,failed,")
-  # index.html: one card per scene, linking each finished run's report.
+  # index.html (written by the command line after the sweep): one card per scene,
+  # linking each finished run's report.
+  _report.write_reports(tmp_path / "w")
   page = (tmp_path / "w" / "index.html").read_text()
   assert all(f'href="{n}/report.html"' in page for n in ("a", "b")) and "failed" in page
   # The failed scene: no final outputs, no checkpoint after it failed, metrics stop.

@@ -10,7 +10,9 @@ level or inside a function (function-local imports are listed apart). A
 function-local import of a project module is allowed only where the line
 carries a ``# lazy: <reason>`` comment (an optional heavy dependency).
 Command-line modules are ``interfusion_jax.{train,render,export,sweep,evaluate,
-report,pose.__main__}``: no other project module may import them.
+report,pose.__main__}``: no other project module may import them. The layers
+(docs/ARCHITECTURE.md) are ``LAYER_RULES``: a package never imports one above
+it, and ``stage2/`` (making runs) never imports ``evaluation/`` (reading them).
 """
 from __future__ import annotations
 
@@ -24,6 +26,19 @@ CLI_MODULES = frozenset({
     f"{PACKAGE}.train", f"{PACKAGE}.render", f"{PACKAGE}.export", f"{PACKAGE}.sweep",
     f"{PACKAGE}.evaluate", f"{PACKAGE}.report", f"{PACKAGE}.pose.__main__",
 })
+
+_BLOCKS = ("nerf", "guidance", "body", "mesh")
+# (importer package, imported package): the layer rule's forbidden directions.
+LAYER_RULES = tuple(
+    [(f"{PACKAGE}.stage2", f"{PACKAGE}.evaluation")]
+    + [(f"{PACKAGE}.{low}", f"{PACKAGE}.{high}") for low in _BLOCKS
+       for high in ("pose", "prior", "stage2", "evaluation")]
+    + [(f"{PACKAGE}.pose", f"{PACKAGE}.{high}") for high in ("prior", "stage2", "evaluation")]
+    + [(f"{PACKAGE}.prior", f"{PACKAGE}.{high}") for high in ("stage2", "evaluation")])
+
+
+def _in(module: str, package: str) -> bool:
+  return module == package or module.startswith(package + ".")
 
 
 def module_name(root: pathlib.Path, path: pathlib.Path) -> str:
@@ -117,12 +132,16 @@ def find_cycles(edges) -> list[list[str]]:
 
 
 def violations(edges) -> dict:
-  """{"cycles", "cli_imports", "local_imports"}: the layer rule's three checks."""
+  """{"cycles", "cli_imports", "upward_imports", "local_imports"}: the layer rule's checks."""
   cli = [(m, t, ln) for m, es in edges.items() for t, ln, *_ in es
          if t in CLI_MODULES and m not in CLI_MODULES]
+  upward = [(m, t, ln) for m, es in edges.items() for t, ln, *_ in es
+            if m not in CLI_MODULES
+            and any(_in(m, low) and _in(t, high) for low, high in LAYER_RULES)]
   local = [(m, t, ln) for m, es in edges.items() for t, ln, is_local, ok in es
            if is_local and not ok]
-  return {"cycles": find_cycles(edges), "cli_imports": cli, "local_imports": local}
+  return {"cycles": find_cycles(edges), "cli_imports": cli, "upward_imports": upward,
+          "local_imports": local}
 
 
 def main(argv=None) -> int:
@@ -144,6 +163,9 @@ def main(argv=None) -> int:
     print("  " + " <-> ".join(c))
   print(f"library modules importing a command line: {len(v['cli_imports'])}")
   for m, t, ln in v["cli_imports"]:
+    print(f"  {m}:{ln} -> {t}")
+  print(f"imports against the layers (LAYER_RULES): {len(v['upward_imports'])}")
+  for m, t, ln in v["upward_imports"]:
     print(f"  {m}:{ln} -> {t}")
   print(f"function-local project imports without '# lazy:' reason: {len(v['local_imports'])}")
   for m, t, ln in v["local_imports"]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,6 @@ import numpy as np
 from interfusion_jax.mesh import export as mesh_export
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.nerf import render as render_lib
-from interfusion_jax.stage2 import report as report_lib
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import setup as setup_lib
 from interfusion_jax.stage2 import step as step_lib
@@ -188,8 +186,10 @@ def write_meshes(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: 
 def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
                         config: ml_collections.ConfigDict, paths: run_io.RunPaths,
                         info: dict) -> dict:
-  """Turntables, multi-view grid, meshes and summary.json into <workdir>/final, then
-  <workdir>/report.html (``report.write_run_report``).
+  """Turntables, multi-view grid, meshes and summary.json into <workdir>/final.
+
+  summary.json's ``outputs.report`` names <workdir>/report.html, which the command
+  lines write next from these files (``evaluation.report.refresh_reports``).
 
   The renders are ``config.train.final_resolution`` pixels square (0: the
   training render size).
@@ -214,9 +214,4 @@ def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
   }
   outputs["report"] = str(paths.root / "report.html")
   run_io.write_json(paths.summary, summary)
-  try:
-    report_lib.write_run_report(paths.root)   # reads the files above; no CLIP, no renders
-  except Exception as e:  # pylint: disable=broad-except
-    warnings.warn(f"Could not write {paths.root / 'report.html'} ({e}); the other outputs "
-                  "are complete. Retry with `python -m interfusion_jax.report`.")
   return summary

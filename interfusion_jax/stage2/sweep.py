@@ -40,12 +40,10 @@ import ml_collections
 # The coordination service's client (barrier, key-value store): jax has no public handle.
 from jax._src import distributed as jax_distributed
 
-from interfusion_jax import fileio
 from interfusion_jax.stage2 import checkpoint as ckpt_lib
 from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import outputs as outputs_lib
-from interfusion_jax.stage2 import report as report_lib
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import schedules
 from interfusion_jax.stage2 import setup as setup_lib
@@ -755,7 +753,8 @@ def run_sweep(base: ml_collections.ConfigDict, prompts_file, workdir, *,
               processes: Processes | None = None, progress: bool = True,
               num_devices: int | None = None, retry_failed: bool = False,
               stop_after: int | None = None, final_outputs: bool = True) -> list[dict]:
-  """Trains this process's scenes of the sweep and (process 0) writes the index.
+  """Trains this process's scenes of the sweep and (process 0) writes the index
+  (sweep.json, sweep.csv; the command line then writes index.html and the reports).
 
   Args:
     base: the config every row starts from (configs/hoi.py + overrides).
@@ -815,10 +814,4 @@ def run_sweep(base: ml_collections.ConfigDict, prompts_file, workdir, *,
   entries = [index_entry(s, gathered.get(s.name, {"status": "pending"})) for s in scenes]
   if proc.index == 0:
     write_index(root, entries, dict(meta, state="finished"))
-    try:
-      fileio.atomic_write_text(root / "index.html",
-                               report_lib.sweep_index_html(root, [root / s.name for s in scenes]))
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning("Could not write %s (%s); `python -m interfusion_jax.report "
-                      "--workdir=%s` writes it.", root / "index.html", e, root)
   return entries

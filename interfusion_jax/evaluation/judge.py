@@ -40,7 +40,7 @@ import numpy as np
 
 from interfusion_jax import fileio
 from interfusion_jax.stage2 import run_io
-from interfusion_jax.stage2 import rundirs
+from interfusion_jax.evaluation import rundirs
 
 QUESTION = (
     "Each row of this image shows one 3D result for the text prompt \"{prompt}\", rendered "

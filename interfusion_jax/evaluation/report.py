@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import math
 import pathlib
 from typing import Any, Iterable, Sequence
@@ -28,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from interfusion_jax import fileio
-from interfusion_jax.stage2 import rundirs
+from interfusion_jax.evaluation import rundirs
 
 EMBED_MAX_BYTES = 32 << 20
 MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".jpg": "image/jpeg"}
@@ -584,3 +585,20 @@ def write_reports(path) -> list[pathlib.Path]:
     fileio.atomic_write_text(out, sweep_index_html(rs.root, rs.runs))
     written.append(out)
   return written
+
+
+def refresh_reports(path) -> list[pathlib.Path]:
+  """``write_reports`` after a run or sweep, as the command lines call it: a failure
+  is logged with the command that retries it, and never fails the run (its other
+  outputs are complete).
+
+  Returns:
+    the files written (empty after a failure).
+  """
+  try:
+    return write_reports(path)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Could not write the report pages of %s (%s); the run's other outputs "
+                    "are complete. Retry with `python -m interfusion_jax.report --workdir=%s`.",
+                    path, e, path)
+    return []
