@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
-from interfusion_jax import render
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import outputs
 
 
@@ -24,10 +26,11 @@ def main(argv=None) -> int:
                       help="density iso-level (default ln2 / config.loss.geo_delta)")
   parser.add_argument("--out", default="", help="output directory (default <workdir>/final)")
   args = parser.parse_args(argv)
-  loaded = render.load_run_or_report(args.workdir)
-  if loaded is None:
+  try:
+    config, spec, state = loop.load_trained(args.workdir)
+  except (FileNotFoundError, config_lib.ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
-  config, spec, state = loaded
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "final")
   out.mkdir(parents=True, exist_ok=True)
   res = args.resolution or int(config.train.mesh_resolution)

@@ -11,17 +11,9 @@ import argparse
 import pathlib
 import sys
 
+from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import outputs
-
-
-def load_run_or_report(workdir: str):
-  """(config, TrainSpec, state) of a run's newest checkpoint, or None after printing why."""
-  try:
-    return loop.load_trained(workdir)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return None
 
 
 def main(argv=None) -> int:
@@ -32,10 +24,11 @@ def main(argv=None) -> int:
                       help="turntable frames (default config.train.turntable_frames)")
   parser.add_argument("--out", default="", help="output directory (default <workdir>/renders)")
   args = parser.parse_args(argv)
-  loaded = load_run_or_report(args.workdir)
-  if loaded is None:
+  try:
+    config, spec, state = loop.load_trained(args.workdir)
+  except (FileNotFoundError, config_lib.ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
-  config, spec, state = loaded
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "renders")
   out.mkdir(parents=True, exist_ok=True)
   files = outputs.write_renders(state, spec, out,

@@ -1,4 +1,5 @@
-"""End-to-end test of the renderer demo CLI (smoke config, 3 views)."""
+"""End-to-end test of the renderer example examples/render_demo.py (smoke config, 3 views)."""
+import importlib.util
 import pathlib
 import sys
 
@@ -7,7 +8,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from interfusion_jax import render_demo
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "render_demo.py"
+_SPEC = importlib.util.spec_from_file_location("render_demo", _PATH)
+render_demo = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(render_demo)
 
 
 def test_demo_cli_writes_turntable(tmp_path, capsys, monkeypatch):

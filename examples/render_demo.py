@@ -1,9 +1,10 @@
 r"""Renderer demo: a turntable of a randomly initialised two-field scene.
 
-Usage (from the repository root)::
+An example of the renderer library on its own (``nerf/``), not a command of
+the package. Usage (from the repository root)::
 
-  python -m interfusion_jax.render_demo --workdir=runs/demo
-  python -m interfusion_jax.render_demo --workdir=runs/demo \
+  python examples/render_demo.py --workdir=runs/demo
+  python examples/render_demo.py --workdir=runs/demo \
       --config=configs/hoi.py:smoke --num_frames=8
 
 The "human" field is a freshly initialised hash-grid field (its blob density
