@@ -30,6 +30,7 @@ from configs import hoi  # noqa: E402
 from interfusion_jax.stage2 import loop  # noqa: E402
 from interfusion_jax.stage2 import setup as setup_lib  # noqa: E402
 from interfusion_jax.stage2 import step as step_lib  # noqa: E402
+from interfusion_jax.stage2 import config as config_lib  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
   ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loop.json"))
   args = ap.parse_args()
   cfg = hoi.get_config(args.variant)
-  scene = setup_lib.build_scene(cfg, None)
+  scene = setup_lib.build_scene(config_lib.parse(cfg), None)
   group = loop.single_group(scene, cfg, None)
   state = step_lib.init_state(jax.random.PRNGKey(0), scene.spec, scene.object_origin)
 

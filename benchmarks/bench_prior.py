@@ -29,6 +29,7 @@ from configs import hoi  # noqa: E402
 from interfusion_jax.stage2 import run_io# noqa: E402
 from interfusion_jax.prior import assets# noqa: E402
 from interfusion_jax.guidance import builtin as denoiser
+from interfusion_jax.stage2 import config as config_lib
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default=str(ROOT / "benchmarks/results/prior.json"))
   args = ap.parse_args(argv)
 
-  spec, params, _ = assets.load_builtin_guidance(hoi.get_config("cpu"), progress=False)
+  spec, params, _ = assets.load_builtin_guidance(config_lib.guidance_options(config_lib.parse(hoi.get_config("cpu"))), config_lib.prompt_spec(config_lib.parse(hoi.get_config("cpu"))), progress=False)
   caps = ["a man in a red shirt, side view", "the head of a man in a red shirt",
           "a blue chair, side view", "a man in a red shirt sitting on a chair"]
   cond = denoiser.embed_captions(caps)                                  # [4, 1, 46]

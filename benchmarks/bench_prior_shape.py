@@ -66,12 +66,12 @@ def main(argv=None) -> int:
   body = scenes.posed_body(body_model, pose, orient)
   placed = placement.place_named(args.object, body.vertices, body.faces, body.joints).mesh
   centre = jnp.asarray(objects.bbox_center(placed), jnp.float32)
-  gspec, gparams, table = assets.load_builtin_guidance(cfg, progress=False)
+  gspec, gparams, table = assets.load_builtin_guidance(config_lib.guidance_options(config_lib.parse(cfg)), config_lib.prompt_spec(config_lib.parse(cfg)), progress=False)
   gparams = dict(gparams, camera_kappa=jnp.float32(args.camera_kappa),
                  sharpness=jnp.float32(args.sharpness),
                  object_sharpness=jnp.float32(args.sharpness))
   gspec = dataclasses.replace(gspec, camera_conditioning=args.camera_kappa > 0)
-  tspec = setup_lib.train_spec(cfg, gspec)
+  tspec = setup_lib.train_spec(config_lib.parse(cfg), gspec)
   params = model.init(jax.random.PRNGKey(0))["object"]
   opt = optax.adam(float(cfg.optim.lr_field), b1=float(cfg.optim.b1), b2=float(cfg.optim.b2),
                    eps=float(cfg.optim.eps))
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     o, d = render_lib.camera_rays(c, 32, 32)
     out = render_lib.render_rays(model.field, p, o, d, jnp.ones(3), rspec)
     emb = train.prompt_embedding(table, "object",
-                                 train.view_index(cam.elevation, cam.azimuth, tspec))[None]
+                                 train.camera_view_index(cam.elevation, cam.azimuth, tspec))[None]
     sds, _ = core.guidance_apply(gspec, gparams, out.rgb.reshape(1, 32, 32, 3), emb,
                                  table["uncond"], kg,
                                  camera=(cam.position / jnp.linalg.norm(cam.position))[None])

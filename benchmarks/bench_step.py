@@ -52,12 +52,12 @@ def _time(fn, *args, repeats=3):
 def _scene(cfg, guidance):
   from interfusion_jax.body import anchor as body_anchor
   from interfusion_jax.pose import anchor as pose_anchor
-  pose = pose_anchor.retrieve_anchor(cfg)
+  pose = pose_anchor.retrieve_anchor(config_lib.anchor_query(config_lib.parse(cfg)))
   anchor = body_anchor.prepare_anchor_from_model(
       cfg.body.model, cfg.body.gender, pose.body_pose, pose.global_orient,
       config_lib.anchor_spec(config_lib.parse(cfg)))
   gspec, gparams, table = guidance
-  spec = setup_lib.train_spec(cfg, gspec)
+  spec = setup_lib.train_spec(config_lib.parse(cfg), gspec)
   return spec, {"guidance": gparams, "text": table, "anchor": anchor}
 
 
@@ -117,10 +117,10 @@ def main():
   gdir = tiny_models.make_flax_guidance_dir(pathlib.Path(tmp) / "g", kind="pixel")
   base = hoi.get_config(args.base)
   base.guidance.weights_dir = str(gdir)
-  gspec, gparams = loading.load_guidance(gdir, base)
+  gspec, gparams = loading.load_guidance(gdir, config_lib.guidance_options(config_lib.parse(base)))
   model, tparams = loading.load_text_encoder(gdir)
   encode = prompts.clip_text_encoder(loading.load_tokenizer(gdir), model, tparams)
-  table = prompts.embedding_table(encode, prompts.PromptSpec.from_config(base))
+  table = prompts.embedding_table(encode, config_lib.prompt_spec(config_lib.parse(base)))
   guidance = (gspec, gparams, table)
   repeats = 1 if args.quick else 3
   results = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),

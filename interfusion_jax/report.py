@@ -3,7 +3,7 @@
     python -m interfusion_jax.report --workdir=RUN_OR_SWEEP
 
 The pages are self-contained and open offline from the file system
-(``stage2.report``). Exit codes: 0 done, 2 bad input (one-line ``error: ...``).
+(``evaluation.report``). Exit codes: 0 done, 2 bad input (one-line ``error: ...``).
 """
 from __future__ import annotations
 

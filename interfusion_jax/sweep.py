@@ -23,6 +23,8 @@ from ml_collections import config_flags
 
 from interfusion_jax.evaluation import report
 from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import processes as processes_lib
+from interfusion_jax.stage2 import prompt_file
 from interfusion_jax.stage2 import setup as setup_lib
 from interfusion_jax.stage2 import sweep as sweep_lib
 
@@ -46,9 +48,9 @@ def main(argv) -> int:
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   try:
-    processes = sweep_lib.initialize_distributed(FLAGS.coordinator_address,
-                                                 FLAGS.num_processes, FLAGS.process_id)
-  except sweep_lib.SweepError as e:
+    processes = processes_lib.initialize_distributed(FLAGS.coordinator_address,
+                                                     FLAGS.num_processes, FLAGS.process_id)
+  except processes_lib.DistributedSetupError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   setup_lib.enable_compilation_cache()
@@ -56,10 +58,11 @@ def main(argv) -> int:
   if processes.index != 0:   # logs come from process 0 only
     logging.getLogger().setLevel(logging.ERROR)
   try:
-    entries = sweep_lib.run_sweep(FLAGS.config, FLAGS.prompts, FLAGS.workdir,
+    base = config_lib.parse(FLAGS.config)   # the one translation into typed specs
+    entries = sweep_lib.run_sweep(base, FLAGS.prompts, FLAGS.workdir,
                                   processes=processes, progress=FLAGS.progress,
                                   retry_failed=FLAGS.retry_failed)
-  except (sweep_lib.SweepError, setup_lib.TrainSetupError, config_lib.ConfigError) as e:
+  except (prompt_file.SweepError, setup_lib.TrainSetupError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

@@ -38,8 +38,8 @@ def main(argv) -> int:
   setup_lib.enable_compilation_cache()
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/JAX INFO chatter off
   try:
-    summary = loop.run(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,
-                       progress=FLAGS.progress)
+    run = config_lib.parse(FLAGS.config)   # the one translation into typed specs
+    summary = loop.run(run, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress)
   except (setup_lib.TrainSetupError, config_lib.ConfigError, loop.TooManySkipsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

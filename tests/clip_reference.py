@@ -1,4 +1,4 @@
-"""Independent CLIP score in PyTorch transformers (tests only): the reference for stage2.clip_score.
+"""Independent CLIP score in PyTorch transformers (tests only): the reference for evaluation.clip_score.
 
 ``make_clip_dir`` writes a tiny random PyTorch ``CLIPModel`` with
 ``save_pretrained`` (safetensors), then converts it to Flax the way

@@ -9,7 +9,7 @@ SCENES.json: {"overrides": {dotted key: value}, "scenes": [row, ...], "groups":
    (``loop.run``, one device, as ``python -m interfusion_jax.train`` trains it);
 2. then, once GO_FILE exists (the test creates it when process 0 of the sweep
    has compiled its group), ``OUT_DIR/sweep_<name>.npz``: the scene's final
-   parameters after an uninterrupted ``loop.train_sweep`` of its group on this
+   parameters after an uninterrupted ``loop.train_scenes`` of its group on this
    process's 2 devices (the layout a process of the two-process sweep trains
    it in).
 
@@ -70,7 +70,7 @@ def main(spec_file: str, out_dir: str, go_file: str, timeout_s: float = 900.0) -
       raise SystemExit(f"{go_file} did not appear within {timeout_s:.0f} s")
     time.sleep(0.05)
   for members in spec["groups"]:
-    ref = loop.train_sweep([scene_config(scenes[i], over) for i in members],
+    ref = loop.train_scenes([scene_config(scenes[i], over) for i in members],
                            progress=False, num_devices=2)
     for i, state in zip(members, ref["states"]):
       save_params(out / f"sweep_{scenes[i]['name']}.npz", state)

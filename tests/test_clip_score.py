@@ -1,4 +1,4 @@
-"""CLIP score (Flax, stage2.clip_score) vs transformers' PyTorch CLIP, and R-precision by hand."""
+"""CLIP score (Flax, evaluation.clip_score) vs transformers' PyTorch CLIP, and R-precision by hand."""
 import pathlib
 import sys
 
@@ -81,7 +81,7 @@ def test_scene_prompts_follow_the_guidance_rule():
   import ml_collections
   cfg = ml_collections.ConfigDict({"prompt": {"human": " a man ", "object": "a bike",
                                               "interaction": "riding a bike"}})
-  assert clip_score.scene_prompts(cfg) == {"interaction": "a man riding a bike",
-                                           "human": "a man", "object": "a bike"}
+  assert clip_score.scene_prompts(cfg.prompt) == {"interaction": "a man riding a bike",
+                                                  "human": "a man", "object": "a bike"}
   with pytest.raises(ValueError, match="at least 1 view"):
     clip_score.ClipScoreSpec(views=0)

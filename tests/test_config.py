@@ -20,7 +20,7 @@ def load_config(variant="paper"):
 @pytest.mark.parametrize("variant", ["paper", "cpu", "smoke"])
 def test_variants_validate(variant):
   cfg = load_config(variant)
-  cv.validate(cfg)
+  cv.parse(cfg)
   assert cfg.variant == variant
 
 
@@ -74,7 +74,7 @@ def test_bad_values_name_the_key(key, value, needle):
   section, name = key.split(".")
   cfg[section][name] = value
   with pytest.raises(cv.ConfigError) as e:
-    cv.validate(cfg)
+    cv.parse(cfg)
   assert needle in str(e.value)
 
 
@@ -82,7 +82,7 @@ def test_t_range_order():
   cfg = load_config()
   cfg.guidance.t_min, cfg.guidance.t_max = 0.6, 0.5
   with pytest.raises(cv.ConfigError, match="t_min"):
-    cv.validate(cfg)
+    cv.parse(cfg)
 
 
 def test_unknown_variant():
@@ -287,7 +287,7 @@ def test_scene_table_equals_the_official_configs():
 def test_scene_preset_resolves_validates_and_equals_its_row(name):
   row = _scenes_module().SCENES[name]
   c = load_config(name)
-  run = cv.validate(c)
+  run = cv.parse(c)
   assert c.variant == name
   assert (run.prompt.human, run.prompt.object, run.prompt.interaction) == (
       row["human"], row["object"], row["interaction"])

@@ -13,7 +13,8 @@ into CI: docs/evaluation.md, "Shortened run".
 import pytest
 
 from configs import hoi
-from interfusion_jax.stage2 import loop as sweep
+from interfusion_jax.stage2 import loop
+from interfusion_jax.stage2 import prompt_file
 from interfusion_jax.evaluation import metrics
 
 PAIRS = [
@@ -30,8 +31,8 @@ BARS = metrics.BARS
 
 @pytest.fixture(scope="module")
 def measured():
-  cfgs = sweep.scene_configs(hoi.get_config("quick"), PAIRS)
-  res = sweep.train_sweep(cfgs, progress=False)
+  cfgs = prompt_file.scene_configs(hoi.get_config("quick"), PAIRS)
+  res = loop.train_scenes(cfgs, progress=False)
   out = []
   for cfg, state in zip(cfgs, res["states"]):
     anchor = metrics.anchor_for_run(cfg, None, 128)

@@ -26,7 +26,7 @@ def _spec(mode, size=33):
       render=render_lib.RenderSpec(radius=1.0, num_samples=256, sample_budget=256,
                                    skip_empty=False),
       shading=render_lib.ShadingSpec(),
-      sections=types.SimpleNamespace(camera=types.SimpleNamespace(eval_shading=mode)))
+      settings=types.SimpleNamespace(eval_shading=mode))
 
 
 def _cams(distance=2.0):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from interfusion_jax.evaluation import metrics
+from interfusion_jax.mesh import export as mesh_export
 
 RADIUS = 1.0
 RES = 64
@@ -13,7 +14,7 @@ RES = 64
 
 def _sphere_sigma(centre, a, res=RES, value=50.0):
   """Density `value` inside the ball |p - centre| < a, 0 outside; [R, R, R]."""
-  p = metrics.grid_points(res, RADIUS)
+  p = mesh_export.grid_points(res, RADIUS)
   return np.where(np.linalg.norm(p - np.asarray(centre), axis=-1) < a, value, 0.0)
 
 
@@ -29,7 +30,7 @@ def _lens_volume(a, b, d):
 
 def test_grid_points_match_anchor_nodes():
   from interfusion_jax.body import anchor
-  p = metrics.grid_points(5, 2.0)
+  p = mesh_export.grid_points(5, 2.0)
   assert p.shape == (5, 5, 5, 3)
   c = anchor.grid_coords(5, 2.0)
   np.testing.assert_allclose(p[3, 1, 4], [c[3], c[1], c[4]], atol=1e-6)
@@ -72,7 +73,7 @@ def test_iou_edge_cases():
 def test_inside_fraction_and_gap_of_two_balls():
   """Object ball of radius a at distance d from a body ball of radius b."""
   a, b = 0.25, 0.4
-  pts = metrics.grid_points(RES, RADIUS)
+  pts = mesh_export.grid_points(RES, RADIUS)
   body_c = np.array([-0.2, 0.0, 0.0])
   body_d = np.linalg.norm(pts - body_c, axis=-1) - b
   body_in, body_dist = body_d < 0, np.abs(body_d)
@@ -95,7 +96,7 @@ def test_inside_fraction_and_gap_of_two_balls():
 
 
 def test_geometry_metrics_human_equals_body():
-  pts = metrics.grid_points(RES, RADIUS)
+  pts = mesh_export.grid_points(RES, RADIUS)
   body_d = np.linalg.norm(pts, axis=-1) - 0.5
   sig_h = _sphere_sigma((0, 0, 0), 0.5)
   sig_o = _sphere_sigma((0.72, 0, 0), 0.2)
@@ -113,7 +114,7 @@ def test_geometry_metrics_human_equals_body():
 def test_density_grid_chunks_and_padding():
   fn = lambda x: jnp.sum(x * jnp.array([1.0, 2.0, -3.0]), -1) ** 2
   g = metrics.density_grid(fn, 9, 1.5, chunk=100)   # 729 points: last chunk padded
-  p = metrics.grid_points(9, 1.5)
+  p = mesh_export.grid_points(9, 1.5)
   np.testing.assert_allclose(g, (p @ np.array([1.0, 2.0, -3.0])) ** 2, rtol=1e-5, atol=1e-5)
 
 
@@ -164,7 +165,7 @@ def test_object_shape_match_recognises_a_placed_object():
   placed = placement.place_object(objects.make_object("chair"), placement.default_rule("chair"),
                                   v, f, j).mesh
   res, radius = 64, 2.0
-  pts = metrics.grid_points(res, radius).reshape(-1, 3)
+  pts = mesh_export.grid_points(res, radius).reshape(-1, 3)
   inside = placement.occupied(placement.occupancy(placed.vertices, placed.faces, 96), pts)
   sigma = np.where(inside, 50.0, 0.0).reshape(res, res, res)
   got = metrics.object_shape_match(sigma, v, f, j, radius, names=("chair", "ball", "bed"))

@@ -6,6 +6,7 @@ import pytest
 
 from configs import hoi
 from interfusion_jax.guidance import core, sds
+from interfusion_jax.stage2 import config as config_lib
 
 
 def _abar(T=1000):
@@ -103,13 +104,13 @@ def test_apply_compiles_once_and_runs_under_pmap():
 
 def test_spec_from_config_defaults_and_errors():
   cfg = hoi.get_config()
-  sd = core.GuidanceSpec.from_config(cfg, kind="stable_diffusion")
+  sd = core.GuidanceSpec.from_options(config_lib.guidance_options(config_lib.parse(cfg)), kind="stable_diffusion")
   assert (sd.guidance_scale, sd.weighting, sd.resolution) == (100.0, "sds", 512)
-  px = core.GuidanceSpec.from_config(cfg, kind="pixel", resolution=64)
+  px = core.GuidanceSpec.from_options(config_lib.guidance_options(config_lib.parse(cfg)), kind="pixel", resolution=64)
   assert (px.guidance_scale, px.weighting, px.resolution) == (20.0, "uniform", 64)
   cfg.guidance.guidance_scale = 7.5
   cfg.guidance.weighting = "fantasia3d"
-  sd = core.GuidanceSpec.from_config(cfg, kind="stable_diffusion")
+  sd = core.GuidanceSpec.from_options(config_lib.guidance_options(config_lib.parse(cfg)), kind="stable_diffusion")
   assert (sd.guidance_scale, sd.weighting) == (7.5, "fantasia3d")
   hash(sd)
   with pytest.raises(ValueError, match="kind"):

@@ -11,6 +11,7 @@ from flax import traverse_util
 from configs import hoi
 from interfusion_jax import guidance
 from interfusion_jax.guidance import core, deepfloyd, loading, sds
+from interfusion_jax.stage2 import config as config_lib
 import tiny_models
 
 torch = pytest.importorskip("torch")
@@ -49,7 +50,7 @@ def if_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(if_dir):
-  spec, params = loading.load_guidance(if_dir[0], hoi.get_config())
+  spec, params = loading.load_guidance(if_dir[0], config_lib.guidance_options(config_lib.parse(hoi.get_config())))
   fn = jax.jit(lambda p, x, t, e: core.predict_eps(spec, p, x, t, e))
   return spec, params, fn
 
@@ -219,7 +220,7 @@ def test_bf16_run_is_finite_and_close(if_dir, loaded):
   spec32, p32, fn32 = loaded
   cfg = hoi.get_config()
   cfg.guidance.unet_dtype = "bfloat16"
-  spec, params = loading.load_guidance(if_dir[0], cfg)
+  spec, params = loading.load_guidance(if_dir[0], config_lib.guidance_options(config_lib.parse(cfg)))
   leaves = jax.tree_util.tree_leaves(params["unet"])
   assert all(a.dtype == jnp.bfloat16 for a in leaves)  # cast on the host, put as bf16
   rng = np.random.default_rng(6)
@@ -238,7 +239,7 @@ def test_load_scene_guidance_on_if_dir(if_dir, tmp_path):
   cfg = hoi.get_config()
   cfg.guidance.weights_dir = str(if_dir[0])
   cfg.guidance.text_cache_dir = str(tmp_path / "cache")
-  spec, params, table = guidance.load_scene_guidance(cfg)
+  spec, params, table = guidance.load_scene_guidance(config_lib.guidance_options(config_lib.parse(cfg)), config_lib.prompt_spec(config_lib.parse(cfg)))
   assert spec.kind == "deepfloyd_if" and hash(spec) == hash(spec)
   assert table["human"].shape == (4, 77, tiny_models.IF_TEXT_DIM)
   assert table["uncond"].shape == (77, tiny_models.IF_TEXT_DIM)
@@ -263,19 +264,19 @@ def _cfg_dir(tmp_path, unet_cfg, model_index=None, with_t5=False):
 def test_if_stage_two_and_three_are_refused(tmp_path):
   stage2 = dict(XL_CONFIG, in_channels=6, class_embed_type="timestep", sample_size=256)
   root = _cfg_dir(tmp_path, stage2, "IFSuperResolutionPipeline")
-  for fn in (lambda: loading.load_guidance(root, hoi.get_config()),
-             lambda: loading.load_scene_guidance(hoi.get_config(), root)):
+  for fn in (lambda: loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(hoi.get_config()))),
+             lambda: loading.load_scene_guidance(config_lib.guidance_options(config_lib.parse(hoi.get_config())), config_lib.prompt_spec(config_lib.parse(hoi.get_config())), root)):
     with pytest.raises(loading.ModelTypeError, match="stage II/III.*IF-I-XL"):
       fn()
   (root / "model_index.json").unlink()
   with pytest.raises(loading.ModelTypeError, match="super-resolution"):
-    loading.load_guidance(root, hoi.get_config())
+    loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(hoi.get_config())))
 
 
 def test_if_dir_without_t5_names_the_t5_files(tmp_path):
   root = _cfg_dir(tmp_path, XL_CONFIG, "IFPipeline")
   with pytest.raises(loading.WeightsNotFoundError) as e:
-    loading.load_scene_guidance(hoi.get_config(), root)
+    loading.load_scene_guidance(config_lib.guidance_options(config_lib.parse(hoi.get_config())), config_lib.prompt_spec(config_lib.parse(hoi.get_config())), root)
   msg = str(e.value)
   assert "text_encoder/config.json" in msg and "spiece.model" in msg, msg
   assert "vocab.json" not in msg and "merges.txt" not in msg
@@ -287,7 +288,7 @@ def test_if_dir_without_t5_names_the_t5_files(tmp_path):
 def test_unsupported_block_types_are_refused(tmp_path, field, value):
   root = _cfg_dir(tmp_path, dict(XL_CONFIG, **{field: value}))
   with pytest.raises(loading.ModelTypeError, match="block types"):
-    loading.load_guidance(root, hoi.get_config())
+    loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(hoi.get_config())))
   with pytest.raises(loading.ModelTypeError, match="block types"):
     loading.load_unet(root)  # the SD path no longer builds unknown blocks as plain ones
 
@@ -295,7 +296,6 @@ def test_unsupported_block_types_are_refused(tmp_path, field, value):
 def test_unsupported_if_feature_is_refused(tmp_path):
   root = _cfg_dir(tmp_path, dict(XL_CONFIG, class_embed_type="projection"))
   with pytest.raises(loading.ModelTypeError, match="class_embed_type"):
-    loading.load_guidance(root, hoi.get_config())
+    loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(hoi.get_config())))
   with pytest.raises(loading.ModelTypeError, match="backend='stable_diffusion'"):
-    loading.load_guidance(_cfg_dir(tmp_path / "b", XL_CONFIG), hoi.get_config(),
-                          backend="stable_diffusion")
+    loading.load_guidance(_cfg_dir(tmp_path / "b", XL_CONFIG), config_lib.guidance_options(config_lib.parse(hoi.get_config())), backend="stable_diffusion")

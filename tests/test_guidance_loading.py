@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import hoi
+from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax import guidance
 from interfusion_jax.guidance import core, loading, prompts, sds
 import tiny_models
@@ -78,7 +79,7 @@ def test_latent_models_match_pytorch(torch_dirs, fmt):
 
   cfg = hoi.get_config()
   cfg.guidance.sd_resolution = tiny_models.VAE_RES
-  spec, params = loading.load_guidance(root, cfg)
+  spec, params = loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(cfg)))
   assert spec.kind == "stable_diffusion" and spec.vae is not None
   eps = jax.jit(lambda p, x, t, e: core.predict_eps(spec, p, x, t, e))(
       params, jnp.asarray(x.transpose(0, 2, 3, 1)), t, e)
@@ -96,7 +97,7 @@ def test_latent_models_match_pytorch(torch_dirs, fmt):
 @pytest.mark.slow
 def test_pixel_model_keeps_eps_half_and_matches_pytorch(torch_dirs):
   root = torch_dirs["pixel"]
-  spec, params = loading.load_guidance(root, hoi.get_config())
+  spec, params = loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(hoi.get_config())))
   assert (spec.kind, spec.resolution, spec.guidance_scale, spec.weighting) == (
       "pixel", tiny_models.UNET_SAMPLE, 20.0, "uniform")
   assert "vae" not in params
@@ -125,7 +126,7 @@ def test_sd_gradient_flows_through_vae_encoder(torch_dirs):
   cfg = hoi.get_config()
   cfg.guidance.sd_resolution = tiny_models.VAE_RES
   cfg.guidance.vae_remat = True
-  spec, params = loading.load_guidance(torch_dirs["safetensors"], cfg)
+  spec, params = loading.load_guidance(torch_dirs["safetensors"], config_lib.guidance_options(config_lib.parse(cfg)))
   spec = spec.__class__(**{**spec.__dict__, "latent_sample": False, "guidance_scale": 7.5})
   rng = np.random.default_rng(2)
   imgs = jnp.asarray(rng.uniform(0.2, 0.8, (2, 12, 12, 3)), jnp.float32)  # resized to 16
@@ -184,18 +185,18 @@ def test_missing_files_are_listed(tmp_path):
     assert bit in msg, msg
   assert "unet/" not in msg
   with pytest.raises(FileNotFoundError, match="weights_dir is empty"):
-    loading.load_scene_guidance(hoi.get_config())
+    loading.load_scene_guidance(config_lib.guidance_options(config_lib.parse(hoi.get_config())), config_lib.prompt_spec(config_lib.parse(hoi.get_config())))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    loading.load_guidance(tmp_path / "nowhere", hoi.get_config())
+    loading.load_guidance(tmp_path / "nowhere", config_lib.guidance_options(config_lib.parse(hoi.get_config())))
   with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
-    loading.load_guidance(root, hoi.get_config())
+    loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(hoi.get_config())))
 
 
 @pytest.mark.parametrize("channels", [9, 1, None])
 def test_wrong_in_channels_is_a_clear_error(tmp_path, channels):
   root = _fake_dir(tmp_path, in_channels=channels)
   with pytest.raises(loading.ModelTypeError, match="neither a latent model"):
-    loading.load_guidance(root, hoi.get_config())
+    loading.load_guidance(root, config_lib.guidance_options(config_lib.parse(hoi.get_config())))
 
 
 def test_backend_mismatch_and_unsupported_unet(tmp_path):
@@ -235,16 +236,17 @@ import jax, jax.numpy as jnp
 import tiny_models
 from configs import hoi
 from interfusion_jax import guidance
+from interfusion_jax.stage2 import config as config_lib
 root = tiny_models.make_flax_guidance_dir(tempfile.mkdtemp(), "pixel")
 cfg = hoi.get_config()
 cfg.guidance.weights_dir = str(root)
-spec, params, table = guidance.load_scene_guidance(cfg)
-pspec = guidance.PromptSpec.from_config(cfg)
+spec, params, table = guidance.load_scene_guidance(config_lib.guidance_options(config_lib.parse(cfg)), config_lib.prompt_spec(config_lib.parse(cfg)))
+pspec = config_lib.prompt_spec(config_lib.parse(cfg))
 assert table["human"].shape == (4, 77, tiny_models.TEXT_DIM), table["human"].shape
 cond = guidance.select_embeddings(table["human"], jnp.zeros(2), jnp.array([0., 90.]), pspec)
 g = jax.jit(jax.grad(lambda im: guidance.guidance_apply(
     spec, params, im, cond, table["uncond"], jax.random.PRNGKey(0))[0]))(jnp.full((2, 16, 16, 3), .5))
-assert hash(spec) == hash(guidance.load_guidance(root, cfg)[0])  # usable as a static arg
+assert hash(spec) == hash(guidance.load_guidance(root, config_lib.guidance_options(config_lib.parse(cfg)))[0])  # usable as a static arg
 assert spec.kind == "pixel" and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
 assert sys.modules.get("torch") is None
 print("NO_TORCH_OK")

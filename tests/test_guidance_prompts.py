@@ -9,6 +9,7 @@ import pytest
 
 from configs import hoi
 from interfusion_jax.guidance import prompts
+from interfusion_jax.stage2 import config as config_lib
 import tiny_models
 
 
@@ -34,7 +35,7 @@ def test_view_index_matches_threestudio_rule():
 
 
 def test_scene_prompts_and_decoration():
-  spec = prompts.PromptSpec.from_config(hoi.get_config())
+  spec = config_lib.prompt_spec(config_lib.parse(hoi.get_config()))
   base = prompts.scene_prompts(spec)
   assert base["head"] == "head of a man wearing a WORLD lettered T-shirt"
   assert base["interaction"] == "a man wearing a WORLD lettered T-shirt riding a bike"
@@ -103,7 +104,7 @@ _BIKE_OFFICIAL = {   # the release's four prompts of the bike scene, verbatim
 
 
 def test_exact_official_prompt_strings():
-  spec = prompts.PromptSpec.from_config(hoi.get_config("riding_a_bike"))
+  spec = config_lib.prompt_spec(config_lib.parse(hoi.get_config("riding_a_bike")))
   base = prompts.scene_prompts(spec)
   for name, official in _BIKE_OFFICIAL.items():
     assert prompts.decorate(base[name], spec, None) == official
@@ -137,14 +138,14 @@ def test_builtin_prior_reads_the_new_wording_as_the_old():
   from interfusion_jax.prior import assets
   for variant in _VARIANTS:
     cfg = hoi.get_config(variant)
-    spec = prompts.PromptSpec.from_config(cfg)
+    spec = config_lib.prompt_spec(config_lib.parse(cfg))
     base, old = prompts.scene_prompts(spec), _old_scene_texts(spec)
     for name in base:
       for view in (None,) + prompts.VIEWS:
         new = prompts.decorate(base[name], spec, view)
         assert builtin.parse_caption(new) == builtin.parse_caption(_old_caption(old[name], view)), (
             variant, new)
-    table = assets.builtin_text_table(cfg)
+    table = assets.builtin_text_table(config_lib.prompt_spec(config_lib.parse(cfg)))
     for name in base:
       want = builtin.embed_captions([_old_caption(old[name], v) for v in prompts.VIEWS])
       np.testing.assert_array_equal(np.asarray(table[name]), want)

@@ -185,8 +185,8 @@ def test_each_render_and_field_draws_its_own_shading():
 @pytest.mark.parametrize("max_points", [64, 100000])
 def test_geo_points_are_min_of_real_samples_and_cap(max_points):
   spec = tt._spec()
-  spec = dataclasses.replace(spec, sections=dataclasses.replace(
-      spec.sections, loss=dataclasses.replace(spec.sections.loss, geo_max_points=max_points)))
+  spec = dataclasses.replace(spec, loss=dataclasses.replace(spec.loss,
+                                                          geo_max_points=max_points))
   state = train.init_state(jax.random.PRNGKey(0), spec)
 
   @jax.jit

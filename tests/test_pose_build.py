@@ -12,6 +12,7 @@ from configs import hoi
 from interfusion_jax.pose import (anchor, build, choose, clip as clip_lib, codebook, library,
                                   poseset, render, retrieval)
 from interfusion_jax.pose import __main__ as pose_cli
+from interfusion_jax.stage2 import config as config_lib
 
 SPEC = render.PoseRenderSpec(height=64, width=64)  # 4 views, distance 2.7
 DOCS_IMAGES = pathlib.Path(__file__).resolve().parent.parent / "docs" / "images"
@@ -174,7 +175,7 @@ def test_retrieve_anchor_uses_clip_when_configured(clip_codebook, clip_dir, body
   cfg.body.model = str(body_file)
   cfg.pose.choose, cfg.pose.dedup = "sample", True
   with caplog.at_level(logging.INFO):
-    a = anchor.retrieve_anchor(cfg)
+    a = anchor.retrieve_anchor(config_lib.anchor_query(config_lib.parse(cfg)))
   assert "backend: clip" in caplog.text
   assert a.meta["backend"] == "clip" and a.meta["member"] >= 0
   assert a.meta["query"] == "a rendered 3d man is riding a bike"

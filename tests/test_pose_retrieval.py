@@ -6,6 +6,7 @@ import pytest
 
 from configs import hoi
 from interfusion_jax.pose import anchor, choose, codebook, retrieval, text_match
+from interfusion_jax.stage2 import config as config_lib
 
 # (query, expected label of the top-1 codebook cluster)
 REQUIRED = [
@@ -153,24 +154,24 @@ def test_retrieve_anchor_builtin_and_anchor_file(tmp_path, caplog):
   cfg = hoi.get_config("smoke")
   cfg.prompt.interaction = "sitting on a bench"
   with caplog.at_level(logging.INFO):
-    a = anchor.retrieve_anchor(cfg)
+    a = anchor.retrieve_anchor(config_lib.anchor_query(config_lib.parse(cfg)))
   assert "builtin" in caplog.text
   assert a.body_pose.shape == (63,) and a.global_orient.shape == (3,)
   assert a.meta["backend"] == "builtin" and a.meta["source"] == "sitting on a bench"
   assert len(a.meta["candidate_scores"]) == cfg.pose.top_k
   path = anchor.save_anchor(tmp_path / "a.npz", a)
   cfg.pose.anchor_file = str(path)
-  b = anchor.retrieve_anchor(cfg)
+  b = anchor.retrieve_anchor(config_lib.anchor_query(config_lib.parse(cfg)))
   np.testing.assert_array_equal(a.body_pose, b.body_pose)
   assert b.meta["text"] == "sitting on a bench" and b.meta["backend"] == "builtin"
   assert b.meta["candidate_indices"] == a.meta["candidate_indices"]
   cfg.pose.anchor_file = ""
   cfg.pose.choose, cfg.pose.rank = "rank", 1
-  c = anchor.retrieve_anchor(cfg)
+  c = anchor.retrieve_anchor(config_lib.anchor_query(config_lib.parse(cfg)))
   assert c.meta["position"] == 1 and c.meta["cluster"] == a.meta["candidate_indices"][1]
   cfg.pose.choose = "clip_rerank"
   with pytest.raises(choose.ChoiceError, match="clip_dir"):
-    anchor.retrieve_anchor(cfg)
+    anchor.retrieve_anchor(config_lib.anchor_query(config_lib.parse(cfg)))
 
 
 def test_anchor_file_errors(tmp_path):
@@ -195,7 +196,7 @@ def test_missing_clip_dir_is_a_clear_error(tmp_path):
   cfg.pose.clip_dir = str(tmp_path / "no_clip")
   from interfusion_jax.pose import clip as clip_lib
   with pytest.raises(clip_lib.ClipDirError, match="does not exist"):
-    anchor.retrieve_anchor(cfg)
+    anchor.retrieve_anchor(config_lib.anchor_query(config_lib.parse(cfg)))
   (tmp_path / "empty").mkdir()
   with pytest.raises(clip_lib.ClipDirError, match="config.json"):
     clip_lib.load_clip(tmp_path / "empty")

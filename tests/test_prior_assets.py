@@ -9,6 +9,7 @@ import pytest
 from interfusion_jax.prior import assets
 from interfusion_jax.guidance import captions as colors
 from interfusion_jax.guidance import builtin as denoiser
+from interfusion_jax.stage2 import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = assets.BankSpec(objects=("ball",), colors=("red", "green"), human_views=1,
@@ -95,11 +96,11 @@ def test_builtin_guidance_for_the_trainer(tiny, monkeypatch):
   cfg.prompt.human = "a man in a red shirt"
   cfg.prompt.object = "a green ball"
   cfg.prompt.interaction = "holding a ball"
-  gspec, params, table = assets.load_builtin_guidance(cfg, progress=False)
+  gspec, params, table = assets.load_builtin_guidance(config_lib.guidance_options(config_lib.parse(cfg)), config_lib.prompt_spec(config_lib.parse(cfg)), progress=False)
   assert gspec.kind == "builtin" and gspec.guidance_scale == denoiser.DEFAULT_GUIDANCE_SCALE
   assert table["object"].shape == (4, 1, denoiser.EMBED_DIM)
   assert table["uncond"].shape == (1, denoiser.EMBED_DIM)
-  pspec = prompts.PromptSpec.from_config(cfg)
+  pspec = config_lib.prompt_spec(config_lib.parse(cfg))
   want = denoiser.embed_caption(prompts.decorate("a green ball", pspec, "back"))
   np.testing.assert_array_equal(np.asarray(table["object"][2]), want)
   assert params["bank"].shape == (10, 32, 32, 3)

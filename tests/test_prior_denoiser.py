@@ -1,4 +1,4 @@
-"""Tests for interfusion_jax/prior/denoiser.py: exact posterior, captions, SDS."""
+"""Tests for interfusion_jax/guidance/builtin.py: exact posterior, captions, SDS."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -176,7 +176,7 @@ def test_evaluate_sweep_with_clip_and_index_in_chromium(chromium, sweep_dir, cli
   config, spec, state = loop.load_trained(str(sweep_dir / "scene_a"))
   views = clip_score.render_views(state, spec, clip_score.ClipScoreSpec(views=4), 32)
   ref_model = clip_reference.load(clip_dir)
-  for part, prompt in clip_score.scene_prompts(config).items():
+  for part, prompt in clip_score.scene_prompts(vars(config.prompt)).items():
     ref = clip_reference.scores(ref_model, views[part], [prompt])[:, 0]
     np.testing.assert_allclose(recs["scene_a"]["clip"][part]["per_view"], ref, atol=1e-5)
   # R-precision from the stored matrix, by hand.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import hoi
+from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import run_io
 
 
@@ -14,11 +15,11 @@ def test_prepare_and_config_roundtrip(tmp_path):
   paths = run_io.prepare_workdir(tmp_path / "run")
   cfg = hoi.get_config("smoke")
   cfg.prompt.object = "a horse"
-  run_io.save_config(paths, cfg)
+  run_io.save_config(paths, config_lib.parse(cfg))
   back = run_io.load_config(paths.root)
   assert back.prompt.object == "a horse"
   assert back.camera.distance_range == tuple(cfg.camera.distance_range)
-  assert back.to_dict() == cfg.to_dict()
+  assert back == config_lib.parse(cfg)
 
 
 def test_unwritable_workdir(tmp_path):

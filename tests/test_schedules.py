@@ -111,12 +111,13 @@ def test_traced_equals_python():
 
 def test_timestep_anneal():
   cfg = hoi.get_config()
-  spec = config_lib.schedule_spec(config_lib.parse(cfg))
-  assert float(schedules.max_timestep_fraction(7000, spec)) == pytest.approx(0.98)
+  run = config_lib.parse(cfg)
+  spec, t_max = config_lib.schedule_spec(run), config_lib.guidance_options(run).t_max
+  assert float(schedules.max_timestep_fraction(7000, spec, t_max)) == pytest.approx(0.98)
   lin = spec.__class__(**{**spec.__dict__, "t_anneal": "linear"})
-  assert float(schedules.max_timestep_fraction(5000, lin)) == pytest.approx(0.98 + (0.5 - 0.98) * 0.5)
+  assert float(schedules.max_timestep_fraction(5000, lin, t_max)) == pytest.approx(0.98 + (0.5 - 0.98) * 0.5)
   hifa = spec.__class__(**{**spec.__dict__, "t_anneal": "hifa_sqrt"})
-  assert float(schedules.max_timestep_fraction(2500, hifa)) == pytest.approx(
+  assert float(schedules.max_timestep_fraction(2500, hifa, t_max)) == pytest.approx(
       0.98 + (0.5 - 0.98) * math.sqrt(0.25), rel=1e-6)
 
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax.stage2 import loop as sweep
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import setup as setup_lib
-from interfusion_jax.stage2 import config as config_validation
+from interfusion_jax.stage2 import prompt_file
 
 PROMPTS = [
     {"human": "a man in a red shirt", "object": "a blue chair",
@@ -24,27 +25,27 @@ def _base():
 
 
 def test_scene_configs_sets_prompts_and_validates():
-  cfgs = sweep.scene_configs(_base(), PROMPTS)
+  cfgs = prompt_file.scene_configs(_base(), PROMPTS)
   assert [c.prompt.object for c in cfgs] == ["a blue chair", "a yellow bike"]
   assert cfgs[0].prompt.prefix == _base().prompt.prefix
   with pytest.raises(ValueError, match="no prompts"):
-    sweep.scene_configs(_base(), [])
-  with pytest.raises(ValueError, match="unknown keys"):
-    sweep.scene_configs(_base(), [{"human": "a man", "colour": "red"}])
-  with pytest.raises(config_validation.ConfigError, match="prompt.object"):
-    sweep.scene_configs(_base(), [{"object": "  "}])
+    prompt_file.scene_configs(_base(), [])
+  with pytest.raises(ValueError, match="unknown column"):
+    prompt_file.scene_configs(_base(), [dict(PROMPTS[0], colour="red")])
+  with pytest.raises(ValueError, match="column 'object'"):
+    prompt_file.scene_configs(_base(), [dict(PROMPTS[0], object="  ")])
 
 
 def test_build_sweep_rejects_different_static_settings():
-  a, b = sweep.scene_configs(_base(), PROMPTS)
-  b.render.height = 24
+  a, b = prompt_file.scene_configs(_base(), PROMPTS)
+  b = config_lib.override(b, {"render.height": 24})
   with pytest.raises(setup_lib.TrainSetupError, match="scene 1"):
-    sweep.build_group([a, b])
+    loop.build_group([a, b])
 
 
 def test_stack_unstack_round_trip():
   trees = [{"a": np.full((2,), i, np.float32), "b": np.int32(i)} for i in range(3)]
-  back = sweep.unstack(sweep.stack(trees), 3)
+  back = loop.unstack(loop.stack(trees), 3)
   for t, u in zip(trees, back):
     np.testing.assert_array_equal(t["a"], u["a"])
     assert int(u["b"]) == int(t["b"])
@@ -62,6 +63,7 @@ import test_train as _tt
 from interfusion_jax.evaluation import report as _report
 from interfusion_jax.stage2 import checkpoint as _ckpt
 from interfusion_jax.stage2 import run_io as _run_io
+from interfusion_jax.stage2 import processes as processes_lib
 from interfusion_jax.stage2 import sweep as sweep_lib
 
 
@@ -103,7 +105,7 @@ def _row(name, obj, **kw):
 
 
 def _final_params(workdir, name):
-  _, _, state = sweep.load_trained(str(workdir / name))
+  _, _, state = loop.load_trained(str(workdir / name))
   return jax.tree_util.tree_leaves(state.params), int(state.step)
 
 
@@ -142,7 +144,7 @@ def test_a_nan_scene_fails_alone_and_is_not_trained_again(tmp_path, blob_world, 
   # Re-running the same command trains nothing: finished and failed scenes are kept.
   def no_training(*a, **k):
     raise AssertionError("a finished scene was trained again")
-  monkeypatch.setattr(sweep, "train_loop", no_training)
+  monkeypatch.setattr(loop, "train_loop", no_training)
   again = sweep_lib.run_sweep(blob_world, path, tmp_path / "w", progress=False)
   assert [e["status"] for e in again] == ["done", "failed", "done"]
 
@@ -200,11 +202,11 @@ def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_not_repeated(tm
   scratch: a single run (loop.run) and a sweep scene whose checkpoints are gone."""
   cfg = blob_world.copy_and_resolve_references()
   cfg.train.ckpt_every = 4
-  sweep.run(cfg, str(tmp_path / "single"), progress=False, stop_after=3, final_outputs=False)
+  loop.run(cfg, str(tmp_path / "single"), progress=False, stop_after=3, final_outputs=False)
   rows = _run_io.read_metrics(tmp_path / "single" / "metrics.jsonl")
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert _ckpt.latest_step(tmp_path / "single" / "checkpoints") is None
-  sweep.run(cfg, str(tmp_path / "single"), progress=False, final_outputs=False)
+  loop.run(cfg, str(tmp_path / "single"), progress=False, final_outputs=False)
   rows = _run_io.read_metrics(tmp_path / "single" / "metrics.jsonl")
   assert [r["step"] for r in rows] == list(range(1, cfg.train.steps + 1))
 
@@ -227,7 +229,7 @@ def test_sweep_progress_counts_every_processes_scene_steps(monkeypatch):
   clock = lambda: now[0]
 
   def processes(index):
-    return sweep_lib.Processes(
+    return processes_lib.Processes(
         index=index, count=3,
         post=lambda name, obj: store.__setitem__((name, index), _json.loads(_json.dumps(obj))),
         posted=lambda name: {i: v for (n, i), v in store.items() if n == name})
@@ -265,7 +267,7 @@ def test_sweep_progress_counts_every_processes_scene_steps(monkeypatch):
   polls.clear()
   bars[0].wait_for_all(timeout_s=5, poll_s=1.0)
   assert len(polls) == 5
-  single = sweep_lib.SweepProgress(sweep_lib.Processes(), total=3, clock=clock)
+  single = sweep_lib.SweepProgress(processes_lib.Processes(), total=3, clock=clock)
   single.update(1, n=3)
   single.wait_for_all(timeout_s=5)   # nobody else: returns at once
   assert single.count == 3

@@ -9,8 +9,10 @@ import sys
 import pytest
 
 from configs import hoi
+from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import setup as setup_lib
+from interfusion_jax.stage2 import prompt_file
 from interfusion_jax.stage2 import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,8 +26,8 @@ def _jsonl(tmp_path, rows, name="p.jsonl"):
 
 
 def _error(path):
-  with pytest.raises(sweep.SweepError) as e:
-    sweep.read_prompt_file(path)
+  with pytest.raises(prompt_file.SweepError) as e:
+    prompt_file.read_prompt_file(path)
   msg = str(e.value)
   assert "\n" not in msg
   return msg
@@ -58,7 +60,7 @@ def test_csv_rows_and_their_errors(tmp_path):
                   "a,a man,a bike,riding a bike,2.0 2.7,true,4\n"
                   "\n"
                   'b,"a man, tall",a chair,sitting on a chair,,,\n')
-  rows = sweep.read_prompt_file(path)
+  rows = prompt_file.read_prompt_file(path)
   assert [r.values["name"] for r in rows] == ["a", "b"]
   assert rows[0].values["camera_distance"] == (2.0, 2.7) and rows[0].values["aug_rot"] is True
   assert rows[0].values["seed"] == 4 and rows[1].line == 4
@@ -81,22 +83,19 @@ def _smoke():
 
 def _other_shape_weights(cfg):
   """One of the release's two lambda2 level sets, not the base config's."""
-  if sweep.has_shape_weights_key():
-    base = tuple(round(float(w), 6) for w in cfg.loss.shape_weights)
-  else:
-    base = sweep.shape_weight_variants()[cfg.loss.lambda_object_geo]
+  base = tuple(round(float(w), 6) for w in cfg.loss.shape_weights)
   return [0.001, 0.01, 0.1] if base == (0.01, 0.1, 0.1) else [0.01, 0.1, 0.1]
 
 
 def test_groups_split_on_static_settings_only(tmp_path):
-  rows = sweep.read_prompt_file(_jsonl(tmp_path, [
+  rows = prompt_file.read_prompt_file(_jsonl(tmp_path, [
       dict(ROW, name="a"),
       dict(ROW, name="b", seed=3, pose_rank=2, aug_rot=True, human="a woman"),
       dict(ROW, name="c", camera_distance=[2.0, 2.7]),
       dict(ROW, name="d", aug_trans=True, camera_distance=[2.0, 2.7]),
       dict(ROW, name="e", shape_weights=_other_shape_weights(_smoke())),
   ]))
-  scenes, groups = sweep.plan(_smoke(), rows, num_processes=2)
+  scenes, groups = sweep.plan(config_lib.parse(_smoke()), rows, num_processes=2)
   assert [[scenes[i].name for i in g] for g in groups] == [["a", "b"], ["c", "d"], ["e"]]
   b = scenes[1].config
   assert (b.seed, b.pose.choose, b.pose.rank, b.body.aug_rot, b.prompt.human) == (
@@ -113,8 +112,8 @@ def test_groups_split_on_static_settings_only(tmp_path):
 
 
 def test_official_sweep_file_holds_the_eleven_release_scenes():
-  rows = sweep.read_prompt_file(ROOT / "configs" / "sweeps" / "official.jsonl")
-  scenes, groups = sweep.plan(hoi.get_config("paper"), rows)
+  rows = prompt_file.read_prompt_file(ROOT / "configs" / "sweeps" / "official.jsonl")
+  scenes, groups = sweep.plan(config_lib.parse(hoi.get_config("paper")), rows)
   by = {s.name: s.config for s in scenes}
   assert len(by) == 11 and len(groups) == 3
   # Facts of InterGen/configs/interfusion-if/*.yaml (sisidai/InterFusion@45fe45d).
@@ -123,7 +122,7 @@ def test_official_sweep_file_holds_the_eleven_release_scenes():
   assert by["sitting_on_a_chair"].body.aug_rot and by["jumping_a_skateboard"].body.aug_trans
   assert by["carrying_a_backpack"].pose.rank == 4 and by["riding_a_bike"].pose.rank == 0
   assert by["pushing_a_shopping_cart"].prompt.interaction == "carrying a shopping cart"
-  lam = lambda c: (c.loss.lambda_object_geo, tuple(c.loss.get("shape_weights", ())))
+  lam = lambda c: (c.loss.lambda_object_geo, tuple(c.loss.shape_weights))
   assert lam(by["carrying_a_backpack"]) != lam(by["riding_a_bike"])
 
 
@@ -133,13 +132,13 @@ def test_bad_input_fails_before_anything_loads_or_compiles(tmp_path, monkeypatch
   monkeypatch.setattr(loop, "cached_compile", forbidden)
   monkeypatch.setattr(setup_lib, "load_guidance_and_text", forbidden)
   path = _jsonl(tmp_path, [ROW, dict(ROW, interaction="")])
-  with pytest.raises(sweep.SweepError, match="row 2 .*column 'interaction': empty prompt"):
+  with pytest.raises(prompt_file.SweepError, match="row 2 .*column 'interaction': empty prompt"):
     sweep.run_sweep(_smoke(), path, tmp_path / "w")
   assert not (tmp_path / "w").exists()
   # A scene whose directory holds another config (the file changed since the sweep began).
   (tmp_path / "w" / "001_riding_a_bike").mkdir(parents=True)
   (tmp_path / "w" / "001_riding_a_bike" / "config.json").write_text('{"seed": 7}')
-  with pytest.raises(sweep.SweepError, match="row 1 .*holds a different config"):
+  with pytest.raises(prompt_file.SweepError, match="row 1 .*holds a different config"):
     sweep.run_sweep(_smoke(), _jsonl(tmp_path, [ROW]), tmp_path / "w")
 
 

@@ -116,7 +116,7 @@ def _guidance():
 def _spec(batch=1, devices=1):
   gspec, _, _ = _guidance()
   del devices  # the spec holds the global batch; the pmap binds the device count
-  return setup_lib.train_spec(_config(batch), gspec, model=BLOB)
+  return setup_lib.train_spec(config_lib.parse(_config(batch)), gspec, model=BLOB)
 
 
 def _frozen(nan_anchor=False):
@@ -202,7 +202,7 @@ def test_camera_tracing_moves_to_off_centre_object():
   p = _blob_init(jax.random.PRNGKey(0), true_c)
   c = np.asarray(train.object_center(p, jnp.zeros(3), spec))
   # NumPy reference: cell centres with 1 - exp(-0.2 sigma) > 0.5.
-  g, r = spec.sections.camera.trace_resolution, spec.render.radius
+  g, r = spec.settings.trace_resolution, spec.render.radius
   lin = ((np.arange(g) + 0.5) / g * 2 - 1) * r
   pts = np.stack(np.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
   d = np.linalg.norm(pts - true_c, axis=-1)
@@ -220,7 +220,7 @@ def test_view_index_matches_threestudio_rule():
   spec = _spec()
   for el, az, want in [(0, 0, 0), (10, 44, 0), (10, 46, 1), (10, -100, 1), (10, 136, 2),
                        (10, -170, 2), (61, 0, 3), (59, 180, 2)]:
-    got = int(train.view_index(jnp.deg2rad(el), jnp.deg2rad(az), spec))
+    got = int(train.camera_view_index(jnp.deg2rad(el), jnp.deg2rad(az), spec))
     assert got == want, (el, az)
 
 
@@ -422,7 +422,7 @@ def test_placement_blob_starts_at_the_origin_given_and_is_never_trained():
   cfg = _config()
   cfg.field.object_blob = "placement"
   model = setup_lib.model_fns(config_lib.parse(cfg))   # the real hash-grid field
-  spec = setup_lib.train_spec(cfg, _spec().guidance, model=model)
+  spec = setup_lib.train_spec(config_lib.parse(cfg), _spec().guidance, model=model)
   origin = np.array([0.1, -0.35, -0.25], np.float32)
   state = train.init_state(jax.random.PRNGKey(0), spec, origin)
   np.testing.assert_array_equal(state.params["object"]["blob_center"], origin)

@@ -131,7 +131,7 @@ def test_empty_weights_dir_routes_to_builtin_prior(caplog):
   cfg = hoi.get_config("smoke")
   assert cfg.guidance.weights_dir == ""
   with caplog.at_level("WARNING"):
-    gspec, gparams, table = setup_lib.load_guidance_and_text(cfg)
+    gspec, gparams, table = setup_lib.load_guidance_and_text(config_validation.parse(cfg))
   assert gspec.kind == "builtin"
   assert "LOW FIDELITY" in caplog.text and "weights_dir" in caplog.text
   assert set(table) >= {"human", "head", "object", "interaction", "uncond"}

@@ -21,7 +21,7 @@ downloaded.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -55,10 +55,10 @@ class ClipScoreSpec:
                        "(0 = the CLIP input size).")
 
 
-def scene_prompts(config) -> dict:
-  """{"interaction": "T_H T_I", "human": T_H, "object": T_O} of a run's config."""
-  p = config.prompt
-  human, obj, inter = (str(p.human).strip(), str(p.object).strip(), str(p.interaction).strip())
+def scene_prompts(prompt: Mapping[str, str]) -> dict:
+  """{"interaction": "T_H T_I", "human": T_H, "object": T_O} of a scene's prompts
+  ``{"human", "object", "interaction"}`` (e.g. ``rundirs.saved_prompt``)."""
+  human, obj, inter = (str(prompt[k]).strip() for k in ("human", "object", "interaction"))
   return {"interaction": f"{human} {inter}", "human": human, "object": obj}
 
 

@@ -57,9 +57,8 @@ class JudgeError(ValueError):
 
 def scene_prompt(run_dir) -> str:
   """The full scene prompt ``T_H T_I`` of a run directory's config.json."""
-  cfg = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
-  p = cfg.get("prompt", {})
-  return f"{str(p.get('human', '')).strip()} {str(p.get('interaction', '')).strip()}"
+  p = rundirs.saved_prompt(run_dir)
+  return f"{p['human']} {p['interaction']}"
 
 
 def method_scenes(path) -> dict:

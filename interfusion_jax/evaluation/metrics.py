@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from interfusion_jax.guidance import captions as colors
+from interfusion_jax.mesh import export as mesh_export
 from interfusion_jax.prior import objects, placement
+from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import losses
 from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import outputs as outputs_lib
@@ -42,19 +44,6 @@ BARS = {
     "hue_error_deg_max": 30.0,
     "wall_time_s_max": 20 * 60.0,
 }
-
-
-def grid_points(resolution: int, radius: float) -> np.ndarray:
-  """Node coordinates of the cubic scene-box grid.
-
-  Args:
-    resolution: R nodes per axis; radius: box half size r.
-
-  Returns:
-    [R, R, R, 3] float32 points, indexed [ix, iy, iz].
-  """
-  c = np.linspace(-radius, radius, resolution, dtype=np.float32)
-  return np.stack(np.meshgrid(c, c, c, indexing="ij"), -1)
 
 
 def voxel_size(resolution: int, radius: float) -> float:
@@ -74,7 +63,7 @@ def density_grid(density_fn: DensityFn, resolution: int, radius: float,
   Returns:
     [R, R, R] float32 densities.
   """
-  pts = grid_points(resolution, radius).reshape(-1, 3)
+  pts = mesh_export.grid_points(resolution, radius).reshape(-1, 3)
   n = len(pts)
   out = np.empty(n, np.float32)
   for s in range(0, n, chunk):
@@ -241,7 +230,7 @@ def object_shape_match(sigma_object: np.ndarray, vertices: np.ndarray, faces: np
   object field's occupancy on the same node grid.
 
   Args:
-    sigma_object: [R, R, R] object-field density on ``grid_points(R, radius)``.
+    sigma_object: [R, R, R] object-field density on ``mesh_export.grid_points(R, radius)``.
     vertices, faces, joints: the anchor body ([V, 3], [F, 3], [J, 3], scene frame).
     radius: box half size r.
     names: object generator names to score (default: all of them).
@@ -250,7 +239,7 @@ def object_shape_match(sigma_object: np.ndarray, vertices: np.ndarray, faces: np
     {name: IoU in [0, 1]}.
   """
   res = np.asarray(sigma_object).shape[0]
-  pts = grid_points(res, radius).reshape(-1, 3)
+  pts = mesh_export.grid_points(res, radius).reshape(-1, 3)
   field = occupied(sigma_object, delta).reshape(-1)
   v, f, j = (np.asarray(x) for x in (vertices, faces, joints))
   query = placement.body_query(v, f, 128)
@@ -308,7 +297,7 @@ def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
   sig = {name: density_grid(lambda x, p=state.params[name]: dens(p, x), resolution, radius)
          for name in ("human", "object")}
   m = geometry_metrics(sig["human"], sig["object"], np.asarray(anchor.occupancy) > 0.5,
-                       np.asarray(anchor.distance), radius, spec.sections.loss.geo_delta)
+                       np.asarray(anchor.distance), radius, spec.loss.geo_delta)
   hues = render_hues(state.params, state.occupancy, state.object_center, spec)
   names = named_colors(config)
   for part in ("human", "object"):
@@ -318,7 +307,7 @@ def evaluate_state(config, spec, state, anchor, resolution: int = 128) -> dict:
                                   else hue_error(hues[part], names[part]))
   named = objects.object_from_text(str(config.prompt.object))
   shapes = object_shape_match(sig["object"], anchor.vertices, anchor.faces, anchor.joints,
-                              radius, spec.sections.loss.geo_delta)
+                              radius, spec.loss.geo_delta)
   m["object_named"] = named
   m["object_named_shape_iou"] = shapes.get(named) if named else None
   m["object_best_shape"] = max(shapes, key=shapes.get)
@@ -332,10 +321,10 @@ def anchor_for_run(config, workdir: Optional[str], resolution: int):
 
   Uses ``<workdir>/anchor/anchor.npz`` when present, else the config's stage-1 pose.
   """
-  cfg = config.copy_and_resolve_references()
+  values = {"body.grid_resolution": int(resolution)}
   if workdir is not None and (pathlib.Path(workdir) / "anchor" / "anchor.npz").exists():
-    cfg.pose.anchor_file = str(pathlib.Path(workdir) / "anchor" / "anchor.npz")
-  cfg.body.grid_resolution = int(resolution)
+    values["pose.anchor_file"] = str(pathlib.Path(workdir) / "anchor" / "anchor.npz")
+  cfg = config_lib.override(config_lib.parse(config), values)
   return setup_lib.prepare_anchor(cfg, None)[0]
 
 

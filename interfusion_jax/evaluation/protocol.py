@@ -55,7 +55,7 @@ def evaluate_loaded(workdir, config, spec, state, *, clip=None,
      [N, D] unit image features of the interaction views, or None without CLIP).
   """
   timings = {}
-  prompts = clip_score_lib.scene_prompts(config)
+  prompts = clip_score_lib.scene_prompts(rundirs.saved_prompt(workdir))
   record = {"run": str(pathlib.Path(workdir).absolute()), "prompts": prompts,
             "step": int(state.step), "clip": None, "clip_note": NO_CLIP_NOTE,
             "clip_model": None, "reference": [dict(r) for r in PAPER_REFERENCE]}
@@ -183,7 +183,7 @@ def evaluate_path(path, *, clip=None,
         raise
       # A sweep scene that has not trained yet (or failed): reported, not measured.
       records.append({"run": str(pathlib.Path(run).absolute()), "step": None, "clip": None,
-                      "prompts": clip_score_lib.scene_prompts(run_io.load_config(run)),
+                      "prompts": clip_score_lib.scene_prompts(rundirs.saved_prompt(run)),
                       "error": str(e), "geometry": {}})
       continue
     rec, f = evaluate_loaded(run, config, spec, state, clip=clip, score_spec=score_spec,
@@ -228,7 +228,7 @@ def default_clip_dir(path) -> str:
   """``config.pose.clip_dir`` of the first run under ``path`` ("" when unset)."""
   first = rundirs.discover(path).runs[0]
   try:
-    return str(run_io.load_config(first).pose.get("clip_dir", "") or "")
+    return str(run_io.load_config(first).pose.clip_dir or "")
   except (FileNotFoundError, AttributeError, ValueError):
     return ""
 

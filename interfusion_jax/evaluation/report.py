@@ -30,6 +30,7 @@ import numpy as np
 
 from interfusion_jax import fileio
 from interfusion_jax.evaluation import rundirs
+from interfusion_jax.stage2 import run_io
 
 EMBED_MAX_BYTES = 32 << 20
 MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".jpg": "image/jpeg"}
@@ -117,21 +118,6 @@ def _read_json(path: pathlib.Path) -> Any:
     return json.loads(pathlib.Path(path).read_text())
   except (OSError, ValueError):
     return None
-
-
-def read_metrics(path: pathlib.Path) -> list[dict]:
-  """Rows of metrics.jsonl ([] when missing; a truncated line is skipped)."""
-  rows = []
-  try:
-    lines = pathlib.Path(path).read_text().splitlines()
-  except OSError:
-    return rows
-  for line in lines:
-    try:
-      rows.append(json.loads(line))
-    except ValueError:
-      continue
-  return rows
 
 
 def curve_svg(steps: Sequence[float], values: Sequence[float], title: str,
@@ -437,7 +423,7 @@ def run_report_html(workdir) -> str:
   prompt = config.get("prompt", {}) or {}
   human, obj, inter = (str(prompt.get(k, "")) for k in ("human", "object", "interaction"))
   gtext, builtin = guidance_text(config)
-  rows = read_metrics(wd / "metrics.jsonl")
+  rows = run_io.read_metrics(wd / "metrics.jsonl")
   vals = sorted((wd / "val").glob("step_*.png")) if (wd / "val").is_dir() else []
   meshes = sorted((wd / "final").glob("mesh_*.*")) if (wd / "final").is_dir() else []
   timing = [("status", run_status(wd, config))]

@@ -27,6 +27,18 @@ class RunSet:
   runs: tuple
 
 
+def saved_prompt(run_dir) -> dict:
+  """{"human", "object", "interaction"} of a run directory's config.json, read as
+  plain JSON (a run of any age; a missing prompt is "")."""
+  try:
+    cfg = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
+  except (OSError, ValueError):
+    cfg = {}
+  p = cfg.get("prompt", {}) if isinstance(cfg, dict) else {}
+  p = p if isinstance(p, dict) else {}
+  return {k: str(p.get(k, "")).strip() for k in ("human", "object", "interaction")}
+
+
 def is_run_dir(path) -> bool:
   """True when ``path`` holds a config.json."""
   return (pathlib.Path(path) / "config.json").is_file()

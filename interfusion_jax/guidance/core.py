@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from interfusion_jax.guidance import deepfloyd  # DeepFloyd IF stage I (the paper's guidance)
 from interfusion_jax.guidance import analytic, builtin, pixel, sds, stable_diffusion
@@ -117,28 +116,64 @@ class GuidanceSpec:
       raise ValueError(f"Need 0 <= t_min < t_max < 1, got t_min={self.t_min}, t_max={self.t_max}.")
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, *, kind: str,
-                  **overrides: Any) -> "GuidanceSpec":
-    """Builds a spec from ``config.guidance`` (the full config or its section).
+  def from_options(cls, options: "GuidanceOptions", *, kind: str,
+                   **overrides: Any) -> "GuidanceSpec":
+    """The spec of backend ``kind`` under the user's ``options``.
 
     Negative ``guidance_scale`` / empty ``weighting`` select the backend
     defaults (SD: 100, "sds"; pixel: 20, "uniform"). ``overrides`` (e.g.
     ``unet=``, ``vae=``, ``resolution=``, ``num_train_timesteps=``) win.
     """
-    g = config.guidance if "guidance" in config else config
     if kind not in DEFAULTS:
       raise ValueError(f"Unknown guidance kind {kind!r}; choose one of {sorted(DEFAULTS)}.")
+    o = options
     scale, weighting = DEFAULTS[kind]
     kw = dict(
         kind=kind,
-        guidance_scale=float(g.guidance_scale) if g.guidance_scale >= 0 else scale,
-        weighting=g.weighting or weighting,
-        t_min=float(g.t_min), t_max=float(g.t_max),
-        grad_clip=float(g.grad_clip),
-        resolution=int(g.sd_resolution) if kind == "stable_diffusion" else 0,
-        unet_dtype=g.unet_dtype, vae_remat=bool(g.vae_remat))
+        guidance_scale=float(o.guidance_scale) if o.guidance_scale >= 0 else scale,
+        weighting=o.weighting or weighting,
+        t_min=float(o.t_min), t_max=float(o.t_max),
+        grad_clip=float(o.grad_clip),
+        resolution=int(o.sd_resolution) if kind == "stable_diffusion" else 0,
+        unet_dtype=o.unet_dtype, vae_remat=bool(o.vae_remat))
     kw.update(overrides)
     return cls(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceOptions:
+  """The user's guidance settings (``config.guidance``, translated once by
+  ``stage2.config.guidance_options``), before a model is loaded.
+
+  Attributes:
+    backend: "auto" (from the weights directory) | "stable_diffusion" |
+      "pixel" | "deepfloyd_if" | "builtin".
+    weights_dir: local diffusers directory ("" = the built-in prior).
+    guidance_scale: CFG scale (< 0: the backend default).
+    weighting: "" (backend default) | "uniform" | "sds" | "fantasia3d".
+    t_min, t_max: timestep range as fractions of T.
+    grad_clip: elementwise SDS gradient clip (0 disables).
+    sd_resolution: render size fed to Stable Diffusion's VAE.
+    unet_dtype: compute dtype of the UNet.
+    vae_remat: recompute the VAE encoder in the backward pass.
+    memory_efficient_attention: chunked attention in diffusers' Flax UNet.
+    text_cache_dir: DeepFloyd IF's T5 embedding cache ("" = its default).
+    builtin_object_sharpness: the built-in prior's object caption sharpness
+      (-1 = its default).
+  """
+  backend: str = "auto"
+  weights_dir: str = ""
+  guidance_scale: float = -1.0
+  weighting: str = ""
+  t_min: float = GuidanceSpec.t_min
+  t_max: float = GuidanceSpec.t_max
+  grad_clip: float = GuidanceSpec.grad_clip
+  sd_resolution: int = 512
+  unet_dtype: str = GuidanceSpec.unet_dtype
+  vae_remat: bool = GuidanceSpec.vae_remat
+  memory_efficient_attention: bool = False
+  text_cache_dir: str = ""
+  builtin_object_sharpness: float = -1.0
 
 
 def encode(spec: GuidanceSpec, params: Any, images: jax.Array, key: jax.Array) -> jax.Array:

@@ -263,7 +263,7 @@ def _route(root: pathlib.Path, backend: str) -> tuple[str, dict]:
   return kind_from_unet_config(unet_cfg, backend), unet_cfg
 
 
-def load_guidance(root: PathLike, config: Any, *, backend: str = "auto",
+def load_guidance(root: PathLike, options: core.GuidanceOptions, *, backend: str = "auto",
                   sharding: Any = None) -> tuple[Any, dict]:
   """Loads UNet (+ VAE for latent models) and the schedule -> (spec, params).
 
@@ -273,7 +273,7 @@ def load_guidance(root: PathLike, config: Any, *, backend: str = "auto",
 
   Args:
     root: local diffusers directory.
-    config: the full ConfigDict (reads ``config.guidance``).
+    options: the user's guidance settings (``core.GuidanceOptions``).
     backend: "auto" | "stable_diffusion" | "pixel" | "deepfloyd_if".
     sharding: target sharding of the weights (default: the first device).
 
@@ -285,13 +285,12 @@ def load_guidance(root: PathLike, config: Any, *, backend: str = "auto",
   kind, unet_cfg = _route(root, backend)
   if kind == "stable_diffusion":
     check_model_dir(root, ("vae",))
-  g = config.guidance if "guidance" in config else config
   if kind == "deepfloyd_if":
-    unet, unet_params, _ = load_if_unet(root, dtype=g.unet_dtype, sharding=sharding)
+    unet, unet_params, _ = load_if_unet(root, dtype=options.unet_dtype, sharding=sharding)
   else:
     unet, unet_params, _ = load_unet(
-        root, dtype=g.unet_dtype,
-        memory_efficient_attention=bool(g.get("memory_efficient_attention", False)))
+        root, dtype=options.unet_dtype,
+        memory_efficient_attention=bool(options.memory_efficient_attention))
   abar = load_alphas_cumprod(root)
   sched = _read_json(root / "scheduler" / "scheduler_config.json")
   params = {"unet": unet_params, "alphas_cumprod": jnp.asarray(abar)}
@@ -307,10 +306,11 @@ def load_guidance(root: PathLike, config: Any, *, backend: str = "auto",
     extra.update(vae=vae, scaling_factor=float(vae_cfg.get("scaling_factor", 0.18215)))
   else:
     extra.update(resolution=int(unet_cfg.get("sample_size", 64)))
-  return core.GuidanceSpec.from_config(config, kind=kind, **extra), params
+  return core.GuidanceSpec.from_options(options, kind=kind, **extra), params
 
 
-def load_scene_guidance(config: Any, root: PathLike | None = None, *,
+def load_scene_guidance(options: core.GuidanceOptions, prompt: prompts.PromptSpec,
+                        root: PathLike | None = None, *,
                         sharding: Any = None) -> tuple[Any, dict, dict]:
   """Everything the trainer needs from a diffusers directory, once per scene.
 
@@ -324,9 +324,10 @@ def load_scene_guidance(config: Any, root: PathLike | None = None, *,
   loads the UNet, so T5 and the UNet are never on the device together.
 
   Args:
-    config: full ConfigDict (``guidance`` and ``prompt`` sections; IF reads
-      ``guidance.text_cache_dir`` if present, see ``t5.default_cache_dir``).
-    root: directory (default ``config.guidance.weights_dir``).
+    options: the user's guidance settings (IF reads ``text_cache_dir``, see
+      ``t5.default_cache_dir``).
+    prompt: the scene's prompts.
+    root: directory (default ``options.weights_dir``).
     sharding: target sharding of the UNet weights (default: first device).
 
   Returns:
@@ -334,20 +335,21 @@ def load_scene_guidance(config: Any, root: PathLike | None = None, *,
     "interaction": [V, L, D], "uncond": [L, D]} (see prompts.embedding_table;
     IF: L = 77, D = the T5 width, 4096 for T5-XXL).
   """
-  root = check_model_dir(root if root is not None else config.guidance.weights_dir,
+  root = check_model_dir(root if root is not None else options.weights_dir,
                          ("unet", "scheduler"))
-  backend = config.guidance.backend if config.guidance.backend != "builtin" else "auto"
+  backend = options.backend if options.backend != "builtin" else "auto"
   kind, _ = _route(root, backend)
   if kind == "deepfloyd_if":
-    table = load_scene_text(config, root, kind)   # T5 first, freed before the UNet loads
-    spec, params = load_guidance(root, config, backend=backend, sharding=sharding)
+    table = load_scene_text(options, prompt, root, kind)   # T5 first, freed before the UNet
+    spec, params = load_guidance(root, options, backend=backend, sharding=sharding)
     return spec, params, table
   check_model_dir(root, ("text_encoder", "tokenizer"))
-  spec, params = load_guidance(root, config, backend=backend)
-  return spec, params, load_scene_text(config, root, kind)
+  spec, params = load_guidance(root, options, backend=backend)
+  return spec, params, load_scene_text(options, prompt, root, kind)
 
 
-def load_scene_text(config: Any, root: PathLike, kind: str) -> dict:
+def load_scene_text(options: core.GuidanceOptions, prompt: prompts.PromptSpec, root: PathLike,
+                    kind: str) -> dict:
   """The scene's prompt-embedding table from the text encoder of ``root`` only.
 
   ``kind`` "deepfloyd_if": T5 (``t5.encode_prompts``: bf16, on-disk cache,
@@ -358,11 +360,9 @@ def load_scene_text(config: Any, root: PathLike, kind: str) -> dict:
     {"human", "head", "object", "interaction": [V, L, D], "uncond": [L, D]}.
   """
   root = pathlib.Path(root)
-  pspec = prompts.PromptSpec.from_config(config)
   if kind == "deepfloyd_if":
     t5.check_t5_dir(root)
-    return t5.encode_prompts(root, pspec,
-                             cache_dir=config.guidance.get("text_cache_dir", "") or None)
+    return t5.encode_prompts(root, prompt, cache_dir=options.text_cache_dir or None)
   check_model_dir(root, ("text_encoder", "tokenizer"))
   encode = prompts.clip_text_encoder(load_tokenizer(root), *load_text_encoder(root))
-  return prompts.embedding_table(encode, pspec)
+  return prompts.embedding_table(encode, prompt)

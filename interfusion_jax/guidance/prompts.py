@@ -14,7 +14,6 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 VIEWS = ("front", "side", "back", "overhead")  # table row order
@@ -26,7 +25,7 @@ class PromptError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PromptSpec:
-  """Static prompt settings (from ``config.prompt``)."""
+  """Static prompt settings (``config.prompt``, translated by ``stage2.config.prompt_spec``)."""
   human: str
   object: str
   interaction: str
@@ -37,11 +36,6 @@ class PromptSpec:
   front_azimuth_deg: float = 45.0
   back_azimuth_deg: float = 135.0
   head_template: str = "head of {human}"   # official: "a photo of head of T_H, 8K, HD"
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "PromptSpec":
-    p = config.prompt if "prompt" in config else config
-    return cls(**{f.name: p[f.name] for f in dataclasses.fields(cls) if f.name in p})
 
 
 def _check(text: str, what: str) -> str:

@@ -21,7 +21,15 @@ DEFAULT_THRESHOLD = 25.0
 
 
 def grid_points(resolution: int, radius: float) -> np.ndarray:
-  """Cell-corner lattice of [-r, r]^3: [R, R, R, 3] float32 (index order x, y, z)."""
+  """Node coordinates of the cubic scene-box grid ``linspace(-r, r, R)`` per axis
+  (mesh extraction and the evaluation metrics share it).
+
+  Args:
+    resolution: R nodes per axis; radius: box half size r.
+
+  Returns:
+    [R, R, R, 3] float32 points, indexed [ix, iy, iz].
+  """
   lin = np.linspace(-radius, radius, resolution, dtype=np.float32)
   return np.stack(np.meshgrid(lin, lin, lin, indexing="ij"), axis=-1)
 

@@ -20,7 +20,7 @@ Algorithm (one vectorised pass over every triangle of several views):
   6. perspective-correct barycentrics of the winners -> depth, normal, colour;
   7. Lambertian shading ``albedo * (ambient + diffuse * max(n.l, 0))``.
 
-Conventions (same as ``interfusion_jax/camera.py``):
+Conventions (same as ``interfusion_jax/nerf/camera.py``):
   * ``c2w`` is a 4x4 OpenGL camera-to-world matrix whose columns are right,
     up, backward (+z) and the camera position; the camera looks along -z.
   * ``fovy_deg`` is the vertical field of view; the focal length in pixels is

@@ -9,7 +9,7 @@ codebook    codebook file format
 build       render -> embed -> K-Means codebook build (python -m ...pose.build)
 retrieval   top-k retrieval (clip / builtin), de-duplication
 choose      best / rank / clip_rerank / sample
-anchor      anchor file format, retrieve_anchor(config) for the trainer
+anchor      anchor file format, retrieve_anchor(AnchorQuery) for the trainer
 """
 from interfusion_jax.pose.anchor import AnchorPose, load_anchor, retrieve_anchor, save_anchor
 

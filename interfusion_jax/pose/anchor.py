@@ -137,34 +137,59 @@ def find_anchor(cb: codebook_lib.Codebook, interaction: str, *, clip=None, body=
                     np.asarray(ch.global_orient, np.float32), meta), cands
 
 
-def retrieve_anchor(config) -> AnchorPose:
-  """The trainer's entry point: the anchor pose for ``config``.
+@dataclasses.dataclass(frozen=True)
+class AnchorQuery:
+  """What stage 1 needs to pick the anchor pose (``config.pose`` plus the scene's
+  prompts, body and seed; translated once by ``stage2.config.anchor_query``).
 
-  Honours config.pose.anchor_file (load it), .codebook ("" = built-in),
-  .clip_dir ("" = built-in text retrieval), .top_k, .choose, .rank, .dedup,
-  .query_template, plus config.prompt.interaction / .human (scene prompt for
-  clip_rerank), config.body.model and config.seed (for "sample").
+  Attributes:
+    interaction, human: T_I and T_H (T_I is retrieved; "T_H T_I" reranks).
+    anchor_file: load this anchor ``.npz`` instead of retrieving ("" = retrieve).
+    codebook: codebook ``.npz`` ("" = the built-in library codebook).
+    clip_dir: local FlaxCLIP directory ("" = built-in text retrieval).
+    top_k, choose, rank, dedup, query_template: the retrieval and choice
+      (``find_anchor``).
+    body_model, body_gender: the body of CLIP reranking renders.
+    seed: the run's seed (``choose="sample"``).
+  """
+  interaction: str
+  human: str = ""
+  anchor_file: str = ""
+  codebook: str = ""
+  clip_dir: str = ""
+  top_k: int = 7
+  choose: str = "best"
+  rank: int = 0
+  dedup: bool = False
+  query_template: str = "a rendered 3d man is {interaction}"
+  body_model: str = "default"
+  body_gender: str = "neutral"
+  seed: int = 0
+
+
+def retrieve_anchor(query: AnchorQuery) -> AnchorPose:
+  """The trainer's entry point: the anchor pose of ``query``.
 
   Returns:
     AnchorPose(body_pose [63], global_orient [3], meta).
   """
-  pc = config.pose
-  if pc.anchor_file:
-    anchor = load_anchor(pc.anchor_file)
-    log.info("anchor pose: loaded %s", pc.anchor_file)
+  q = query
+  if q.anchor_file:
+    anchor = load_anchor(q.anchor_file)
+    log.info("anchor pose: loaded %s", q.anchor_file)
     return anchor
-  cb = codebook_lib.load(pc.codebook or None)
+  cb = codebook_lib.load(q.codebook or None)
   clip = body = None
-  if pc.clip_dir:
-    clip = clip_lib.load_clip(pc.clip_dir)
+  if q.clip_dir:
+    clip = clip_lib.load_clip(q.clip_dir)
   if clip is not None:
-    body = body_model.load_body_model(config.body.model, config.body.gender)
-  scene = f"{config.prompt.human} {config.prompt.interaction}".strip()
+    body = body_model.load_body_model(q.body_model, q.body_gender)
+  scene = f"{q.human} {q.interaction}".strip()
   anchor, _ = find_anchor(
-      cb, config.prompt.interaction, clip=clip, body=body, top_k=pc.top_k,
-      method=pc.choose, rank=pc.rank, seed=int(config.seed), use_dedup=pc.dedup,
-      template=pc.query_template, scene_prompt=scene,
-      codebook_name=pc.codebook or "builtin")
+      cb, q.interaction, clip=clip, body=body, top_k=q.top_k,
+      method=q.choose, rank=q.rank, seed=int(q.seed), use_dedup=q.dedup,
+      template=q.query_template, scene_prompt=scene,
+      codebook_name=q.codebook or "builtin")
   log.info("anchor pose: %s retrieval chose %r", anchor.meta["backend"],
            anchor.meta["source"])
   return anchor

@@ -281,7 +281,8 @@ NOTICE = (
     "a local diffusers model (see docs/prior.md).")
 
 
-def load_builtin_guidance(config, progress: bool = True):
+def load_builtin_guidance(options: core.GuidanceOptions, prompt: prompts.PromptSpec,
+                          progress: bool = True):
   """(GuidanceSpec, params, embedding table) of the built-in prior for the trainer.
 
   The prompt table is built by the trainer's own ``prompts.embedding_table``
@@ -289,7 +290,7 @@ def load_builtin_guidance(config, progress: bool = True):
   caption maps to its factorised conditioning.
 
   Args:
-    config: the full ConfigDict (reads config.guidance and config.prompt).
+    options: the user's guidance settings; prompt: the scene's prompts.
     progress: progress bar if the bank has to be built.
 
   Returns:
@@ -298,9 +299,9 @@ def load_builtin_guidance(config, progress: bool = True):
   if "builtin" not in core.BACKENDS:
     raise BankError("guidance/core.py does not register the 'builtin' backend; add "
                     "BACKENDS['builtin'] = (guidance.builtin.encode, guidance.builtin.predict_eps).")
-  g = config.guidance
+  g = options
   pspec = denoiser.PriorSpec()
-  if float(g.get("builtin_object_sharpness", -1.0)) >= 0:
+  if float(g.builtin_object_sharpness) >= 0:
     try:
       pspec = dataclasses.replace(pspec, object_sharpness=float(g.builtin_object_sharpness))
     except ValueError as e:
@@ -316,14 +317,14 @@ def load_builtin_guidance(config, progress: bool = True):
       num_train_timesteps=pspec.num_train_timesteps, grad_clip=float(g.grad_clip),
       resolution=int(bank["images"].shape[1]),
       camera_conditioning=pspec.camera_kappa > 0)
-  return spec, params, builtin_text_table(config)
+  return spec, params, builtin_text_table(prompt)
 
 
-def builtin_text_table(config) -> dict:
-  """The prompt-embedding table of config.prompt under the built-in prior's text encoder.
+def builtin_text_table(prompt: prompts.PromptSpec) -> dict:
+  """The prompt-embedding table of ``prompt`` under the built-in prior's text encoder.
 
   Returns:
     ``prompts.embedding_table`` output ({name: [V, 1, D]}, "uncond": [1, D]).
   """
   return prompts.embedding_table(lambda texts: jnp.asarray(denoiser.embed_captions(texts)),
-                                 prompts.PromptSpec.from_config(config))
+                                 prompt)

@@ -29,7 +29,7 @@ import difflib
 import math
 import numbers
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
@@ -42,6 +42,7 @@ from interfusion_jax.nerf import field as field_lib
 from interfusion_jax.nerf import hashgrid
 from interfusion_jax.nerf import occupancy as occ_lib
 from interfusion_jax.nerf import render as render_lib
+from interfusion_jax.pose import anchor as pose_anchor
 from interfusion_jax.stage2 import schedules
 
 
@@ -595,9 +596,33 @@ def parse(cfg: ml_collections.ConfigDict | RunConfig) -> RunConfig:
   return RunConfig(**scalars, **sections)
 
 
-def validate(cfg: ml_collections.ConfigDict) -> RunConfig:
-  """``parse`` under its older name: checks ``cfg`` before anything compiles."""
-  return parse(cfg)
+def to_dict(run: RunConfig) -> dict:
+  """``run`` as nested plain dicts (config.json; ``parse`` reads it back)."""
+  return {"seed": run.seed, "variant": run.variant,
+          **{name: dataclasses.asdict(getattr(run, name)) for name in SECTIONS}}
+
+
+def override(run: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+  """``run`` with dotted keys (``"prompt.human"``, ``"seed"``) set, each value checked.
+
+  Raises:
+    ConfigError: naming an unknown key or a bad value.
+  """
+  scalars, sections = {}, {}
+  for key, v in values.items():
+    if key in SCALARS:
+      ok, what = SCALARS[key]
+      if not ok(v):
+        raise ConfigError(f"config.{key} = {v!r}: {what}.")
+      scalars[key] = v
+      continue
+    name, _, field = key.partition(".")
+    if name not in SECTIONS or field not in {f.name for f in dataclasses.fields(SECTIONS[name])}:
+      raise unknown_key_error(key)
+    sections.setdefault(name, {})[field] = v
+  return dataclasses.replace(
+      run, **scalars,
+      **{name: dataclasses.replace(getattr(run, name), **kw) for name, kw in sections.items()})
 
 
 def check_overrides(argv: Iterable[str], flag: str = "config") -> None:
@@ -717,7 +742,7 @@ def schedule_spec(run: RunConfig) -> schedules.ScheduleSpec:
       period=l.schedule_period, orient_start=float(l.lambda_orient_start),
       orient_end=float(l.lambda_orient_end), orient_ramp_steps=l.lambda_orient_ramp_steps,
       ambient_only_steps=run.shading.ambient_only_steps, trace_every=run.camera.trace_every,
-      t_max=float(run.guidance.t_max), t_anneal=run.guidance.t_anneal,
+      t_anneal=run.guidance.t_anneal,
       t_anneal_end=float(run.guidance.t_anneal_end), total_steps=run.train.steps)
 
 
@@ -729,3 +754,18 @@ def anchor_spec(run: RunConfig) -> anchor_lib.AnchorSpec:
   b = run.body
   return anchor_lib.AnchorSpec(resolution=b.grid_resolution, radius=float(run.field.radius),
                                aug_rot=b.aug_rot, aug_trans=b.aug_trans, cache_dir=b.cache_dir)
+
+
+def guidance_options(run: RunConfig) -> guidance_core.GuidanceOptions:
+  """The user's guidance settings (t_anneal / t_anneal_end go to ``schedule_spec``)."""
+  g = dataclasses.asdict(run.guidance)
+  return guidance_core.GuidanceOptions(**{f.name: g[f.name] for f in
+                                          dataclasses.fields(guidance_core.GuidanceOptions)})
+
+
+def anchor_query(run: RunConfig) -> pose_anchor.AnchorQuery:
+  """Stage 1's query: config.pose, the scene's prompts, body and seed."""
+  return pose_anchor.AnchorQuery(
+      interaction=run.prompt.interaction, human=run.prompt.human,
+      body_model=run.body.model, body_gender=run.body.gender, seed=int(run.seed),
+      **dataclasses.asdict(run.pose))

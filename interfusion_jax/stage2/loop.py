@@ -101,7 +101,7 @@ def compile_group(spec: step_lib.TrainSpec, num_scenes: int,
   over the largest device count dividing ``render.batch_size`` instead.
   """
   available = num_devices or jax.local_device_count()
-  batch = spec.sections.render.batch_size
+  batch = spec.settings.batch_size
   if num_scenes > 1:
     d = usable_devices(num_scenes, available)
     mesh = device_mesh(d)
@@ -169,19 +169,20 @@ def stack_frozen(scenes: Sequence[setup_lib.Scene]) -> dict:
           "anchor": stack([s.frozen["anchor"] for s in scenes])}
 
 
-def build_group(configs: Sequence[ml_collections.ConfigDict], paths: Sequence | None = None,
+def build_group(configs: Sequence[config_lib.RunConfig], paths: Sequence | None = None,
                 guidance=None) -> Group:
   """Loads the guidance once and each scene's prompt table and anchor.
 
   Args:
-    configs: one config per scene; they may differ only in non-static
-      settings (prompts, pose choice, seed).
+    configs: one parsed config per scene (a ``ConfigDict`` is parsed here); they
+      may differ only in non-static settings (prompts, pose choice, seed).
     paths: per-scene ``run_io.RunPaths`` (or None entries / None).
     guidance: optional (GuidanceSpec, params, table) for the first scene (tests).
 
   Raises:
     setup.TrainSetupError: when the scenes' static settings differ.
   """
+  configs = [config_lib.parse(c) for c in configs]
   paths = list(paths) if paths is not None else [None] * len(configs)
   first = setup_lib.build_scene(configs[0], paths[0], guidance=guidance)
   scenes = [first] + [setup_lib.build_scene(c, p, shared=first)
@@ -195,23 +196,26 @@ def build_group(configs: Sequence[ml_collections.ConfigDict], paths: Sequence | 
   return Group(first.spec, stack_frozen(scenes), scenes, list(configs), paths)
 
 
-def single_group(scene: setup_lib.Scene, config: ml_collections.ConfigDict,
+def single_group(scene: setup_lib.Scene, config: config_lib.RunConfig,
                  paths: run_io.RunPaths | None) -> Group:
   """The group of one already built scene (a single run)."""
   return Group(scene.spec, stack_frozen([scene]), [scene], [config], [paths])
 
 
-def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
+def restore_or_init(config: config_lib.RunConfig, spec: step_lib.TrainSpec,
                     paths: run_io.RunPaths | None, resume: bool | None,
-                    origin=None) -> step_lib.TrainState:
-  """Fresh state, or the newest loadable checkpoint.
+                    origin=None, max_step: int | None = None) -> step_lib.TrainState:
+  """Fresh state, or the newest loadable checkpoint (at a step <= ``max_step`` if given).
 
   resume None: resume automatically when checkpoints exist; True: a
   checkpoint must exist; False: start fresh (existing checkpoints are an error).
   origin: the fresh state's object origin (``setup.object_origin``).
+  max_step: a sweep's scenes of one group resume from their common step, so
+  the group trains as the same compiled program as before an interruption
+  (bitwise resume on CPU); ``train_loop`` drops the metrics rows after it.
   """
   fresh = step_lib.init_state(jax.random.PRNGKey(int(config.seed)), spec, origin)
-  if paths is None:
+  if paths is None or (max_step is not None and max_step <= 0):
     return fresh
   has = ckpt_lib.latest_step(paths.checkpoints) is not None
   if resume is False:
@@ -226,7 +230,8 @@ def restore_or_init(config: ml_collections.ConfigDict, spec: step_lib.TrainSpec,
           f"--resume given but {paths.checkpoints} holds no checkpoint.")
     return fresh
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
-  restored = ckpt_lib.restore_latest(manager, fresh, legacy=step_lib.legacy_targets(fresh))
+  restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step,
+                                     legacy=step_lib.legacy_targets(fresh))
   if restored is None:
     if resume:
       raise setup_lib.TrainSetupError(f"No loadable checkpoint in {paths.checkpoints}.")
@@ -372,31 +377,38 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
 # Whole runs.
 
 
-def preflight(config: ml_collections.ConfigDict, workdir: str | None) -> run_io.RunPaths | None:
-  """Config validation and the work directory, before any compilation."""
-  config_lib.parse(config)
+def preflight(config: config_lib.RunConfig | ml_collections.ConfigDict, workdir: str | None
+              ) -> tuple[config_lib.RunConfig, run_io.RunPaths | None]:
+  """The parsed config and the work directory, before anything loads or compiles.
+
+  The command line passes the ``RunConfig`` it parsed; a ``ConfigDict`` (tests,
+  notebooks) is parsed here, the one place a run's config is parsed.
+  """
+  run = config_lib.parse(config)
   if workdir is None:
-    return None
+    return run, None
   try:
-    return run_io.prepare_workdir(workdir)
+    return run, run_io.prepare_workdir(workdir)
   except run_io.WorkdirError as e:
     raise setup_lib.TrainSetupError(str(e)) from e
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool | None = None,
+def run(config: config_lib.RunConfig | ml_collections.ConfigDict, workdir: str, *,
+        resume: bool | None = None,
         guidance=None, num_devices: int | None = None, stop_after: int | None = None,
         progress: bool = True, final_outputs: bool = True) -> dict:
   """The whole stage-2 run of one scene; returns summary.json's content (or loop info).
 
   Args:
-    config: a config from configs/hoi.py (validated here).
+    config: the parsed config (a ``ConfigDict`` from configs/hoi.py is parsed by
+      ``preflight``).
     workdir: run directory.
     resume: None auto / True required / False fresh (see ``restore_or_init``).
     guidance: optional (GuidanceSpec, params, text table) override (tests).
     num_devices: local devices to use (default: all that divide the camera batch).
     stop_after: stop after this many steps without final outputs (tests).
   """
-  paths = preflight(config, workdir)
+  config, paths = preflight(config, workdir)
   scene = setup_lib.build_scene(config, paths, guidance=guidance)
   group = single_group(scene, config, paths)
   run_io.save_config(paths, config)
@@ -412,40 +424,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool | None 
   return summary
 
 
-PROMPT_KEYS = ("human", "object", "interaction")
+def train_scenes(configs: Sequence[config_lib.RunConfig], *, steps: int | None = None,
+                 guidance=None, progress: bool = True,
+                 num_devices: int | None = None) -> dict:
+  """Trains scenes of one group for ``steps`` (default config.train.steps) steps at once,
+  in memory: fresh states, nothing read or written (tests and references;
+  ``sweep.run_sweep`` is the sweep, with run directories and resume).
 
-
-def scene_configs(base: ml_collections.ConfigDict,
-                  prompts: Sequence[dict]) -> list[ml_collections.ConfigDict]:
-  """One validated config per prompt dict (keys among human / object / interaction).
-
-  Raises:
-    ValueError: for an empty prompt list or an unknown key; config.ConfigError
-      for a value the schema rejects (e.g. an empty prompt).
-  """
-  if not prompts:
-    raise ValueError("scene_configs: no prompts given; pass at least one "
-                     "{'human': ..., 'object': ..., 'interaction': ...} dict.")
-  out = []
-  for i, p in enumerate(prompts):
-    bad = sorted(set(p) - set(PROMPT_KEYS))
-    if bad:
-      raise ValueError(f"scene_configs: prompt {i} has unknown keys {bad}; "
-                       f"use {list(PROMPT_KEYS)}.")
-    c = base.copy_and_resolve_references()
-    for k, v in p.items():
-      setattr(c.prompt, k, str(v))
-    config_lib.parse(c)
-    out.append(c)
-  return out
-
-
-def train_sweep(configs: Sequence[ml_collections.ConfigDict], *, steps: int | None = None,
-                guidance=None, progress: bool = True,
-                num_devices: int | None = None) -> dict:
-  """Trains every scene for ``steps`` (default config.train.steps) steps at once, in memory.
-
-  The step is compiled once for all scenes; nothing is written.
+  The step is compiled once for all scenes.
 
   Returns:
     {"group": Group, "states": [host TrainState per scene],
@@ -453,8 +439,8 @@ def train_sweep(configs: Sequence[ml_collections.ConfigDict], *, steps: int | No
   """
   group = build_group(configs, guidance=guidance)
   states = [restore_or_init(c, group.spec, None, None, s.object_origin)
-            for c, s in zip(configs, group.scenes)]
-  total = int(configs[0].train.steps if steps is None else steps)
+            for c, s in zip(group.configs, group.scenes)]
+  total = int(group.configs[0].train.steps if steps is None else steps)
   states, info = train_loop(states, group, total_steps=total, num_devices=num_devices,
                             progress=progress)
   return {"group": group, "states": states, "metrics": info["last_metrics"],

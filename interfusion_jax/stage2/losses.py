@@ -86,7 +86,7 @@ def nerf_occupancy(sigma, delta: float = 0.2):
   Args:
     sigma: densities ``[...]``. A JAX array (or tracer, Python scalar) is
       computed with ``jax.numpy``; a NumPy array with NumPy in its own dtype
-      (e.g. float64 for the host-side metrics of ``stage2.evaluation``).
+      (e.g. float64 for the host-side metrics of ``evaluation.metrics``).
     delta: the pseudo step length (official 0.2).
 
   Returns:

@@ -13,12 +13,12 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from interfusion_jax.mesh import export as mesh_export
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.nerf import render as render_lib
+from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import run_io
 from interfusion_jax.stage2 import setup as setup_lib
 from interfusion_jax.stage2 import step as step_lib
@@ -44,7 +44,7 @@ def eval_shading(cam, spec: step_lib.TrainSpec):
   ambient_light + diffuse_light * max(0, n . l) times the albedo
   (``config.shading``), with the point light at the camera's position.
   """
-  if getattr(spec.sections.camera, "eval_shading", "albedo") != "diffuse":
+  if spec.settings.eval_shading != "diffuse":
     return None
   s = spec.shading
   return render_lib.Shading(jnp.asarray(cam.light_position, jnp.float32),
@@ -55,7 +55,7 @@ def eval_shading(cam, spec: step_lib.TrainSpec):
 def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec) -> dict:
   """Renders on white of the object, human and interaction scene, shaded by
   ``eval_shading`` (albedo, or diffuse with the light at the camera); each on
-  its own occupancy grid (``step.render_grid``; ``occupancy`` is the state's
+  its own occupancy grid (``step.occupancy_grid_for``; ``occupancy`` is the state's
   {grid: OccupancyGrid} or one grid for all).
 
   Returns:
@@ -70,11 +70,11 @@ def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec)
     if name == "interaction":
       r = render_lib.render_two_fields(fn, params["human"], fn, params["object"], rays_o,
                                        rays_d, bg, spec.render,
-                                       occupancy=step_lib.render_grid(occupancy, name),
+                                       occupancy=step_lib.occupancy_grid_for(occupancy, name),
                                        shading=shading)
     else:
       r = render_lib.render_rays(fn, params[name], rays_o, rays_d, bg, spec.render,
-                                 occupancy=step_lib.render_grid(occupancy, name),
+                                 occupancy=step_lib.occupancy_grid_for(occupancy, name),
                                  shading=shading)
     img = render_lib.to_image(r, h, w)
     out[name] = {"rgb": img["rgb"], "opacity": img["opacity"],
@@ -98,8 +98,8 @@ def at_size(spec: step_lib.TrainSpec, size: int) -> step_lib.TrainSpec:
   """``spec`` rendering ``size`` x ``size`` pixels (0: unchanged)."""
   if not size:
     return spec
-  render = dataclasses.replace(spec.sections.render, height=size, width=size)
-  return dataclasses.replace(spec, sections=dataclasses.replace(spec.sections, render=render))
+  return dataclasses.replace(
+      spec, settings=dataclasses.replace(spec.settings, height=size, width=size))
 
 
 def validation_grid(params: Params, occupancy, object_center, spec: step_lib.TrainSpec,
@@ -132,7 +132,7 @@ def extract_meshes(params: Params, spec: step_lib.TrainSpec, resolution: int,
   The default iso-level is the camera-tracing level, NeRF occupancy
   1 - exp(-delta sigma) = 0.5, i.e. sigma = ln 2 / delta.
   """
-  delta = spec.sections.loss.geo_delta
+  delta = spec.loss.geo_delta
   level = math.log(2.0) / delta if threshold is None else threshold
   density = jax.jit(spec.model.density)
   albedo = jax.jit(lambda p, x: spec.model.field(p, x)[1])
@@ -184,7 +184,7 @@ def write_meshes(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: 
 
 
 def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
-                        config: ml_collections.ConfigDict, paths: run_io.RunPaths,
+                        config: config_lib.RunConfig, paths: run_io.RunPaths,
                         info: dict) -> dict:
   """Turntables, multi-view grid, meshes and summary.json into <workdir>/final.
 

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from interfusion_jax.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 (the run's writers)
+from interfusion_jax.stage2 import config as config_lib
 
 
 class WorkdirError(FileNotFoundError):
@@ -113,30 +114,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
-def save_config(paths: RunPaths, config) -> None:
-  """Writes the resolved ConfigDict as config.json (reload: ``load_config``)."""
-  atomic_write_text(paths.config, config.to_json(indent=2, sort_keys=True) + "\n")
+def save_config(paths: RunPaths, run: config_lib.RunConfig) -> None:
+  """Writes the parsed config as config.json (reload: ``load_config``)."""
+  atomic_write_text(paths.config, json.dumps(_jsonable(config_lib.to_dict(run)), indent=2,
+                                             sort_keys=True) + "\n")
 
 
-def load_config(workdir: str | os.PathLike):
-  """The ConfigDict saved in ``workdir/config.json``.
+def load_config(workdir: str | os.PathLike) -> config_lib.RunConfig:
+  """The config saved in ``workdir/config.json``, parsed (``config.parse``).
 
   Raises:
     FileNotFoundError: if the run directory has no config.json.
+    config.ConfigError: if it holds an unknown key or a bad value.
   """
-  import ml_collections  # local: keeps run_io importable without it
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: --workdir must be a directory written by "
         "`python -m interfusion_jax.train`.")
-  data = json.loads(path.read_text())
-
-  def fix(d):
-    # JSON turns tuples into lists; the configs use tuples for ranges.
-    return {k: (fix(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v)
-            for k, v in d.items()}
-  return ml_collections.ConfigDict(fix(data))
+  return config_lib.parse(json.loads(path.read_text()))
 
 
 class MetricsWriter:
@@ -180,9 +176,13 @@ def _tensorboard_writer(logdir: pathlib.Path):
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
-  """All rows of a metrics.jsonl file (a truncated last line is ignored)."""
+  """All rows of a metrics.jsonl file ([] when it is missing; a truncated line is skipped)."""
   rows = []
-  for line in pathlib.Path(path).read_text().splitlines():
+  try:
+    lines = pathlib.Path(path).read_text().splitlines()
+  except FileNotFoundError:
+    return rows
+  for line in lines:
     with contextlib.suppress(json.JSONDecodeError):
       rows.append(json.loads(line))
   return rows

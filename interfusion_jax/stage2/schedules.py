@@ -46,7 +46,6 @@ class ScheduleSpec:
   orient_ramp_steps: int = 5000
   ambient_only_steps: int = 2001
   trace_every: int = 1000
-  t_max: float = 0.98
   t_anneal: str = "none"
   t_anneal_end: float = 0.5
   total_steps: int = 10000
@@ -127,7 +126,7 @@ def trace_due(step: int, every: int = 1000) -> bool:
   return int(step) % int(every) == 0
 
 
-def max_timestep_fraction(step: Any, spec: ScheduleSpec) -> Any:
+def max_timestep_fraction(step: Any, spec: ScheduleSpec, t_max: float) -> Any:
   """Upper end of the SDS timestep range U[t_min, t_max] (PAPER.md "SDS").
 
   InterFusion does no annealing ("none": constant t_max); "linear" and
@@ -137,11 +136,13 @@ def max_timestep_fraction(step: Any, spec: ScheduleSpec) -> Any:
   Args:
     step: integer step.
     spec: the schedule spec.
+    t_max: the start value, the guidance spec's ``t_max`` (config.guidance.t_max;
+      its one road into the step).
 
   Returns:
     A 0-d float32 array in (0, 1).
   """
-  return jnp.asarray(sds.anneal_t_max(step, spec.total_steps, spec.t_max,
+  return jnp.asarray(sds.anneal_t_max(step, spec.total_steps, t_max,
                                       spec.t_anneal_end, spec.t_anneal), jnp.float32)
 
 

@@ -1,6 +1,6 @@
 """Everything a run needs before its first step, loaded before anything compiles.
 
-``build_scene(config, paths) -> Scene``: the guidance model and prompt
+``build_scene(run, paths) -> Scene`` (``run``: the parsed ``config.RunConfig``): the guidance model and prompt
 embeddings (``load_guidance_and_text``), the stage-1 anchor pose and body
 (``prepare_anchor``), the object's starting place (``object_origin``) and the
 static ``TrainSpec`` (``train_spec``). Errors in any of them raise
@@ -15,7 +15,6 @@ import warnings
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from interfusion_jax.body import anchor as body_anchor
@@ -54,23 +53,27 @@ def model_fns(run: config_lib.RunConfig) -> model_lib.ModelFns:
   return model_lib.bind(config_lib.field_spec(run), config_lib.background_spec(run))
 
 
-def train_spec(config: ml_collections.ConfigDict | config_lib.RunConfig, guidance_spec: Any,
+def train_spec(run: config_lib.RunConfig, guidance_spec: Any,
                model: model_lib.ModelFns | None = None) -> step_lib.TrainSpec:
-  """The static TrainSpec of a config (validated here) and a guidance spec.
+  """The static TrainSpec of a parsed config and a guidance spec.
 
   Args:
     model: optional ModelFns override (tests use closed-form fields).
   """
-  run = config_lib.parse(config)
-  p = run.prompt
+  p, c = run.prompt, run.camera
   return step_lib.TrainSpec(
       model=model or model_fns(run), guidance=guidance_spec,
       render=config_lib.render_spec(run), shading=config_lib.shading_spec(run),
       camera=config_lib.camera_spec(run), occupancy=config_lib.occupancy_spec(run),
       schedule=config_lib.schedule_spec(run),
-      sections=step_lib.StepSections(render=run.render, camera=run.camera,
-                                     background=run.background, loss=run.loss,
-                                     optim=run.optim, field=run.field),
+      loss=run.loss, optim=run.optim,
+      settings=step_lib.StepSettings(
+          height=run.render.height, width=run.render.width, batch_size=run.render.batch_size,
+          object_scale=c.object_scale, interaction_scale=c.interaction_scale,
+          human_scale=c.human_scale, head_scale=c.head_scale,
+          trace_resolution=c.trace_resolution, trace_threshold=c.trace_threshold,
+          eval_shading=c.eval_shading, random_white_prob=run.background.random_white_prob,
+          object_blob=run.field.object_blob),
       views=(float(p.overhead_elevation_deg), float(p.front_azimuth_deg),
              float(p.back_azimuth_deg)))
 
@@ -85,7 +88,7 @@ def spec_key(spec: step_lib.TrainSpec) -> Any:
     return ("id", id(spec))
 
 
-def object_origin(config: ml_collections.ConfigDict, anchor: Any) -> np.ndarray | None:
+def object_origin(config: config_lib.RunConfig, anchor: Any) -> np.ndarray | None:
   """Where the object field starts (config.field.object_blob; not in the official code).
 
   "origin": None (the official blob at the origin, c_O = 0). "placement": the
@@ -109,7 +112,7 @@ def object_origin(config: ml_collections.ConfigDict, anchor: Any) -> np.ndarray 
   return objects.bbox_center(placement.place_named(name, v, f, j).mesh).astype(np.float32)
 
 
-def load_guidance_and_text(config: ml_collections.ConfigDict):
+def load_guidance_and_text(config: config_lib.RunConfig):
   """(GuidanceSpec, guidance params, prompt embedding table) from config.guidance.
 
   With ``config.guidance.weights_dir`` empty (or ``backend="builtin"``) the
@@ -119,32 +122,33 @@ def load_guidance_and_text(config: ml_collections.ConfigDict):
   Raises:
     TrainSetupError: when the weights directory is incomplete.
   """
-  g = config.guidance
+  g, prompt = config_lib.guidance_options(config), config_lib.prompt_spec(config)
   root = str(g.weights_dir).strip()
   if not root or g.backend == "builtin":
-    gspec, gparams, table = prior_assets.load_builtin_guidance(config)
+    gspec, gparams, table = prior_assets.load_builtin_guidance(g, prompt)
     logging.warning(prior_assets.NOTICE.format(n=int(gparams["bank"].shape[0])))
     return gspec, gparams, table
   try:
-    return loading.load_scene_guidance(config, root)
+    return loading.load_scene_guidance(g, prompt, root)
   except FileNotFoundError as e:
     raise TrainSetupError(f"config.guidance.weights_dir: {e}") from e
 
 
-def text_table(config: ml_collections.ConfigDict, guidance_kind: str) -> dict:
+def text_table(config: config_lib.RunConfig, guidance_kind: str) -> dict:
   """The prompt-embedding table of one scene under an already chosen guidance backend.
 
   Only the text encoder is loaded (the built-in captions, T5 for DeepFloyd IF
   with its on-disk cache, CLIP for Stable Diffusion / pixel UNets), never the
   diffusion model again.
   """
+  prompt = config_lib.prompt_spec(config)
   if guidance_kind == "builtin":
-    return prior_assets.builtin_text_table(config)
-  return loading.load_scene_text(config, str(config.guidance.weights_dir).strip(),
-                                 guidance_kind)
+    return prior_assets.builtin_text_table(prompt)
+  g = config_lib.guidance_options(config)
+  return loading.load_scene_text(g, prompt, str(g.weights_dir).strip(), guidance_kind)
 
 
-def load_anchor_pose(config: ml_collections.ConfigDict) -> pose_anchor.AnchorPose:
+def load_anchor_pose(config: config_lib.RunConfig) -> pose_anchor.AnchorPose:
   """Stage 1: the anchor pose (config.pose.anchor_file or retrieval from T_I).
 
   Raises:
@@ -153,7 +157,7 @@ def load_anchor_pose(config: ml_collections.ConfigDict) -> pose_anchor.AnchorPos
   try:
     if str(config.pose.anchor_file).strip():
       return pose_anchor.load_anchor(config.pose.anchor_file)
-    return pose_anchor.retrieve_anchor(config)
+    return pose_anchor.retrieve_anchor(config_lib.anchor_query(config))
   except (FileNotFoundError, ValueError) as e:
     raise TrainSetupError(f"Anchor pose: {e}") from e
 
@@ -170,13 +174,13 @@ def anchor_preview(anchor: Any, size: int = 256) -> np.ndarray:
   return run_io.to_uint8(np.concatenate(views, axis=1))
 
 
-def prepare_anchor(config: ml_collections.ConfigDict, paths: run_io.RunPaths | None):
+def prepare_anchor(config: config_lib.RunConfig, paths: run_io.RunPaths | None):
   """(Anchor pytree, AnchorPose); writes anchor/anchor.npz and anchor.png into the run."""
   pose = load_anchor_pose(config)
   try:
     anchor = body_anchor.prepare_anchor_from_model(
         str(config.body.model), str(config.body.gender), pose.body_pose, pose.global_orient,
-        config_lib.anchor_spec(config_lib.parse(config)))
+        config_lib.anchor_spec(config))
   except (FileNotFoundError, ValueError) as e:
     raise TrainSetupError(f"Anchor body (config.body.model={config.body.model!r}): {e}") from e
   if paths is not None:
@@ -208,7 +212,7 @@ class Scene:
   object_origin: Any = None          # [3] or None (``object_origin``)
 
 
-def build_scene(config: ml_collections.ConfigDict, paths: run_io.RunPaths | None,
+def build_scene(config: config_lib.RunConfig, paths: run_io.RunPaths | None,
                 guidance=None, shared: Scene | None = None) -> Scene:
   """Loads guidance, prompts and the anchor; builds the TrainSpec.
 

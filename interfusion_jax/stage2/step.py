@@ -61,6 +61,35 @@ GRID_OF = {"object": "object", "human": "human", "head": "human", "interaction":
 
 
 @dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Config settings that the step reads as they are (built by ``setup.train_spec``).
+
+  Attributes:
+    height, width: render size in pixels; batch_size: cameras per step
+      (config.render).
+    object_scale, interaction_scale, human_scale, head_scale: camera tracing,
+      centre = scale * pos + offset (config.camera).
+    trace_resolution, trace_threshold: the grid and occupancy threshold of the
+      object centre's tracing (config.camera).
+    eval_shading: "albedo" | "diffuse" shading of the eval renders (config.camera).
+    random_white_prob: probability of a white background (config.background).
+    object_blob: "origin" | "placement", where the object field starts (config.field).
+  """
+  height: int = 64
+  width: int = 64
+  batch_size: int = 1
+  object_scale: float = 0.7
+  interaction_scale: float = 0.8
+  human_scale: float = 0.7
+  head_scale: float = 0.2
+  trace_resolution: int = 128
+  trace_threshold: float = 0.5
+  eval_shading: str = "diffuse"
+  random_white_prob: float = 0.0
+  object_blob: str = "origin"
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainSpec:
   """All static settings of one training step (hashable; a jit static argument).
 
@@ -69,9 +98,9 @@ class TrainSpec:
     guidance: guidance.core.GuidanceSpec of the diffusion backend.
     render, shading, camera, occupancy, schedule: the library specs derived
       from the config (stage2.config.*_spec).
-    sections: the config sections the step reads directly (image size and
-      camera batch, camera tracing scales, background augmentation, loss
-      weights, Adam, the object blob mode), unchanged from the config.
+    loss, optim: config.loss (Eq. 8 weights, geometric losses) and config.optim
+      (Adam), as they are.
+    settings: the other config settings the step reads (``StepSettings``).
     views: the view-dependent prompt rule (overhead elevation, front and back
       azimuth thresholds, degrees).
     camera_sharding: optional ``NamedSharding`` of the camera batch axis (the
@@ -85,28 +114,19 @@ class TrainSpec:
   camera: camera_lib.CameraSpec
   occupancy: occ_lib.OccupancySpec
   schedule: schedules.ScheduleSpec
-  sections: "StepSections"
+  loss: config_lib.LossConfig
+  optim: config_lib.OptimConfig
+  settings: StepSettings
   views: tuple[float, float, float] = (60.0, 45.0, 135.0)
   camera_sharding: Any = None
 
   @property
   def height(self) -> int:
-    return self.sections.render.height
+    return self.settings.height
 
   @property
   def width(self) -> int:
-    return self.sections.render.width
-
-
-@dataclasses.dataclass(frozen=True)
-class StepSections:
-  """The config sections that the step reads as they are (stage2.config)."""
-  render: config_lib.RenderConfig
-  camera: config_lib.CameraConfig
-  background: config_lib.BackgroundConfig
-  loss: config_lib.LossConfig
-  optim: config_lib.OptimConfig
-  field: config_lib.FieldConfig
+    return self.settings.width
 
 
 class TrainState(NamedTuple):
@@ -128,7 +148,7 @@ class TrainState(NamedTuple):
 
 def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
   """Adam with lr_field for both fields and lr_background for both backgrounds (PAPER.md)."""
-  o = spec.sections.optim
+  o = spec.optim
   adam = lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
   labels = {"human": "field", "object": "field", "bg_human": "background",
             "bg_object": "background"}
@@ -141,7 +161,7 @@ def init_state(key: jax.Array, spec: TrainSpec, object_origin=None) -> TrainStat
 
   Args:
     key: PRNG key of the parameters.
-    spec: TrainSpec. With ``sections.field.object_blob == "placement"`` the
+    spec: TrainSpec. With ``settings.object_blob == "placement"`` the
       object field carries ``blob_center`` = ``object_origin`` (gradient
       stopped), and the human field one at the origin (the same tree for both
       fields, which ``render_views`` stacks).
@@ -150,7 +170,7 @@ def init_state(key: jax.Array, spec: TrainSpec, object_origin=None) -> TrainStat
   params = spec.model.init(key)
   origin = jnp.zeros(3, jnp.float32) if object_origin is None else jnp.asarray(
       object_origin, jnp.float32).reshape(3)
-  if spec.sections.field.object_blob == "placement":
+  if spec.settings.object_blob == "placement":
     params = model_lib.with_blob_centers(params, origin)
   return TrainState(step=jnp.int32(0), params=params,
                     opt_state=make_optimizer(spec).init(params),
@@ -172,14 +192,16 @@ def legacy_targets(fresh: TrainState) -> list:
 # 1. Cameras.
 
 
-def view_index(elevation, azimuth, spec: TrainSpec) -> jax.Array:
-  """View-dependent prompt row (0 front, 1 side, 2 back, 3 overhead); radians in.
+def camera_view_index(elevation_rad, azimuth_rad, spec: TrainSpec) -> jax.Array:
+  """View-dependent prompt row (0 front, 1 side, 2 back, 3 overhead) of a sampled
+  camera, whose angles are in radians (``prompts.view_index`` takes degrees), by
+  the thresholds of ``spec.views``.
 
   Returns:
     int32 scalar.
   """
   overhead, front, back = spec.views
-  return prompts_lib.view_index(jnp.rad2deg(elevation), jnp.rad2deg(azimuth),
+  return prompts_lib.view_index(jnp.rad2deg(elevation_rad), jnp.rad2deg(azimuth_rad),
                                 overhead_deg=overhead, front_deg=front, back_deg=back)
 
 
@@ -199,7 +221,7 @@ def derived_cameras(cam: camera_lib.Camera, object_center: jax.Array, head_joint
   Returns:
     {"object", "interaction", "human", "head"} -> camera.Camera.
   """
-  c, up = spec.sections.camera, spec.camera.up
+  c, up = spec.settings, spec.camera.up
   rc = camera_lib.recenter_camera
   return {
       "object": rc(cam, c.object_scale, object_center, up),
@@ -213,8 +235,9 @@ def derived_cameras(cam: camera_lib.Camera, object_center: jax.Array, head_joint
 # 2. Renders.
 
 
-def render_grid(occupancy, name: str):
-  """The occupancy grid of render ``name`` (``GRID_OF``); a single grid serves all."""
+def occupancy_grid_for(occupancy, name: str):
+  """Looks up the occupancy grid that render ``name`` marches (``GRID_OF``) in the
+  state's ``occupancy`` dict; a single grid (no dict) serves all renders."""
   return occupancy[GRID_OF[name]] if isinstance(occupancy, dict) else occupancy
 
 
@@ -239,7 +262,7 @@ def augmented_background(params: Params, dirs: jax.Array, key: jax.Array,
     use_human = jax.random.uniform(k_pick) < 0.5
   else:
     use_human = jnp.asarray(name in ("human", "head"))
-  white = jax.random.uniform(k_white) < spec.sections.background.random_white_prob
+  white = jax.random.uniform(k_white) < spec.settings.random_white_prob
   bg = jnp.where(use_human, spec.model.background(params["bg_human"], dirs),
                  spec.model.background(params["bg_object"], dirs))
   return jnp.where(white, jnp.ones_like(bg), bg)
@@ -271,7 +294,7 @@ def render_views(params: Params, cams: dict, occupancy, key: jax.Array,
          for n, k in zip(RENDERS, jax.random.split(k_bg, len(RENDERS)))}
   stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
   field_params = stack([params["human"], params["human"], params["object"]])
-  grids = stack([render_grid(occupancy, n) for n in singles])
+  grids = stack([occupancy_grid_for(occupancy, n) for n in singles])
   lit = lambda name, cam: shadings[name]._replace(light_position=cams[cam].light_position)
 
   def one(p, grid, rays_o, rays_d, bg, shading, k):
@@ -287,7 +310,7 @@ def render_views(params: Params, cams: dict, occupancy, key: jax.Array,
   outs = {n: jax.tree_util.tree_map(lambda x, i=i: x[i], batched) for i, n in enumerate(singles)}
   outs["interaction"] = render_lib.render_two_fields(
       fn, params["human"], fn, params["object"], *rays["interaction"], bgs["interaction"],
-      spec.render, occupancy=render_grid(occupancy, "interaction"), key=k_inter,
+      spec.render, occupancy=occupancy_grid_for(occupancy, "interaction"), key=k_inter,
       shading=lit("interaction_human", "interaction"),
       shading_o=lit("interaction_object", "interaction"))
   return outs
@@ -401,7 +424,7 @@ def geometry_terms(params: Params, outs: dict, anchor: Any, key: jax.Array,
     ({"geo_human", "geo_object"}: scalars,
      {"geo_points_human", "geo_points_object"}: float32 point counts).
   """
-  l = spec.sections.loss
+  l = spec.loss
   k_h, k_o = jax.random.split(key)
 
   def samples(out, k):
@@ -460,7 +483,7 @@ def total_loss(terms: dict, weights: dict, spec: TrainSpec) -> jax.Array:
   Returns:
     Scalar.
   """
-  l = spec.sections.loss
+  l = spec.loss
   return (l.lambda_sds_human * human_sds(terms)
           + object_sds(terms, weights["lambda_object_sds"])
           + l.lambda_geo_human * terms["geo_human"]
@@ -479,14 +502,14 @@ def camera_losses(params: Params, state: TrainState, frozen: dict, key: jax.Arra
   """
   k_cam, k_shade, k_render, k_sds, k_geo = jax.random.split(key, 5)
   cam = camera_lib.sample_camera(k_cam, spec.camera, index=index,
-                                 count=spec.sections.render.batch_size)
+                                 count=spec.settings.batch_size)
   head = jnp.asarray(frozen["anchor"].head, jnp.float32)   # joint 15 (Eq. 3's head render)
   cams = derived_cameras(cam, state.object_center, head, spec)
   ambient = schedules.ambient_only(state.step, spec.schedule.ambient_only_steps)
   shadings = sample_shadings(k_shade, ambient, spec)
   outs = render_views(params, cams, state.occupancy, k_render, shadings, spec)
-  view = view_index(cam.elevation, cam.azimuth, spec)
-  t_max = schedules.max_timestep_fraction(state.step, spec.schedule)
+  view = camera_view_index(cam.elevation, cam.azimuth, spec)
+  t_max = schedules.max_timestep_fraction(state.step, spec.schedule, spec.guidance.t_max)
   direction = cam.position / jnp.linalg.norm(cam.position)
   sds, sds_aux = sds_terms(outs, frozen, view, k_sds, t_max, spec, direction)
   terms = {f"sds_{k}": v for k, v in sds.items()}
@@ -571,7 +594,7 @@ def train_step(state: TrainState, frozen: dict, key: jax.Array, *, spec: TrainSp
   k_occ, k_loss = jax.random.split(key)
   grids = update_grids(state, k_occ, spec)
   state = state._replace(occupancy=grids)
-  per_shard = spec.sections.render.batch_size // num_shards
+  per_shard = spec.settings.batch_size // num_shards
   first = (jax.lax.axis_index(axis_name) * per_shard) if axis_name else jnp.int32(0)
   (loss, metrics), grads = jax.value_and_grad(batch_losses, has_aux=True)(
       state.params, state, frozen, k_loss, first, per_shard, spec)
@@ -605,8 +628,8 @@ def make_train_step(spec: TrainSpec, axis_name: str | None = None, num_shards: i
   ``axis_name`` / ``num_shards``: for ``jax.pmap`` over ``num_shards`` devices
   (render.batch_size must divide by it); leave them unset for ``jax.jit``.
   """
-  if spec.sections.render.batch_size % num_shards:
-    raise ValueError(f"config.render.batch_size = {spec.sections.render.batch_size} is not "
+  if spec.settings.batch_size % num_shards:
+    raise ValueError(f"config.render.batch_size = {spec.settings.batch_size} is not "
                      f"divisible by the {num_shards} devices of the pmap.")
   return functools.partial(train_step, spec=spec, axis_name=axis_name, num_shards=num_shards)
 
@@ -629,12 +652,12 @@ def object_center(params_object: Params, previous: jax.Array, spec: TrainSpec) -
   Returns:
     [3] new c_O.
   """
-  res = spec.sections.camera.trace_resolution
+  res = spec.settings.trace_resolution
   pts = occ_lib.cell_centers(res, spec.render.radius).reshape(-1, 3)
   sigma = jax.lax.map(lambda x: spec.model.density(params_object, x),
                       pts.reshape(-1, res ** 2, 3)).reshape(-1)
-  occ = losses.nerf_occupancy(sigma, spec.sections.loss.geo_delta) > \
-      spec.sections.camera.trace_threshold
+  occ = losses.nerf_occupancy(sigma, spec.loss.geo_delta) > \
+      spec.settings.trace_threshold
   count = jnp.sum(occ)
   mean = jnp.sum(jnp.where(occ[:, None], pts, 0.0), axis=0) / jnp.maximum(count, 1)
   return jnp.where(count > 0, mean, previous).astype(jnp.float32)
