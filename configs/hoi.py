@@ -45,7 +45,7 @@ SCENES = _load_scenes().SCENES
 def _keep_tuned_settings(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Settings the offline variants keep from before the official values were adopted.
 
-  Their bars (tests/test_default_bars.py) were measured with these: lambda2
+  Their bars (tests/test_evaluation_metrics_bars.py) were measured with these: lambda2
   levels (0.01, 0.1, 0.1) (official [0.001, 0.01, 0.1]), albedo eval renders
   at 15 deg elevation (official: diffuse at 10 deg) and final renders at the
   variant's own size and frame count (official test video: 180 views, 512^2).
@@ -126,7 +126,7 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The CI-sized default run (tests/test_default_bars.py): ``cpu`` at 16x16.
+  """The CI-sized default run (tests/test_evaluation_metrics_bars.py): ``cpu`` at 16x16.
 
   The geometric losses (Eq. 4 and 7) are sums over ray samples, and 16x16
   renders carry 4x fewer samples than the ``cpu`` variant's 32x32, so both

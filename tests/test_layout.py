@@ -1,4 +1,5 @@
-"""The code's shape (issue 12): the layer rule, the import graph and one home per equation.
+"""The code's shape: the layer rule, the import graph, one home per equation and
+tests that mirror modules.
 
 * ``tools/import_graph.py`` finds no import cycle (imports inside functions
   included), no library module importing a command line, and no
@@ -109,3 +110,51 @@ def test_command_line_modules_only_parse_flags_and_call_the_library():
     assert len(funcs) <= 4, (name, funcs)
     lines = len((PKG / f"{name}.py").read_text().splitlines())
     assert lines < 90, (name, lines)
+
+
+# Tests of the code's shape as a whole, not of one module.
+CROSS_CUTTING = frozenset({"test_layout.py"})
+# Script folders beside the package whose scripts have tests of their own.
+SCRIPT_DIRS = ("examples", "tools", "benchmarks")
+
+
+def module_stems(root: pathlib.Path) -> set[str]:
+  """Every module's test name stem: ``nerf/hashgrid.py`` -> "nerf_hashgrid",
+  ``train.py`` -> "train", ``examples/render_demo.py`` -> "examples_render_demo"."""
+  stems = set()
+  for path in (root / "interfusion_jax").rglob("*.py"):
+    rel = path.relative_to(root / "interfusion_jax").with_suffix("")
+    if rel.name not in ("__init__", "__main__"):
+      stems.add("_".join(rel.parts))
+  for d in SCRIPT_DIRS:
+    stems |= {f"{d}_{p.stem}" for p in (root / d).glob("*.py")}
+  return stems
+
+
+def owner_module(test_file: str, stems: set[str]) -> str | None:
+  """The module a test file is named after (``test_<module stem>[_<topic>].py``),
+  the longest stem that matches; None when it names no module."""
+  name = test_file[len("test_"):-len(".py")]
+  owners = [s for s in stems if name == s or name.startswith(s + "_")]
+  return max(owners, key=len) if owners else None
+
+
+def test_tests_mirror_modules():
+  """tests/test_<package>_<module>[_<topic>].py or tests/test_<module>[_<topic>].py
+  (docs/testing.md): every test file names the one module it tests."""
+  stems = module_stems(ROOT)
+  assert {"nerf_hashgrid", "stage2_step", "train", "evaluation_report"} <= stems
+  unnamed = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))
+             if p.name not in CROSS_CUTTING and owner_module(p.name, stems) is None]
+  assert unnamed == [], unnamed
+
+
+def test_test_names_are_checked():
+  """The checker itself on planted names."""
+  stems = {"nerf_render", "nerf_render_extra", "train", "stage2_step"}
+  assert owner_module("test_nerf_render_official.py", stems) == "nerf_render"
+  assert owner_module("test_nerf_render_extra_x.py", stems) == "nerf_render_extra"
+  assert owner_module("test_train_smoke.py", stems) == "train"
+  assert owner_module("test_train.py", stems) == "train"
+  assert owner_module("test_render.py", stems) is None          # which render?
+  assert owner_module("test_step.py", stems) is None            # stage2_step

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from interfusion_jax.stage2 import loop as train
+from interfusion_jax.stage2 import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", "/tmp/interfusion_jax_test_cache")
@@ -69,8 +69,8 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert (killed / "final" / "summary.json").exists()
 
-  _, _, a = train.load_trained(str(full))
-  _, _, b = train.load_trained(str(killed))
+  _, _, a = loop.load_trained(str(full))
+  _, _, b = loop.load_trained(str(killed))
   assert int(a.step) == int(b.step) == STEPS
   for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import hoi
-from interfusion_jax.stage2 import config as config_validation
-from interfusion_jax.stage2 import loop as train
+from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import setup as setup_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   # The separate entry points work on the finished run.
   proc = _run(["interfusion_jax.render", f"--workdir={work}", "--frames=2"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  # render re-renders at the run's train.final_resolution too (--frames=2:
+  # render re-renders at the run's loop.final_resolution too (--frames=2:
   # 2 views per row).
   assert imageio.imread(work / "renders" / "multiview.png").shape[:2] == (3 * 24 + 4 * 2,
                                                                          2 * 24 + 3 * 2)
@@ -116,22 +116,22 @@ def test_smoke_cli_trains_with_a_tiny_deepfloyd_if_dir(tmp_path):
 def no_compile(monkeypatch):
   def boom(*a, **k):
     raise AssertionError("compilation started before the input was checked")
-  monkeypatch.setattr(train, "cached_compile", boom)
-  monkeypatch.setattr(train, "compile_group", boom)
+  monkeypatch.setattr(loop, "cached_compile", boom)
+  monkeypatch.setattr(loop, "compile_group", boom)
 
 
 def test_empty_prompt_fails_early(tmp_path, no_compile):
   cfg = hoi.get_config("smoke")
   cfg.prompt.interaction = "  "
-  with pytest.raises(config_validation.ConfigError, match="prompt.interaction"):
-    train.run(cfg, str(tmp_path / "w"))
+  with pytest.raises(config_lib.ConfigError, match="prompt.interaction"):
+    loop.run(cfg, str(tmp_path / "w"))
 
 
 def test_empty_weights_dir_routes_to_builtin_prior(caplog):
   cfg = hoi.get_config("smoke")
   assert cfg.guidance.weights_dir == ""
   with caplog.at_level("WARNING"):
-    gspec, gparams, table = setup_lib.load_guidance_and_text(config_validation.parse(cfg))
+    gspec, gparams, table = setup_lib.load_guidance_and_text(config_lib.parse(cfg))
   assert gspec.kind == "builtin"
   assert "LOW FIDELITY" in caplog.text and "weights_dir" in caplog.text
   assert set(table) >= {"human", "head", "object", "interaction", "uncond"}
@@ -142,7 +142,7 @@ def test_missing_weights_fail_early(tmp_path, no_compile):
   cfg = hoi.get_config("smoke")
   cfg.guidance.weights_dir = str(tmp_path / "nowhere")
   with pytest.raises(setup_lib.TrainSetupError, match="weights_dir"):
-    train.run(cfg, str(tmp_path / "w"))
+    loop.run(cfg, str(tmp_path / "w"))
 
 
 def test_bad_anchor_file_fails_early(tmp_path, no_compile):
@@ -152,17 +152,17 @@ def test_bad_anchor_file_fails_early(tmp_path, no_compile):
   cfg.pose.anchor_file = str(bad)
   guidance = (None, {}, {})
   with pytest.raises(setup_lib.TrainSetupError, match="63"):
-    train.run(cfg, str(tmp_path / "w"), guidance=guidance)
+    loop.run(cfg, str(tmp_path / "w"), guidance=guidance)
   cfg.pose.anchor_file = str(tmp_path / "missing.npz")
   with pytest.raises(setup_lib.TrainSetupError, match="does not exist"):
-    train.run(cfg, str(tmp_path / "w"), guidance=guidance)
+    loop.run(cfg, str(tmp_path / "w"), guidance=guidance)
 
 
 def test_unwritable_workdir_fails_early(tmp_path, no_compile):
   blocker = tmp_path / "file"
   blocker.write_text("x")
   with pytest.raises(setup_lib.TrainSetupError, match="writable"):
-    train.run(hoi.get_config("smoke"), str(blocker / "run"))
+    loop.run(hoi.get_config("smoke"), str(blocker / "run"))
 
 
 def test_cli_reports_errors(tmp_path):

@@ -283,7 +283,7 @@ def distance_grid(vertices: np.ndarray, faces: np.ndarray, coords: np.ndarray,
   point of its nearest band node (a closest-point transform propagated by
   scipy's Euclidean distance transform), then refined by ``refine_passes``
   passes of neighbour propagation. Accuracy: within half a voxel of the
-  exact distance (tests/test_anchor.py).
+  exact distance (tests/test_body_anchor.py).
 
   Args:
     vertices: [V, 3]; faces: [F, 3]; coords: [R] node coordinates.

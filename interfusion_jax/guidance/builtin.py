@@ -74,7 +74,7 @@ class PriorSpec:
       bank images (tau = 1: the exact posterior of the smoothed model). In
       D = 3072 pixel dimensions the exact posterior is a hard nearest
       neighbour that ignores the caption; tau = 100 lets the caption weights
-      compete with the image distance (tests/test_prior_denoiser.py checks
+      compete with the image distance (tests/test_guidance_builtin.py checks
       that SDS then reaches the requested hue).
     mix: the per-factor floor of the caption weights (0 = hard matching).
     view_mix: the floor of the view factor (views are coarse and the bank

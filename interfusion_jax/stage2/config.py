@@ -10,17 +10,22 @@ section specs, checking every value where its field is declared::
 
 Contract:
   * every key of a config section is a field of that section's dataclass and
-    every field is a key (``tests/test_config.py`` checks both directions);
+    every field is a key (``tests/test_stage2_config.py`` checks both directions);
   * each default is written once: here, or (for a setting that a library
     spec also has) on the library spec, which the field's default reads;
   * a bad value raises ``ConfigError`` naming the key, the value and what is
     allowed; an unknown key raises ``ConfigError`` naming the key and the
     nearest valid keys.
 
-The library specs that the pure functions take (``nerf.render.RenderSpec``,
-``nerf.camera.CameraSpec``, ...) are derived from a ``RunConfig`` by the
-``*_spec`` functions at the end of this module, the only place where config
-sections are translated into library settings.
+The command line parses its config once; everything below receives the
+``RunConfig`` or specs derived from it. The library specs that the pure
+functions and loaders take (``nerf.render.RenderSpec``,
+``nerf.camera.CameraSpec``, ``guidance.core.GuidanceOptions``,
+``guidance.prompts.PromptSpec``, ``pose.anchor.AnchorQuery``, ...) are derived
+from a ``RunConfig`` by the functions at the end of this module, the only
+place where config sections are translated into library settings.
+``override`` sets dotted keys of a ``RunConfig`` (checked like the file's);
+``to_dict`` gives the plain dicts of ``config.json``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from interfusion_jax.stage2 import config as cv
+from interfusion_jax.stage2 import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def load_config(variant="paper"):
 @pytest.mark.parametrize("variant", ["paper", "cpu", "smoke"])
 def test_variants_validate(variant):
   cfg = load_config(variant)
-  cv.parse(cfg)
+  config_lib.parse(cfg)
   assert cfg.variant == variant
 
 
@@ -73,16 +73,16 @@ def test_bad_values_name_the_key(key, value, needle):
   cfg = load_config("smoke")
   section, name = key.split(".")
   cfg[section][name] = value
-  with pytest.raises(cv.ConfigError) as e:
-    cv.parse(cfg)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.parse(cfg)
   assert needle in str(e.value)
 
 
 def test_t_range_order():
   cfg = load_config()
   cfg.guidance.t_min, cfg.guidance.t_max = 0.6, 0.5
-  with pytest.raises(cv.ConfigError, match="t_min"):
-    cv.parse(cfg)
+  with pytest.raises(config_lib.ConfigError, match="t_min"):
+    config_lib.parse(cfg)
 
 
 def test_unknown_variant():
@@ -109,13 +109,13 @@ def _flat_keys(c, prefix=""):
 def test_every_config_key_is_a_schema_field_and_back(variant):
   import dataclasses
   cfg = load_config(variant)
-  fields = set(cv.SCALARS) | {f"{name}.{f.name}" for name, cls in cv.SECTIONS.items()
+  fields = set(config_lib.SCALARS) | {f"{name}.{f.name}" for name, cls in config_lib.SECTIONS.items()
                               for f in dataclasses.fields(cls)}
   keys = _flat_keys(cfg)
   assert keys - fields == set(), "config keys without a schema field"
   assert fields - keys == set(), "schema fields without a config key"
-  assert set(cv.SECTIONS) == {f.name for f in dataclasses.fields(cv.RunConfig)} - set(cv.SCALARS)
-  run = cv.parse(cfg)
+  assert set(config_lib.SECTIONS) == {f.name for f in dataclasses.fields(config_lib.RunConfig)} - set(config_lib.SCALARS)
+  run = config_lib.parse(cfg)
   for key in keys:
     section, _, name = key.rpartition(".")
     got = getattr(getattr(run, section), name) if section else getattr(run, name)
@@ -125,7 +125,7 @@ def test_every_config_key_is_a_schema_field_and_back(variant):
 
 def test_default_config_is_the_paper_variant():
   paper = load_config("paper")
-  default = cv.default_config()
+  default = config_lib.default_config()
   assert _flat_keys(paper) == _flat_keys(default) | {"variant"}
   for key in _flat_keys(default):
     section, _, name = key.rpartition(".")
@@ -142,7 +142,7 @@ SPEC_FNS = ["hashgrid_spec", "field_spec", "background_spec", "render_spec", "sh
 def test_paper_specs_equal_the_library_defaults(fn):
   """No drift: every library-spec setting with a default gets that default from the paper config."""
   import dataclasses
-  spec = getattr(cv, fn)(cv.parse(load_config("paper")))
+  spec = getattr(config_lib, fn)(config_lib.parse(load_config("paper")))
   drift = {f.name: (getattr(spec, f.name), f.default) for f in dataclasses.fields(spec)
            if f.default is not dataclasses.MISSING and getattr(spec, f.name) != f.default}
   assert drift == {}
@@ -166,23 +166,23 @@ def test_unknown_key_names_the_nearest_valid_keys(key, nearest):
     cfg[section][name] = 3
   else:
     cfg[section] = {name: 3}
-  with pytest.raises(cv.ConfigError) as e:
-    cv.parse(cfg)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.parse(cfg)
   msg = str(e.value)
   assert "\n" not in msg
   assert msg.startswith(f"config.{key} is not a config key. Nearest valid keys: config.")
   named = msg.split("Nearest valid keys: ")[1].rstrip(".").split(", ")
-  assert len(named) == 3 and all(k[len("config."):] in cv.valid_keys() for k in named)
+  assert len(named) == 3 and all(k[len("config."):] in config_lib.valid_keys() for k in named)
   if nearest:
     assert named[0] == nearest
-  with pytest.raises(cv.ConfigError) as e2:     # the command-line check, before absl
-    cv.check_overrides(["--config=configs/hoi.py:smoke", f"--config.{key}=3"])
+  with pytest.raises(config_lib.ConfigError) as e2:     # the command-line check, before absl
+    config_lib.check_overrides(["--config=configs/hoi.py:smoke", f"--config.{key}=3"])
   assert str(e2.value).startswith(f"config.{key} is not a config key. Nearest valid keys: ")
   assert "\n" not in str(e2.value)
 
 
 def test_check_overrides_accepts_valid_keys():
-  cv.check_overrides(["--config=configs/hoi.py:cpu", "--config.render.height=32",
+  config_lib.check_overrides(["--config=configs/hoi.py:cpu", "--config.render.height=32",
                       "--config.seed", "3", "--noconfig.render.skip_empty", "--workdir=x",
                       "--", "--config.not.parsed"])
 
@@ -225,7 +225,7 @@ def test_paper_eval_and_test_video_are_official():
                                                  ("smoke", 4, 0)])
 def test_offline_variants_keep_their_settings(variant, frames, size):
   """The values cpu / quick / smoke had before the official ones were adopted
-  (their bars, tests/test_default_bars.py, were measured with them)."""
+  (their bars, tests/test_evaluation_metrics_bars.py, were measured with them)."""
   c = load_config(variant)
   assert tuple(c.loss.shape_weights) == (0.01, 0.1, 0.1)
   assert c.loss.lambda_object_geo == "official"
@@ -287,7 +287,7 @@ def test_scene_table_equals_the_official_configs():
 def test_scene_preset_resolves_validates_and_equals_its_row(name):
   row = _scenes_module().SCENES[name]
   c = load_config(name)
-  run = cv.parse(c)
+  run = config_lib.parse(c)
   assert c.variant == name
   assert (run.prompt.human, run.prompt.object, run.prompt.interaction) == (
       row["human"], row["object"], row["interaction"])
@@ -296,7 +296,7 @@ def test_scene_preset_resolves_validates_and_equals_its_row(name):
   assert (run.body.aug_rot, run.body.aug_trans) == (row["aug_rot"], row["aug_trans"])
   assert run.camera.distance_range == tuple(row["distance_range"])
   assert run.loss.shape_weights == tuple(row["shape_weights"])
-  assert cv.schedule_spec(run).shape_weights == tuple(row["shape_weights"])
+  assert config_lib.schedule_spec(run).shape_weights == tuple(row["shape_weights"])
   # Everything else is the paper variant's.
   paper = load_config("paper")
   set_by_row = {"prompt.human", "prompt.object", "prompt.interaction", "pose.choose", "pose.rank",
@@ -310,7 +310,7 @@ def test_scene_preset_resolves_validates_and_equals_its_row(name):
 
 
 def test_scene_presets_run_by_name_on_the_command_line():
-  cv.check_overrides(["--config=configs/hoi.py:riding_a_bike", "--config.loss.shape_weights",
+  config_lib.check_overrides(["--config=configs/hoi.py:riding_a_bike", "--config.loss.shape_weights",
                       "(0.01, 0.1, 0.1)"])
   with pytest.raises(ValueError, match="riding_a_bike"):
     load_config("riding_a_unicycle")

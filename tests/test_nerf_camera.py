@@ -75,7 +75,7 @@ def test_centre_ray_hits_target_and_fovy_geometry():
 
 
 def test_sampled_cameras_respect_ranges():
-  # The official perturbations off (tests/test_camera_official.py checks them),
+  # The official perturbations off (tests/test_nerf_camera_official.py checks them),
   # so the position is the sampled spherical one and the camera aims at 0.
   spec = dataclasses.replace(config_lib.camera_spec(config_lib.parse(hoi.get_config())),
                              camera_perturb=0.0, center_perturb=0.0, up_perturb=0.0)

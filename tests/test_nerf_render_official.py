@@ -15,9 +15,9 @@ import pytest
 
 from interfusion_jax.nerf import occupancy as occ
 from interfusion_jax.nerf import render
-from interfusion_jax.stage2 import step as train
+from interfusion_jax.stage2 import step as step_lib
 
-import test_train as tt
+import blob_scene as tt
 
 
 def constant_field(params, x):
@@ -122,14 +122,14 @@ def test_interaction_keeps_a_sample_visible_in_either_field():
 
 def test_three_grids_each_on_its_own_density():
   spec = tt._spec()
-  state = train.init_state(jax.random.PRNGKey(0), spec)
-  assert set(state.occupancy) == set(train.GRIDS)
-  grids = train.update_grids(state, jax.random.PRNGKey(1), spec)   # step 0: an update step
+  state = step_lib.init_state(jax.random.PRNGKey(0), spec)
+  assert set(state.occupancy) == set(step_lib.GRIDS)
+  grids = step_lib.update_grids(state, jax.random.PRNGKey(1), spec)   # step 0: an update step
   o = spec.occupancy
   g = o.resolution
   cell = 2.0 * o.radius / g
   key = lambda i: jax.random.fold_in(jax.random.PRNGKey(1), i)
-  for i, name in enumerate(train.GRIDS):
+  for i, name in enumerate(step_lib.GRIDS):
     jitter = (jax.random.uniform(key(i), (g, g, g, 3)) - 0.5) * cell
     x = (occ.cell_centers(g, o.radius) + jitter).reshape(-1, 3)
     sh = np.asarray(tt._blob_density(state.params["human"], x))
@@ -137,7 +137,7 @@ def test_three_grids_each_on_its_own_density():
     want = {"object": so, "human": sh, "interaction": sh + so}[name] * o.render_step
     np.testing.assert_allclose(np.asarray(grids[name].density).reshape(-1), want, rtol=1e-5,
                                atol=1e-7)
-  assert train.GRID_OF == {"object": "object", "human": "human", "head": "human",
+  assert step_lib.GRID_OF == {"object": "object", "human": "human", "head": "human",
                            "interaction": "interaction"}
 
 
@@ -149,7 +149,7 @@ def test_backgrounds_follow_the_field_and_are_white_half_the_time():
   human, obj = float(jax.nn.sigmoid(-3.0)), float(jax.nn.sigmoid(3.0))
   for name, allowed in (("object", {obj}), ("human", {human}), ("head", {human}),
                         ("interaction", {human, obj})):
-    bg = np.asarray(jax.vmap(lambda k: train.augmented_background(params, dirs, k, spec, name))(
+    bg = np.asarray(jax.vmap(lambda k: step_lib.augmented_background(params, dirs, k, spec, name))(
         keys))[:, 0, 0]
     white = np.isclose(bg, 1.0)
     assert abs(white.mean() - 0.5) < 4 * math.sqrt(0.25 / len(keys))
@@ -166,9 +166,9 @@ def test_each_render_and_field_draws_its_own_shading():
   spec = tt._spec()
   n = 8000
   keys = jax.random.split(jax.random.PRNGKey(5), n)
-  sh = jax.vmap(lambda k: train.sample_shadings(k, jnp.bool_(False), spec))(keys)
+  sh = jax.vmap(lambda k: step_lib.sample_shadings(k, jnp.bool_(False), spec))(keys)
   modes = {k: np.asarray(render.shading_mode(v)) for k, v in sh.items()}
-  assert set(modes) == set(train.SHADED)
+  assert set(modes) == set(step_lib.SHADED)
   p = np.array([0.25, 0.375, 0.375])
   same = np.mean(modes["interaction_human"] == modes["interaction_object"])
   assert abs(same - np.sum(p ** 2)) < 4 * math.sqrt(0.34 * 0.66 / n)
@@ -177,7 +177,7 @@ def test_each_render_and_field_draws_its_own_shading():
   for v in modes.values():
     for m, pm in enumerate(p):
       assert abs(np.mean(v == m) - pm) < 4 * math.sqrt(pm * (1 - pm) / n)
-  albedo = jax.vmap(lambda k: train.sample_shadings(k, jnp.bool_(True), spec))(keys[:16])
+  albedo = jax.vmap(lambda k: step_lib.sample_shadings(k, jnp.bool_(True), spec))(keys[:16])
   for v in albedo.values():
     assert np.all(np.asarray(render.shading_mode(v)) == 0)
 
@@ -187,17 +187,17 @@ def test_geo_points_are_min_of_real_samples_and_cap(max_points):
   spec = tt._spec()
   spec = dataclasses.replace(spec, loss=dataclasses.replace(spec.loss,
                                                           geo_max_points=max_points))
-  state = train.init_state(jax.random.PRNGKey(0), spec)
+  state = step_lib.init_state(jax.random.PRNGKey(0), spec)
 
   @jax.jit
   def run(state):
-    state = state._replace(occupancy=train.update_grids(state, jax.random.PRNGKey(1), spec))
-    cam = train.camera_lib.sample_camera(jax.random.PRNGKey(2), spec.camera)
-    cams = train.derived_cameras(cam, state.object_center, jnp.zeros(3), spec)
-    shadings = train.sample_shadings(jax.random.PRNGKey(3), jnp.bool_(True), spec)
-    outs = train.render_views(state.params, cams, state.occupancy, jax.random.PRNGKey(4),
+    state = state._replace(occupancy=step_lib.update_grids(state, jax.random.PRNGKey(1), spec))
+    cam = step_lib.camera_lib.sample_camera(jax.random.PRNGKey(2), spec.camera)
+    cams = step_lib.derived_cameras(cam, state.object_center, jnp.zeros(3), spec)
+    shadings = step_lib.sample_shadings(jax.random.PRNGKey(3), jnp.bool_(True), spec)
+    outs = step_lib.render_views(state.params, cams, state.occupancy, jax.random.PRNGKey(4),
                               shadings, spec)
-    _, counts = train.geometry_terms(state.params, outs, tt._anchor(), jax.random.PRNGKey(5),
+    _, counts = step_lib.geometry_terms(state.params, outs, tt._anchor(), jax.random.PRNGKey(5),
                                      spec)
     return {n: jnp.sum(outs[n].mask) for n in ("human", "object")}, counts
 
@@ -211,15 +211,15 @@ def test_a_checkpoint_with_one_grid_restores_into_the_three(tmp_path):
   """Runs saved before the three official grids resume (and render) with their grid in all three."""
   from interfusion_jax.stage2 import checkpoint as ckpt_lib
   spec = tt._spec()
-  fresh = train.init_state(jax.random.PRNGKey(0), spec)
+  fresh = step_lib.init_state(jax.random.PRNGKey(0), spec)
   old_grid = occ.OccupancyGrid(density=jnp.full_like(fresh.occupancy["human"].density, 0.25),
                                bitfield=jnp.zeros_like(fresh.occupancy["human"].bitfield))
   old = fresh._replace(occupancy=old_grid, step=jnp.int32(7))
   mgr = ckpt_lib.make_manager(tmp_path / "ckpt", keep=2)
   ckpt_lib.save(mgr, 7, old)
   assert ckpt_lib.restore_latest(mgr, fresh) is None         # the new layout alone cannot
-  step, state = ckpt_lib.restore_latest(mgr, fresh, legacy=train.legacy_targets(fresh))
-  assert step == 7 and set(state.occupancy) == set(train.GRIDS)
-  for g in train.GRIDS:
+  step, state = ckpt_lib.restore_latest(mgr, fresh, legacy=step_lib.legacy_targets(fresh))
+  assert step == 7 and set(state.occupancy) == set(step_lib.GRIDS)
+  for g in step_lib.GRIDS:
     np.testing.assert_array_equal(state.occupancy[g].density, 0.25)
     assert not np.any(state.occupancy[g].bitfield)
