@@ -11,7 +11,6 @@ import re
 from typing import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 _STOP = frozenset("""
 a an the of on in at to with from into onto by for and or while his her their
@@ -161,6 +160,9 @@ def similarity(query: str, documents: Sequence[str]) -> np.ndarray:
     raise EmptyTextError(
         f"The interaction text {query!r} has no content words after removing "
         "stop words; describe the interaction, e.g. 'sitting on a chair'.")
+  # Imported here: scikit-learn (and the scipy.stats it loads) costs every start
+  # of a command that imports pose/ and only the built-in retrieval needs it.
+  from sklearn.feature_extraction.text import TfidfVectorizer  # pylint: disable=import-outside-toplevel
   vec = TfidfVectorizer(analyzer=_analyzer, sublinear_tf=True, norm="l2")
   docs = vec.fit_transform(list(documents))
   q = vec.transform([query])
