@@ -6,7 +6,11 @@ from setuptools import find_packages, setup
 HERE = pathlib.Path(__file__).parent
 
 CORE = [
-    "jax>=0.10.2",  # CPU build by default; see README for GPU/TPU installs.
+    # CPU build by default; GPU/TPU installs: WORKSPACE.md section 5. On NVIDIA GPUs
+    # jaxlib 0.10.2 - 0.11.0 lower f32 scatter-adds to compare-and-swap loops (hundreds
+    # of times slower under contention); interfusion_jax.accel sets the XLA flag that
+    # avoids it on import. 0.11.1+ is fixed upstream. TPU and CPU are unaffected.
+    "jax>=0.10.2",
     "flax>=0.12.8",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12.8",
