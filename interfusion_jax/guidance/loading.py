@@ -70,11 +70,19 @@ def _check_unet_config(cfg: dict, folder: pathlib.Path) -> None:
         f"load_if_unet; otherwise use a Stable Diffusion 1.x/2.x checkpoint.")
 
 
+def unet_platform(sharding: Any = None) -> str:
+  """The jax platform the UNet weights go to: ``sharding``'s devices, else the first device."""
+  if sharding is not None and getattr(sharding, "device_set", None):
+    return next(iter(sharding.device_set)).platform
+  return jax.devices()[0].platform
+
+
 def load_unet(root: PathLike, *, dtype: str = "float32",
               memory_efficient_attention: bool = False) -> tuple[Any, Any, dict]:
   """Loads ``root/unet`` -> (FlaxUNet2DConditionModel, params, config dict).
 
   ``dtype="bfloat16"`` builds the module with bf16 compute and casts params;
+  "auto" resolves with ``core.resolve_unet_dtype`` for the first device.
   ``memory_efficient_attention`` uses diffusers' chunked attention (SD at
   64x64 latents has 4096-token self-attention).
   """
@@ -82,6 +90,7 @@ def load_unet(root: PathLike, *, dtype: str = "float32",
   folder = pathlib.Path(root) / "unet"
   cfg = _read_json(folder / "config.json")
   _check_unet_config(cfg, folder)
+  dtype = core.resolve_unet_dtype(dtype, unet_platform())
   jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -238,11 +247,13 @@ def load_if_unet(root: PathLike, *, dtype: str = "float32", sharding: Any = None
 
   Params are cast to ``dtype`` on the host and ``device_put`` to ``sharding``
   (default: the first device): with ``dtype="bfloat16"`` IF-I-XL never has
-  an fp32 copy on the device. The module computes in ``dtype``.
+  an fp32 copy on the device. The module computes in ``dtype``; "auto"
+  resolves with ``core.resolve_unet_dtype`` for the target devices.
   """
   folder = pathlib.Path(root) / "unet"
   cfg = _read_json(folder / "config.json")
   check_if_unet_config(cfg, folder)
+  dtype = core.resolve_unet_dtype(dtype, unet_platform(sharding))
   model = deepfloyd.IFUNet.from_config(cfg, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
   shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(0))
   return model, _load_params(folder, shapes, _diffusers_rename, dtype=dtype, sharding=sharding), cfg
@@ -285,16 +296,17 @@ def load_guidance(root: PathLike, options: core.GuidanceOptions, *, backend: str
   kind, unet_cfg = _route(root, backend)
   if kind == "stable_diffusion":
     check_model_dir(root, ("vae",))
+  dtype = core.resolve_unet_dtype(options.unet_dtype, unet_platform(sharding))
   if kind == "deepfloyd_if":
-    unet, unet_params, _ = load_if_unet(root, dtype=options.unet_dtype, sharding=sharding)
+    unet, unet_params, _ = load_if_unet(root, dtype=dtype, sharding=sharding)
   else:
     unet, unet_params, _ = load_unet(
-        root, dtype=options.unet_dtype,
+        root, dtype=dtype,
         memory_efficient_attention=bool(options.memory_efficient_attention))
   abar = load_alphas_cumprod(root)
   sched = _read_json(root / "scheduler" / "scheduler_config.json")
   params = {"unet": unet_params, "alphas_cumprod": jnp.asarray(abar)}
-  extra = dict(unet=unet, num_train_timesteps=int(abar.shape[0]),
+  extra = dict(unet=unet, unet_dtype=dtype, num_train_timesteps=int(abar.shape[0]),
                prediction_type=sched.get("prediction_type", "epsilon"))
   if kind == "stable_diffusion":
     vae, vae_params, vae_cfg = load_vae(root)

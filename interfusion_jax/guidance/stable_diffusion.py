@@ -74,7 +74,8 @@ def unet_eps(spec: Any, unet_params: Any, x_t: jax.Array, t: jax.Array,
   half (the first C channels).
 
   Args:
-    spec: ``GuidanceSpec`` with ``unet`` and ``unet_dtype``.
+    spec: ``GuidanceSpec`` with ``unet`` and ``unet_dtype`` ("auto": the
+      module's ``dtype``).
     unet_params: UNet parameter pytree.
     x_t: [N, h, w, C] noisy model input.
     t: [N] integer timesteps.
@@ -83,7 +84,10 @@ def unet_eps(spec: Any, unet_params: Any, x_t: jax.Array, t: jax.Array,
   Returns:
     [N, h, w, C] float32 eps.
   """
-  dtype = jnp.bfloat16 if spec.unet_dtype == "bfloat16" else jnp.float32
+  if spec.unet_dtype == "auto":  # not resolved by a loader: the module's compute dtype
+    dtype = getattr(spec.unet, "dtype", jnp.float32)
+  else:
+    dtype = jnp.bfloat16 if spec.unet_dtype == "bfloat16" else jnp.float32
   sample = jnp.transpose(x_t, (0, 3, 1, 2)).astype(dtype)
   out = spec.unet.apply({"params": unet_params}, sample, t, emb.astype(dtype))
   out = getattr(out, "sample", out)

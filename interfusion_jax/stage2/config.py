@@ -389,7 +389,7 @@ class GuidanceConfig(_Section):
   grad_clip: float = setting(_lib_default(guidance_core.GuidanceSpec, "grad_clip"), nonneg,
                              "must be >= 0 (0 disables clipping)")
   unet_dtype: str = setting(_lib_default(guidance_core.GuidanceSpec, "unet_dtype"),
-                            choices=("float32", "bfloat16"))
+                            choices=guidance_core.UNET_DTYPES)  # auto: bf16 on GPU/TPU
   vae_remat: bool = setting(_lib_default(guidance_core.GuidanceSpec, "vae_remat"), *_BOOL)
   memory_efficient_attention: bool = setting(False, *_BOOL)  # chunked UNet attention
   # DeepFloyd IF: where T5 prompt embeddings are cached ("" = $INTERFUSION_TEXT_CACHE
