@@ -134,6 +134,23 @@ def decide_xla_flags(jaxlib_version: str | None, cuda_plugin: bool, xla_flags: s
                   f"compare-and-swap loops without {FTZ_ATOMICS}")
 
 
+def without_option(xla_flags: str, option: str = FTZ_ATOMICS) -> str:
+  """``xla_flags`` with ``option`` (any value) taken out of its last
+  ``--xla_backend_extra_options``; the flag itself goes when nothing is left.
+  Other flags are kept verbatim (benchmarks time "without" against "with")."""
+  matches = list(_EXTRA_OPTIONS.finditer(xla_flags))
+  if not matches:
+    return xla_flags
+  last = matches[-1]
+  value = last.group("value")
+  rest = [o for o in value.strip('"').split(",") if o.strip() and o.split("=", 1)[0].strip() != option]
+  if not rest:
+    return (xla_flags[:last.start()] + xla_flags[last.end():]).strip()
+  joined = ",".join(rest)
+  joined = f'"{joined}"' if value.startswith('"') else joined
+  return xla_flags[:last.start("value")] + joined + xla_flags[last.end("value"):]
+
+
 def installed_jaxlib_version() -> str | None:
   """jaxlib's version from its installed metadata (jaxlib is not imported)."""
   try:

@@ -60,6 +60,18 @@ def test_merge_keeps_quotes_and_last_wins():
   assert last_extra_options(d.xla_flags) == ["-y", "-z", OPTION]
 
 
+@pytest.mark.parametrize("flags", FLAGS + [
+    '--a=1 --xla_backend_extra_options="-y,-nvptx-allow-ftz-atomics" --b=2'])
+def test_without_option_undoes_the_merge(flags):
+  d = accel.decide_xla_flags("0.10.2", True, flags, False)
+  stripped = accel.without_option(d.xla_flags)
+  assert OPTION not in stripped
+  assert [o for o in last_extra_options(stripped) or []] == [
+      o for o in last_extra_options(flags) or [] if o.split("=")[0] != OPTION]
+  if d.changed:
+    assert stripped.split() == flags.split()
+
+
 def test_parse_version():
   assert accel.parse_version("0.10.2") == (0, 10, 2)
   assert accel.parse_version("0.11.0.dev20261001+cuda") == (0, 11, 0)
