@@ -106,6 +106,9 @@ def test_implementation_choice(monkeypatch):
   assert deepfloyd.attention_implementation(jnp.float32, 64) == "xla"   # cuDNN: no f32
   assert deepfloyd.attention_implementation(jnp.bfloat16, 160) == "xla"
   assert deepfloyd.attention_implementation(jnp.bfloat16, 60) == "xla"
+  monkeypatch.setenv(deepfloyd.ATTENTION_ENV, "xla")
+  assert deepfloyd.attention_implementation(jnp.bfloat16, 64) == "xla"  # the escape hatch
+  monkeypatch.delenv(deepfloyd.ATTENTION_ENV)
   rocm = types.SimpleNamespace(platform="gpu", platform_version="rocm 6")
   monkeypatch.setattr(jax.extend.backend, "get_backend", lambda *a: rocm)
   assert deepfloyd.attention_implementation(jnp.bfloat16, 64) == "xla"

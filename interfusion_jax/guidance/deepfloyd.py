@@ -23,6 +23,7 @@ kernel for bf16 on NVIDIA GPUs, XLA's elsewhere.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -206,6 +207,7 @@ def avg_pool2(x: jax.Array) -> jax.Array:
 
 
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)  # what cuDNN's fused attention takes
+ATTENTION_ENV = "INTERFUSION_JAX_ATTENTION"  # "xla" forces XLA's attention everywhere
 
 
 def attention_implementation(dtype: Dtype, head_dim: int) -> str:
@@ -213,9 +215,13 @@ def attention_implementation(dtype: Dtype, head_dim: int) -> str:
 
   "cudnn" (the fused flash-attention kernel) when jax's default backend is
   an NVIDIA GPU, the inputs are bf16/f16 and the head size is a multiple of
-  8 up to 128; "xla" otherwise (CPU, TPU, float32). jax 0.10.2's
-  ``implementation=None`` always means "xla", hence the explicit choice.
+  8 up to 128; "xla" otherwise (CPU, TPU, float32) or when the environment
+  variable ``INTERFUSION_JAX_ATTENTION=xla`` is set (read at trace time).
+  jax 0.10.2's ``implementation=None`` always means "xla", hence the
+  explicit choice.
   """
+  if os.environ.get(ATTENTION_ENV, "").strip().lower() == "xla":
+    return "xla"
   fused = (jnp.dtype(dtype) in [jnp.dtype(d) for d in FUSED_DTYPES]
            and head_dim % 8 == 0 and head_dim <= 128)
   if not fused:
