@@ -113,7 +113,9 @@ def decide_xla_flags(jaxlib_version: str | None, cuda_plugin: bool, xla_flags: s
     return Decision(xla_flags, False, "no CUDA plugin of jax is installed")
   v = parse_version(jaxlib_version)
   lo, hi = FTZ_ATOMICS_AFFECTED
-  if v is None or not lo <= v < hi:
+  if v is None:
+    return Decision(xla_flags, False, f"jaxlib's version is unknown ({jaxlib_version!r})")
+  if not lo <= v < hi:
     return Decision(xla_flags, False,
                     f"jaxlib {jaxlib_version} compiles f32 atomic adds natively")
   options = _extra_options(xla_flags)
