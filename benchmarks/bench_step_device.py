@@ -39,6 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 # Before jax starts a backend: sets the atomics workaround where it applies.
 from interfusion_jax import accel  # noqa: E402
+from interfusion_jax.stage2 import config as config_lib
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -72,7 +73,7 @@ def build_step(variant: str, tiny: bool, seed: int = 0) -> dict:
   from interfusion_jax.stage2 import setup as setup_lib
   from interfusion_jax.stage2 import step as step_lib
 
-  cfg = hoi.get_config("smoke" if tiny else variant)
+  cfg = config_lib.parse(hoi.get_config("smoke" if tiny else variant))
   if tiny:
     import tiny_models
     unet_cfg, text_dim = tiny_models.if_unet_kwargs(), tiny_models.IF_TEXT_DIM
@@ -87,8 +88,9 @@ def build_step(variant: str, tiny: bool, seed: int = 0) -> dict:
   abar = schedule.alphas_cumprod_from_config(
       {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000})  # IF-I's schedule
   res = int(unet_cfg["sample_size"])
-  gspec = core.GuidanceSpec.from_config(cfg, kind="deepfloyd_if", unet=model, unet_dtype=dtype,
-                                        resolution=res, num_train_timesteps=int(abar.shape[0]))
+  gspec = core.GuidanceSpec.from_options(
+      config_lib.guidance_options(cfg), kind="deepfloyd_if", unet=model, unet_dtype=dtype,
+      resolution=res, num_train_timesteps=int(abar.shape[0]))
   rng = np.random.default_rng(seed)
   views = len(prompts.VIEWS)
   emb = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32), jdtype)

@@ -57,12 +57,12 @@ def pixel_dir(tmp_path_factory):
 def test_load_guidance_auto_is_float32_on_cpu_and_bf16_for_accelerators(pixel_dir, monkeypatch):
   cfg = hoi.get_config()
   assert cfg.guidance.unet_dtype == "auto"
-  spec, params = loading.load_guidance(pixel_dir, cfg)
+  spec, params = loading.load_guidance(pixel_dir, config_lib.guidance_options(config_lib.parse(cfg)))
   assert spec.unet_dtype == "float32" and spec.unet.dtype == jnp.float32
   assert _dtypes(params["unet"]) == {jnp.dtype(jnp.float32)}
   # The same call when the weights go to a GPU: resolved from the target platform.
   monkeypatch.setattr(loading, "unet_platform", lambda sharding=None: "gpu")
-  spec16, params16 = loading.load_guidance(pixel_dir, cfg)
+  spec16, params16 = loading.load_guidance(pixel_dir, config_lib.guidance_options(config_lib.parse(cfg)))
   assert spec16.unet_dtype == "bfloat16" and spec16.unet.dtype == jnp.bfloat16
   assert _dtypes(params16["unet"]) == {jnp.dtype(jnp.bfloat16)}
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
