@@ -39,11 +39,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 # Before jax starts a backend: sets the atomics workaround where it applies.
 from interfusion_jax import accel  # noqa: E402
-from interfusion_jax.stage2 import config as config_lib
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from interfusion_jax.stage2 import config as config_lib  # noqa: E402
 
 # Peak dense bf16 FLOP/s by device-kind substring (first match wins), from the
 # vendors' data sheets (without sparsity).
