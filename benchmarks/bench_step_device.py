@@ -53,11 +53,121 @@ PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100",
 TEXT_TOKENS = 77
 
 
+def guidance_parts(cfg: config_lib.RunConfig, tiny: bool, platform: str, seed: int = 0,
+                   abstract: bool = False) -> dict:
+  """DeepFloyd IF guidance of a parsed config with random weights, or their shapes.
+
+  Args:
+    cfg: the parsed config (its ``guidance`` section gives the spec's options
+      and ``unet_dtype``).
+    tiny: the tests' tiny IF UNet instead of IF-I-XL.
+    platform: where the step will run ("cpu", "cuda", "tpu"): resolves
+      ``unet_dtype="auto"`` (bf16 on GPU/TPU, f32 on the CPU).
+    abstract: ``jax.ShapeDtypeStruct`` leaves instead of arrays (nothing of
+      the UNet's size is allocated; for lowering and cost analysis).
+
+  Returns:
+    {"spec": GuidanceSpec, "params": {"unet", "alphas_cumprod" [1000]},
+     "table": {"human", "head", "object", "interaction": [4, 77, D],
+     "uncond": [77, D]}, "model": IFUNet, "resolution", "text_dim",
+     "unet_dtype": "float32" | "bfloat16"}.
+  """
+  from bench_guidance_device import XL, random_host_params
+  from interfusion_jax.guidance import core, deepfloyd, loading, prompts, schedule
+
+  if tiny:
+    import tiny_models
+    unet_cfg, text_dim = tiny_models.if_unet_kwargs(), tiny_models.IF_TEXT_DIM
+  else:
+    unet_cfg, text_dim = XL, 4096
+  dtype = core.resolve_unet_dtype(cfg.guidance.unet_dtype, platform)
+  jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+  model = deepfloyd.IFUNet.from_config(dict(unet_cfg), dtype=jdtype)
+  shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(seed))
+  abar = schedule.alphas_cumprod_from_config(
+      {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000})  # IF-I's schedule
+  res = int(unet_cfg["sample_size"])
+  gspec = core.GuidanceSpec.from_options(
+      config_lib.guidance_options(cfg), kind="deepfloyd_if", unet=model, unet_dtype=dtype,
+      resolution=res, num_train_timesteps=int(abar.shape[0]))
+  views = len(prompts.VIEWS)
+  if abstract:
+    unet_params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, jdtype), shapes)
+    emb = lambda *s: jax.ShapeDtypeStruct(s, jdtype)
+    abar = jax.ShapeDtypeStruct(abar.shape, jnp.float32)
+  else:
+    unet_params = loading.to_device(random_host_params(shapes, jdtype, seed))
+    rng = np.random.default_rng(seed)
+    emb = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32), jdtype)
+    abar = jnp.asarray(abar)
+  table = {n: emb(views, TEXT_TOKENS, text_dim) for n in ("human", "head", "object", "interaction")}
+  table["uncond"] = emb(TEXT_TOKENS, text_dim)
+  return {"spec": gspec, "params": {"unet": unet_params, "alphas_cumprod": abar},
+          "table": table, "model": model, "resolution": res, "text_dim": text_dim,
+          "unet_dtype": dtype}
+
+
+def abstract_anchor(cfg: config_lib.RunConfig):
+  """The anchor of a parsed config as ``jax.ShapeDtypeStruct`` leaves (no grids built).
+
+  Grids [R, R, R] f32 (R = the config's anchor resolution), the body model's
+  vertices [V, 3], faces [F, 3] int32, joints [J, 3] and the head [3].
+  """
+  from interfusion_jax.body import anchor as anchor_lib
+  from interfusion_jax.body import model as body_model
+
+  spec = config_lib.anchor_spec(cfg)
+  body = body_model.load_body_model(str(cfg.body.model), str(cfg.body.gender))
+  r, f32 = int(spec.resolution), jnp.float32
+  sds = jax.ShapeDtypeStruct
+  return anchor_lib.Anchor(
+      occupancy=sds((r, r, r), f32), distance=sds((r, r, r), f32),
+      vertices=sds(tuple(body.v_template.shape), f32),
+      faces=sds(tuple(body.faces.shape), jnp.int32),
+      joints=sds((body.num_joints, 3), f32), head=sds((3,), f32), radius=spec.radius)
+
+
+def abstract_step(variant: str = "riding_a_bike", tiny: bool = False, platform: str = "cuda",
+                  overrides: dict | None = None, seed: int = 0) -> dict:
+  """The training step of a scene preset on abstract inputs (for export and cost analysis).
+
+  Nothing of IF-I-XL size is allocated: the UNet parameters come from
+  ``jax.eval_shape(model.init_weights, key)``, the prompt table and the anchor
+  are ``jax.ShapeDtypeStruct``s, the state is ``jax.eval_shape`` of
+  ``step.init_state``.
+
+  Args:
+    variant: ``configs/hoi.py`` variant; ``tiny`` uses "smoke" and the tiny UNet.
+    platform: the target platform ("cuda", "tpu", "cpu"): the UNet dtype.
+    overrides: dotted config keys to set (``{"field.hashgrid_backend": "jax"}``).
+
+  Returns:
+    {"spec": TrainSpec, "state": abstract TrainState, "frozen": abstract
+     {"guidance", "text", "anchor"}, "key": abstract PRNG key, "config",
+     "guidance": ``guidance_parts``' dict (abstract)}.
+  """
+  from configs import hoi
+  from interfusion_jax.stage2 import setup as setup_lib
+  from interfusion_jax.stage2 import step as step_lib
+
+  cfg = config_lib.parse(hoi.get_config("smoke" if tiny else variant))
+  if overrides:
+    cfg = config_lib.override(cfg, overrides)
+  g = guidance_parts(cfg, tiny, platform, seed, abstract=True)
+  spec = setup_lib.train_spec(cfg, g["spec"])
+  key = jax.eval_shape(lambda: jax.random.PRNGKey(seed))
+  state = jax.eval_shape(lambda k: step_lib.init_state(k, spec), key)
+  frozen = {"guidance": g["params"], "text": g["table"], "anchor": abstract_anchor(cfg)}
+  return {"spec": spec, "state": state, "frozen": frozen, "key": key, "config": cfg,
+          "guidance": g}
+
+
 def build_step(variant: str, tiny: bool, seed: int = 0) -> dict:
   """Everything one training step needs, built through the stage-2 setup API.
 
-  The only function that knows how a scene, its guidance and the step are
-  put together (adapt here when that API changes).
+  With ``guidance_parts`` and ``abstract_step``, the only code that knows how
+  a scene, its guidance and the step are put together (adapt here when that
+  API changes).
 
   Args:
     variant: ``configs/hoi.py`` variant (a scene preset); ``tiny`` uses "smoke".
@@ -68,45 +178,23 @@ def build_step(variant: str, tiny: bool, seed: int = 0) -> dict:
      "config", "unet": (module, params), "unet_batch": UNet inputs per call,
      "unet_calls_per_step", "resolution", "text_dim", "unet_dtype", "what"}.
   """
-  from bench_guidance_device import XL, random_host_params
   from configs import hoi
-  from interfusion_jax.guidance import core, deepfloyd, loading, prompts, schedule
   from interfusion_jax.stage2 import setup as setup_lib
   from interfusion_jax.stage2 import step as step_lib
 
   cfg = config_lib.parse(hoi.get_config("smoke" if tiny else variant))
-  if tiny:
-    import tiny_models
-    unet_cfg, text_dim = tiny_models.if_unet_kwargs(), tiny_models.IF_TEXT_DIM
-  else:
-    unet_cfg, text_dim = XL, 4096
-  platform = jax.devices()[0].platform
-  dtype = core.resolve_unet_dtype(cfg.guidance.unet_dtype, platform)
-  jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-  model = deepfloyd.IFUNet.from_config(dict(unet_cfg), dtype=jdtype)
-  shapes = jax.eval_shape(model.init_weights, jax.random.PRNGKey(seed))
-  unet_params = loading.to_device(random_host_params(shapes, jdtype, seed))
-  abar = schedule.alphas_cumprod_from_config(
-      {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000})  # IF-I's schedule
-  res = int(unet_cfg["sample_size"])
-  gspec = core.GuidanceSpec.from_options(
-      config_lib.guidance_options(cfg), kind="deepfloyd_if", unet=model, unet_dtype=dtype,
-      resolution=res, num_train_timesteps=int(abar.shape[0]))
-  rng = np.random.default_rng(seed)
-  views = len(prompts.VIEWS)
-  emb = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32), jdtype)
-  table = {n: emb(views, TEXT_TOKENS, text_dim) for n in ("human", "head", "object", "interaction")}
-  table["uncond"] = emb(TEXT_TOKENS, text_dim)
-  gparams = {"unet": unet_params, "alphas_cumprod": jnp.asarray(abar)}
-  scene = setup_lib.build_scene(cfg, None, guidance=(gspec, gparams, table))
+  g = guidance_parts(cfg, tiny, jax.devices()[0].platform, seed)
+  scene = setup_lib.build_scene(cfg, None, guidance=(g["spec"], g["params"], g["table"]))
   state = step_lib.init_state(jax.random.PRNGKey(seed), scene.spec, scene.object_origin)
   cameras = int(cfg.render.batch_size)
   n_renders = len(step_lib.RENDERS)
+  dtype = g["unet_dtype"]
   return {"step": jax.jit(step_lib.make_train_step(scene.spec), donate_argnums=(0,)),
-          "state": state, "frozen": scene.frozen, "config": cfg, "unet": (model, unet_params),
+          "state": state, "frozen": scene.frozen, "config": cfg,
+          "unet": (g["model"], g["params"]["unet"]),
           # Per camera, one UNet call on the renders x the CFG pair (step.sds_terms).
           "unet_batch": 2 * n_renders, "unet_calls_per_step": cameras,
-          "resolution": res, "text_dim": text_dim, "unet_dtype": dtype,
+          "resolution": g["resolution"], "text_dim": g["text_dim"], "unet_dtype": dtype,
           "what": ("tiny IF UNet (tests/tiny_models.py)" if tiny else "IF-I-XL UNet")
                   + f", random {dtype} weights, variant {cfg.variant!r}"}
 
