@@ -190,6 +190,14 @@ def renders_loss(params, state, anchor, key, spec):
   return jnp.mean(jax.vmap(one)(keys, cameras))
 
 
+def lone_cumsum(n: int) -> dict:
+  """What the cost analysis charges one ``cumsum`` of ``n`` float32 (the
+  renderer's size: rays x samples), beside the closed form n (n - 1)."""
+  c = cost(jax.jit(jnp.cumsum), jax.ShapeDtypeStruct((n,), jnp.float32))
+  return {"elements": n, "flops_raw": c["flops_raw"], "n_times_n_minus_1": float(n * (n - 1)),
+          "flops": c["flops"]}
+
+
 def measure(variant: str, tiny: bool) -> dict:
   """Cost of the three parts, lowered for a GPU (bf16 UNet)."""
   from interfusion_jax.stage2 import step as step_lib
@@ -212,7 +220,8 @@ def measure(variant: str, tiny: bool) -> dict:
   batch = 2 * len(step_lib.RENDERS) * int(cfg.render.batch_size)
   parts["unet"]["batch"] = batch
   n_params = sum(math.prod(s.shape) for s in jax.tree_util.tree_leaves(frozen["guidance"]["unet"]))
-  return {"parts": parts, "lower_s": {k: round(v, 2) for k, v in seconds.items()},
+  rays_samples = int(cfg.render.height) * int(cfg.render.width) * int(cfg.render.num_samples)
+  return {"parts": parts, "lone_cumsum": lone_cumsum(rays_samples), "lower_s": {k: round(v, 2) for k, v in seconds.items()},
           "unet_params": n_params, "unet_dtype": a["guidance"]["unet_dtype"],
           "variant": cfg.variant,
           "render": {"height": cfg.render.height, "width": cfg.render.width,

@@ -1,5 +1,8 @@
 """benchmarks/bench_cost_model.py: the cumsum correction against closed forms, and
-the whole script at --tiny size (the parts add up, the roofline is their quotient)."""
+the whole script at --tiny size (the parts add up, the roofline is their quotient).
+
+The --tiny run took 29 s and 15 s on the 2 shared CPU cores (two sittings), so
+it is marked ``slow``; the other tests take under a second each."""
 import json
 import os
 import pathlib
@@ -77,6 +80,10 @@ def test_tiny_run_writes_the_json(tmp_path):
   # One UNet call per camera on the CFG pair of the four renders.
   assert p["unet"]["batch"] == 2 * 4 * r["render"]["cameras"]
   assert p["unet"]["cumsum_flops_raw"] == 0
+  lone = r["lone_cumsum"]
+  n = r["render"]["height"] * r["render"]["width"] * r["render"]["num_samples"]
+  assert lone["elements"] == n and lone["flops_raw"] == lone["n_times_n_minus_1"] == n * (n - 1)
+  assert lone["flops"] == n
   # The renders' cumsums are all of the step's (no other part has one).
   assert p["renders"]["cumsum_flops_raw"] == p["step"]["cumsum_flops_raw"] > 0
   # The parts add up: the step holds the UNet, the renders and a little more (Adam, grids).
