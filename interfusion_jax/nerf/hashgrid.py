@@ -15,11 +15,13 @@ Layout (static, computed from ``HashGridSpec``):
   ``[total_rows, F]``; level ``l`` owns rows ``[offset_l, offset_l + rows_l)``.
 
 The encoding is a ``jax.custom_vjp``: the forward gathers the 8 corners of
-every level; the backward computes the table gradient with far fewer scatter
-updates than autodiff (see ``_table_grad``) and the gradient w.r.t. the
-positions (needed for analytic normals) from the trilinear weight derivatives.
-The backward is itself written in differentiable jnp, so second derivatives
-(e.g. a loss on analytic normals) work.
+every level; the backward computes the table gradient as one scatter per
+block of levels (``_splat``) and the gradient w.r.t. the positions (needed
+for analytic normals) from the trilinear weight derivatives (``_pos_grad``).
+Both are custom VJPs again, so the table gradient of a loss on analytic
+normals is one more splat per block (with derivative weights), never
+autodiff's scatter per corner. ``HashGridSpec.table_grad`` picks how the
+dense levels' share is formed (scatter, sorted segment sum, one-hot matmul).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import hashlib
 import importlib.resources
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -47,6 +50,11 @@ _RES_RTOL = 1e-6
 
 
 BACKENDS = ("jax", "ffi", "auto")
+# How the dense levels' table gradient is formed (the hashed levels always
+# scatter): "scatter" (one scatter-add), "sorted_segment_sum" (sort + segmented
+# scan, no scatter), "one_hot_matmul" (separable one-hot matmuls for dense
+# levels of at most ONE_HOT_MAX_ROWS rows, sorted segment sum for the rest).
+TABLE_GRADS = ("scatter", "sorted_segment_sum", "one_hot_matmul")
 
 
 class HashGridConfigError(ValueError):
@@ -64,12 +72,19 @@ class HashGridSpec:
   # "auto" (default): the C++ jax.ffi kernel on CPU when it builds, else pure
   # JAX; "jax": pure JAX; "ffi": the C++ kernel (error if it cannot be built).
   backend: str = "auto"
+  # How the jnp path forms the dense levels' table gradient (TABLE_GRADS);
+  # all are equal to float32 rounding. Ignored where the C++ kernel runs.
+  table_grad: str = "scatter"
 
   def __post_init__(self):
     if self.backend not in BACKENDS:
       raise HashGridConfigError(
           f"HashGridSpec.backend = {self.backend!r}: choose one of "
           f"{list(BACKENDS)} (config.field.hashgrid_backend).")
+    if self.table_grad not in TABLE_GRADS:
+      raise HashGridConfigError(
+          f"HashGridSpec.table_grad = {self.table_grad!r}: choose one of "
+          f"{list(TABLE_GRADS)} (config.field.hashgrid_table_grad).")
     for name in ("n_levels", "n_features_per_level", "base_resolution"):
       v = getattr(self, name)
       if not isinstance(v, (int, np.integer)) or v < 1:
@@ -142,6 +157,11 @@ def init_hashgrid(key: jax.Array, spec: HashGridSpec) -> Params:
 
 # --------------------------------------------------------------------------
 # Index and weight computation.
+#
+# Internally every array is level-major ([G, N, ...] for a block of G levels):
+# one level's rows are gathered (or scattered) together, so the working set
+# of a pass is one level's table, not all of them at once (about 2x faster
+# gathers and scatters on CPU than point-major [N, G, ...]).
 # --------------------------------------------------------------------------
 
 def _check_points(x01: jax.Array, spec: HashGridSpec) -> None:
@@ -159,6 +179,11 @@ def _level_groups(spec: HashGridSpec) -> tuple[tuple[int, int, bool], ...]:
                if g[1] > g[0])
 
 
+def _block_res(spec: HashGridSpec, start: int, stop: int) -> np.ndarray:
+  """Resolutions of levels ``start .. stop - 1`` as float32 [G, 1, 1]."""
+  return np.asarray(spec.resolutions[start:stop], np.float32)[:, None, None]
+
+
 def _cells(x01: jax.Array, spec: HashGridSpec, start: int, stop: int
            ) -> tuple[jax.Array, jax.Array]:
   """Cell coordinates and in-cell fractions of levels ``start .. stop - 1`` at once.
@@ -167,11 +192,11 @@ def _cells(x01: jax.Array, spec: HashGridSpec, start: int, stop: int
     x01: [N, 3] positions; values outside [0, 1] are clamped into the grid.
 
   Returns:
-    (cell [N, G, 3] int32 in [0, R_l - 1], frac [N, G, 3] float32 in [0, 1]),
+    (cell [G, N, 3] int32 in [0, R_l - 1], frac [G, N, 3] float32 in [0, 1]),
     G = stop - start.
   """
-  res = np.asarray(spec.resolutions[start:stop], np.float32)[:, None]   # [G, 1]
-  pos = jnp.clip(x01.astype(jnp.float32), 0.0, 1.0)[:, None, :] * res
+  res = _block_res(spec, start, stop)
+  pos = jnp.clip(x01.astype(jnp.float32), 0.0, 1.0)[None] * res
   cell = jnp.clip(jnp.floor(pos), 0.0, res - 1.0)
   return cell.astype(jnp.int32), pos - cell
 
@@ -182,39 +207,80 @@ def corner_bits(c: int) -> tuple[int, int, int]:
 
 
 def _corner_rows(cell: jax.Array, c: int, spec: HashGridSpec, start: int, stop: int,
-                 dense: bool) -> jax.Array:
-  """Global table rows of corner ``c`` on levels ``start .. stop - 1``: [N, G, 3] -> [N, G].
+                 dense: bool, local: bool = False) -> jax.Array:
+  """Table rows of corner ``c`` on levels ``start .. stop - 1``: [G, N, 3] -> [G, N].
 
   Dense levels index ``i + j S + k S^2`` with S = R + 1, hashed ones
-  ``(i P0 ^ j P1 ^ k P2) mod T`` in uint32; both plus the level's row offset.
+  ``(i P0 ^ j P1 ^ k P2) mod T`` in uint32; both plus the level's row offset
+  (global rows), or minus the block's first row when ``local``.
   """
   v = cell + np.asarray(corner_bits(c), np.int32)
   if dense:
     s = np.asarray(spec.resolutions[start:stop], np.int64) + 1
-    v = v * np.stack([np.ones_like(s), s, s * s], axis=-1).astype(np.int32)
+    v = v * np.stack([np.ones_like(s), s, s * s], axis=-1).astype(np.int32)[:, None, :]
     rows = v[..., 0] + v[..., 1] + v[..., 2]
   else:
     u = v.astype(jnp.uint32) * np.asarray(HASH_PRIMES, np.uint32)
     rows = ((u[..., 0] ^ u[..., 1] ^ u[..., 2])
             & np.uint32(spec.hashmap_size - 1)).astype(jnp.int32)
-  return rows + np.asarray(spec.level_offsets[start:stop], np.int32)
+  offs = np.asarray(spec.level_offsets[start:stop], np.int64)
+  if local:
+    offs = offs - spec.level_offsets[start]
+  return rows + offs.astype(np.int32)[:, None]
+
+
+def _axis_weights(frac: jax.Array, c: int) -> list[jax.Array]:
+  """The three 1-D hat weights of corner ``c``: b_d ? f_d : 1 - f_d."""
+  return [frac[..., d] if b else 1.0 - frac[..., d] for d, b in enumerate(corner_bits(c))]
 
 
 def _corner_weight(frac: jax.Array, c: int) -> jax.Array:
   """Trilinear weight of corner ``c``: prod_d (b_d ? f_d : 1 - f_d); [..., 3] -> [...]."""
-  w = [frac[..., d] if b else 1.0 - frac[..., d] for d, b in enumerate(corner_bits(c))]
+  w = _axis_weights(frac, c)
   return w[0] * w[1] * w[2]
 
 
 def _corner_weight_grad(frac: jax.Array, c: int) -> jax.Array:
   """d weight_c / d frac_d of corner ``c``'s trilinear weight: [..., 3] -> [..., 3]."""
   b = corner_bits(c)
-  ws = [frac[..., d] if b[d] else 1.0 - frac[..., d] for d in range(3)]
+  ws = _axis_weights(frac, c)
   per = []
   for d in range(3):
     e1, e2 = [e for e in range(3) if e != d]
     per.append((1.0 if b[d] else -1.0) * ws[e1] * ws[e2])
   return jnp.stack(per, axis=-1)
+
+
+def _corner_coef(frac: jax.Array, c: int, hs: jax.Array | None) -> jax.Array:
+  """Corner ``c``'s coefficient: its weight w_c, or sum_d hs_d dw_c/dfrac_d.
+
+  Args:
+    frac: [G, N, 3]; hs: None, or [G, N, 3] direction already scaled by R_l
+      (d frac / d x = R_l inside the grid).
+
+  Returns:
+    [G, N].
+  """
+  if hs is None:
+    return _corner_weight(frac, c)
+  b = corner_bits(c)
+  ws = _axis_weights(frac, c)
+  sh = [hs[..., d] if b[d] else -hs[..., d] for d in range(3)]
+  return sh[0] * (ws[1] * ws[2]) + sh[1] * (ws[0] * ws[2]) + sh[2] * (ws[0] * ws[1])
+
+
+def _inside(x01: jax.Array) -> jax.Array:
+  """[N, 3] bool: the coordinate is not clamped (its position gradient is live)."""
+  return (x01 >= 0.0) & (x01 <= 1.0)
+
+
+def _scaled_direction(h: jax.Array | None, x01: jax.Array, spec: HashGridSpec,
+                      start: int, stop: int) -> jax.Array | None:
+  """R_l * h, zero on clamped coordinates: [N, 3] -> [G, N, 3] (None stays None)."""
+  if h is None:
+    return None
+  hm = jnp.where(_inside(x01), h.astype(jnp.float32), 0.0)
+  return hm[None] * _block_res(spec, start, stop)
 
 
 def corners(x01: jax.Array, spec: HashGridSpec) -> tuple[jax.Array, jax.Array]:
@@ -231,24 +297,32 @@ def corners(x01: jax.Array, spec: HashGridSpec) -> tuple[jax.Array, jax.Array]:
     (rows [N, L, 8] int32, weights [N, L, 8] float32 summing to 1 over corners).
   """
   rows, weights = zip(*[_block_corners(x01, spec, *g) for g in _level_groups(spec)])
-  return jnp.concatenate(rows, axis=1), jnp.concatenate(weights, axis=1)
+  return (jnp.transpose(jnp.concatenate(rows, axis=0), (1, 0, 2)),
+          jnp.transpose(jnp.concatenate(weights, axis=0), (1, 0, 2)))
 
 
-def _block_corners(x01: jax.Array, spec: HashGridSpec, start: int, stop: int, dense: bool
+def _block_corners(x01: jax.Array, spec: HashGridSpec, start: int, stop: int, dense: bool,
+                   h: jax.Array | None = None, local: bool = False
                    ) -> tuple[jax.Array, jax.Array]:
-  """``corners`` of one block of levels: (rows [N, G, 8] int32, weights [N, G, 8])."""
+  """Rows and coefficients (``_corner_coef``) of one block: ([G, N, 8] int32, [G, N, 8])."""
   cell, frac = _cells(x01, spec, start, stop)
-  return (jnp.stack([_corner_rows(cell, c, spec, start, stop, dense) for c in range(8)], -1),
-          jnp.stack([_corner_weight(frac, c) for c in range(8)], axis=-1))
+  hs = _scaled_direction(h, x01, spec, start, stop)
+  return (jnp.stack([_corner_rows(cell, c, spec, start, stop, dense, local)
+                     for c in range(8)], -1),
+          jnp.stack([_corner_coef(frac, c, hs) for c in range(8)], axis=-1))
 
 
 # --------------------------------------------------------------------------
-# Forward / backward.
+# The two linear maps everything is built from, in plain jnp:
 #
-# Each function handles the dense and the hashed levels as two blocks, every
-# block with one gather (or scatter) per corner over all its levels: the
-# program size does not grow with the number of levels (16 unrolled levels
-# made the training step several times slower to trace and compile).
+#   interp(table, x, h)[l, n] = sum_c coef_c(x_n, h_n) table[row_c(x_n, l)]
+#   splat(v, x, h)            = its adjoint in the table: row_c += coef_c v[l, n]
+#
+# with coef_c = w_c (the encoding; h None) or sum_d R_l h_d dw_c/dfrac_d (the
+# derivative of the encoding along h). Each block of levels is one gather per
+# corner, or one scatter for all corners: the program size does not grow with
+# the number of levels (16 unrolled levels made the training step several
+# times slower to trace and compile).
 # --------------------------------------------------------------------------
 
 def _gather(table: jax.Array, rows: jax.Array) -> jax.Array:
@@ -263,56 +337,190 @@ def _gather(table: jax.Array, rows: jax.Array) -> jax.Array:
   return table.at[rows].get(mode="promise_in_bounds")
 
 
-def _encode_reference(table: jax.Array, x01: jax.Array, spec: HashGridSpec
-                      ) -> jax.Array:
-  """The encoding as plain jnp (autodiff would scatter-add); [N, L*F].
+def _interp(table: jax.Array, x01: jax.Array, spec: HashGridSpec,
+            h: jax.Array | None = None) -> jax.Array:
+  """Corner-weighted gathers, level-major: [L, N, F].
 
-  Per block, the index computation, the gathers and the weighted sum over the
-  corners fuse into one loop (nothing [N, L, 8] sized materialises).
+  With ``h`` None this is the encoding; with ``h`` [N, 3] it is the
+  directional derivative d encode(x + t h) / dt at t = 0 (zero along clamped
+  coordinates). Per block, the index computation, the gathers and the sum
+  over the corners fuse into one loop (nothing [G, N, 8] sized materialises).
   """
   feats = []
   for start, stop, dense in _level_groups(spec):
     cell, frac = _cells(x01, spec, start, stop)
+    hs = _scaled_direction(h, x01, spec, start, stop)
     acc = 0.0
     for c in range(8):
       rows = _corner_rows(cell, c, spec, start, stop, dense)
-      acc = acc + _corner_weight(frac, c)[..., None] * _gather(table, rows)
-    feats.append(acc)                                              # [N, G, F]
-  return jnp.concatenate(feats, axis=1).reshape(x01.shape[0], spec.output_dim)
+      acc = acc + _corner_coef(frac, c, hs)[..., None] * _gather(table, rows)
+    feats.append(acc)                                              # [G, N, F]
+  return jnp.concatenate(feats, axis=0)
 
 
-def _table_grad(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
-  """Gradient of sum(g * encode) w.r.t. the flat table (the trilinear splat).
+def _point_major(feats: jax.Array) -> jax.Array:
+  """[L, N, F] -> [N, L*F] (level l in columns [l F, (l + 1) F))."""
+  return jnp.transpose(feats, (1, 0, 2)).reshape(feats.shape[1], -1)
 
-  Per block, rows and weighted updates of all its levels and corners are
-  materialised first (an optimisation barrier keeps XLA from fusing the hash
-  into the scatter loop, which is several times slower on CPU) and scattered
-  in one scatter-add into one buffer (the second block's updates it in
-  place). Levels own disjoint rows, so every row receives its updates in
-  point order.
+
+def _level_major(g: jax.Array, spec: HashGridSpec) -> jax.Array:
+  """[N, L*F] -> [L, N, F] float32."""
+  g = g.reshape(g.shape[0], spec.n_levels, spec.n_features_per_level)
+  return jnp.transpose(g, (1, 0, 2)).astype(jnp.float32)
+
+
+def _encode_reference(table: jax.Array, x01: jax.Array, spec: HashGridSpec
+                      ) -> jax.Array:
+  """The encoding as plain jnp (autodiff would scatter-add per corner); [N, L*F]."""
+  return _point_major(_interp(table, x01, spec))
+
+
+# Dense levels with at most this many rows take the one-hot matmul under
+# table_grad="one_hot_matmul"; larger dense levels take the sorted segment sum.
+ONE_HOT_MAX_ROWS = 1 << 16
+# Points per one-hot matmul chunk: about this many floats in a [chunk, S^2] factor.
+_ONE_HOT_CHUNK_FLOATS = 1 << 22
+
+
+def _sorted_segment_sum(rows: jax.Array, upd: jax.Array, n_rows: int) -> jax.Array:
+  """sum of upd[m] over rows[m] == r, for r < n_rows, without a scatter.
+
+  Sorts the rows (carrying a permutation), sums runs of equal rows with a
+  segmented associative scan and reads each row's total at the end of its
+  run, found by binary search: sort, gathers and a scan only.
 
   Args:
-    g: [N, L, F] output cotangent.
-    x01: [N, 3] positions.
+    rows: [M] int32 in [0, n_rows); upd: [M, F].
 
   Returns:
-    [total_rows, F].
+    [n_rows, F].
   """
-  out = jnp.zeros((spec.total_rows, g.shape[-1]), g.dtype)
+  srows, perm = jax.lax.sort((rows, jnp.arange(rows.shape[0], dtype=jnp.int32)),
+                             num_keys=1)
+  supd = upd[perm]
+  first = jnp.concatenate([jnp.ones((1,), bool), srows[1:] != srows[:-1]])
+
+  def combine(a, b):
+    return jnp.where(b[1][..., None], b[0], a[0] + b[0]), a[1] | b[1]
+
+  run, _ = jax.lax.associative_scan(combine, (supd, first))
+  want = jnp.arange(n_rows, dtype=jnp.int32)
+  lo = jnp.searchsorted(srows, want, side="left")
+  hi = jnp.searchsorted(srows, want, side="right")
+  return jnp.where((hi > lo)[:, None], run[jnp.maximum(hi - 1, 0)], 0.0)
+
+
+def _one_hot_level(vals: jax.Array, cell: jax.Array, frac: jax.Array,
+                   hs: jax.Array | None, res: int) -> jax.Array:
+  """Splat of one dense level as one-hot matmuls, no scatter.
+
+  The trilinear weight is a product of 1-D hats, w_c = a_x(i) a_y(j) a_z(k),
+  so the level's gradient grid[k, j, i] = sum_n a_z[n, k] a_y[n, j] a_x[n, i]
+  v[n] is a matmul [S^2, n] @ [n, S F] over chunks of points (S = R + 1); the
+  derivative coefficient sum_d hs_d dw/dfrac_d is three such products.
+
+  Args:
+    vals: [N, F]; cell, frac: [N, 3]; hs: None or [N, 3] (R-scaled direction);
+    res: the level's resolution R.
+
+  Returns:
+    [(R + 1)^3, F] in the dense row order i + j S + k S^2.
+  """
+  s = res + 1
+  n, f = vals.shape
+  chunk = max(1, min(n, _ONE_HOT_CHUNK_FLOATS // (s * s)))
+  pad = (-n) % chunk
+  padded = lambda a: jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(
+      (n + pad) // chunk, chunk, *a.shape[1:])
+  xs = (padded(vals), padded(cell), padded(frac),
+        padded(hs) if hs is not None else None)
+
+  def body(acc, xs):
+    v, ce, fr, h = xs
+    oh0 = jax.nn.one_hot(ce, s, dtype=jnp.float32)             # [n, 3, S]
+    oh1 = jax.nn.one_hot(ce + 1, s, dtype=jnp.float32)
+    hat = oh0 * (1.0 - fr)[..., None] + oh1 * fr[..., None]     # [n, 3, S]
+    if h is None:
+      terms = [(hat[:, 0], hat[:, 1], hat[:, 2])]
+    else:
+      dhat = (oh1 - oh0) * h[..., None]
+      terms = [(dhat[:, 0], hat[:, 1], hat[:, 2]), (hat[:, 0], dhat[:, 1], hat[:, 2]),
+               (hat[:, 0], hat[:, 1], dhat[:, 2])]
+    for ax, ay, az in terms:
+      p = (az[:, :, None] * ay[:, None, :]).reshape(-1, s * s)  # [n, (k, j)]
+      q = (ax[:, :, None] * v[:, None, :]).reshape(-1, s * f)   # [n, (i, f)]
+      acc = acc + jnp.dot(p.T, q, precision=jax.lax.Precision.HIGHEST)
+    return acc, None
+
+  acc, _ = jax.lax.scan(body, jnp.zeros((s * s, s * f), jnp.float32), xs)
+  return acc.reshape(s * s * s, f)
+
+
+def _dense_block_splat(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
+                       start: int, stop: int, h: jax.Array | None) -> jax.Array:
+  """Scatter-free splat of the dense block (``spec.table_grad`` != "scatter").
+
+  Returns:
+    [sum of the block's level rows, F] (the block's first row is row 0).
+  """
+  parts = []
+  seg_levels = []
+  for l in range(start, stop):
+    if spec.table_grad == "one_hot_matmul" and spec.level_rows[l] <= ONE_HOT_MAX_ROWS:
+      cell, frac = _cells(x01, spec, l, l + 1)
+      hs = _scaled_direction(h, x01, spec, l, l + 1)
+      parts.append(_one_hot_level(vals[l], cell[0], frac[0],
+                                  None if hs is None else hs[0], spec.resolutions[l]))
+    else:
+      seg_levels.append(l)
+  if seg_levels:
+    # Levels not taken by the one-hot matmul are the largest ones: a suffix.
+    lo, hi = seg_levels[0], seg_levels[-1] + 1
+    rows, coef = _block_corners(x01, spec, lo, hi, True, h, local=True)   # [G, N, 8]
+    upd = coef[..., None] * vals[lo:hi, :, None, :]
+    n_rows = sum(spec.level_rows[lo:hi])
+    parts.append(_sorted_segment_sum(rows.reshape(-1), upd.reshape(-1, upd.shape[-1]),
+                                     n_rows))
+  return jnp.concatenate(parts, axis=0)
+
+
+def _splat_jnp(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
+               h: jax.Array | None = None) -> jax.Array:
+  """The table cotangent of ``_interp``: every corner row += coef_c * vals[l, n].
+
+  With ``h`` None: d sum(vals * interp(table, x)) / d table (the encoding's
+  table gradient); with ``h`` [N, 3]: d sum(vals * interp(table, x, h)) / d
+  table, which is the table gradient of position_grad(table, vals, x) . h.
+
+  The hashed block (and, under ``spec.table_grad == "scatter"``, the dense
+  one) materialises its rows and updates and scatter-adds them in ONE
+  scatter per block; the second block updates the buffer in place. Levels
+  own disjoint rows, so every row receives its updates in point order.
+
+  Args:
+    vals: [L, N, F] level-major; x01: [N, 3]; h: None or [N, 3].
+
+  Returns:
+    [total_rows, F] float32.
+  """
+  out = jnp.zeros((spec.total_rows, vals.shape[-1]), jnp.float32)
   for start, stop, dense in _level_groups(spec):
-    rows, w = _block_corners(x01, spec, start, stop, dense)             # [N, G, 8]
-    rows, upd = jax.lax.optimization_barrier(
-        (rows, w[..., None] * g[:, start:stop, None, :]))
-    out = out.at[rows].add(upd, mode="promise_in_bounds")
+    if dense and spec.table_grad != "scatter":
+      out = jax.lax.dynamic_update_slice(
+          out, _dense_block_splat(vals, x01, spec, start, stop, h), (0, 0))
+      continue
+    rows, coef = _block_corners(x01, spec, start, stop, dense, h)        # [G, N, 8]
+    out = out.at[rows].add(coef[..., None] * vals[start:stop, :, None, :],
+                           mode="promise_in_bounds")
   return out
 
 
-def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
-                   spec: HashGridSpec) -> jax.Array:
-  """Gradient of sum(g * encode) w.r.t. the (clamped) positions.
+def _position_grad_jnp(table: jax.Array, vals: jax.Array, x01: jax.Array,
+                       spec: HashGridSpec) -> jax.Array:
+  """Gradient of sum(vals * interp(table, x)) w.r.t. the (clamped) positions.
 
   Args:
-    table: [total_rows, F]; g: [N, L, F]; x01: [N, 3].
+    table: [total_rows, F]; vals: [L, N, F]; x01: [N, 3].
 
   Returns:
     [N, 3] (zero where a coordinate was clamped).
@@ -323,12 +531,10 @@ def _position_grad(table: jax.Array, g: jax.Array, x01: jax.Array,
     per_level = 0.0
     for c in range(8):
       rows = _corner_rows(cell, c, spec, start, stop, dense)
-      gv = jnp.sum(_gather(table, rows) * g[:, start:stop], axis=-1)    # [N, G]
+      gv = jnp.sum(_gather(table, rows) * vals[start:stop], axis=-1)    # [G, N]
       per_level = per_level + gv[..., None] * _corner_weight_grad(frac, c)
-    res = np.asarray(spec.resolutions[start:stop], np.float32)[:, None]
-    out = out + jnp.sum(per_level * res, axis=1)                       # [N, 3]
-  inside = (x01 >= 0.0) & (x01 <= 1.0)
-  return jnp.where(inside, out, 0.0).astype(x01.dtype)
+    out = out + jnp.sum(per_level * _block_res(spec, start, stop), axis=0)  # [N, 3]
+  return jnp.where(_inside(x01), out, 0.0).astype(x01.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -396,6 +602,8 @@ def _register_ffi_kernel() -> str:
                               platform="cpu")
   jax.ffi.register_ffi_target("ifj_hashgrid_bwd", jax.ffi.pycapsule(lib.IfjHashgridBwd),
                               platform="cpu")
+  jax.ffi.register_ffi_target("ifj_hashgrid_bwd_dir",
+                              jax.ffi.pycapsule(lib.IfjHashgridBwdDir), platform="cpu")
   return so_path
 
 
@@ -416,61 +624,133 @@ def _level_table(spec: HashGridSpec) -> jax.Array:
                                          spec.level_offsets)], np.int32))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _encode_ffi(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
-  """Forward through the C++ kernel: [N, 3] -> [N, L*F].
-
-  Differentiating it directly (only happens for higher-order derivatives,
-  through the custom VJP's forward rule) uses the jnp path.
-  """
-  _register_ffi_kernel()
+def _interp_ffi(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+  """The encoding through the C++ kernel: [N, 3] -> [L, N, F] (not differentiable)."""
   n, f = x01.shape[0], spec.n_features_per_level
   out = jax.ShapeDtypeStruct((spec.n_levels, n, f), jnp.float32)
-  feats = jax.ffi.ffi_call("ifj_hashgrid_fwd", out, vmap_method="sequential")(
+  return jax.ffi.ffi_call("ifj_hashgrid_fwd", out, vmap_method="sequential")(
       table.astype(jnp.float32), x01.astype(jnp.float32), _level_table(spec),
-      log2_t=np.int32(spec.log2_hashmap_size))  # [L, N, F]
-  return jnp.transpose(feats, (1, 0, 2)).reshape(n, spec.output_dim)
+      log2_t=np.int32(spec.log2_hashmap_size))
 
 
-@_encode_ffi.defjvp
-def _encode_ffi_jvp(spec, primals, tangents):
-  return jax.jvp(lambda t, x: _encode_reference(t, x, spec), primals, tangents)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _table_grad_ffi(g: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
-  """``_table_grad`` through the C++ kernel; differentiable via the jnp path."""
-  _register_ffi_kernel()
+def _splat_ffi(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
+               h: jax.Array | None = None) -> jax.Array:
+  """``_splat_jnp`` through the C++ kernel (not differentiable): [total_rows, F]."""
   out = jax.ShapeDtypeStruct((spec.total_rows, spec.n_features_per_level), jnp.float32)
-  return jax.ffi.ffi_call("ifj_hashgrid_bwd", out, vmap_method="sequential")(
-      jnp.transpose(g.reshape(g.shape[0], spec.n_levels, -1), (1, 0, 2)).astype(jnp.float32),
-      x01.astype(jnp.float32),
-      _level_table(spec), log2_t=np.int32(spec.log2_hashmap_size))
-
-
-@_table_grad_ffi.defjvp
-def _table_grad_ffi_jvp(spec, primals, tangents):
-  return jax.jvp(lambda g, x: _table_grad(g, x, spec), primals, tangents)
+  args = [vals.astype(jnp.float32), x01.astype(jnp.float32)]
+  name = "ifj_hashgrid_bwd"
+  if h is not None:
+    name = "ifj_hashgrid_bwd_dir"
+    args.append(jnp.where(_inside(x01), h.astype(jnp.float32), 0.0))
+  return jax.ffi.ffi_call(name, out, vmap_method="sequential")(
+      *args, _level_table(spec), log2_t=np.int32(spec.log2_hashmap_size))
 
 
 # --------------------------------------------------------------------------
-# The differentiable encoding.
+# Backend choice.
 # --------------------------------------------------------------------------
 
 def uses_ffi_kernel(spec: HashGridSpec) -> bool:
-  """Whether ``hash_encode`` runs the C++ kernel for this spec (trace time)."""
+  """Whether the CPU lowering of ``hash_encode`` runs the C++ kernel (trace time).
+
+  "ffi" always does (and raises ``KernelUnavailableError`` if the kernel
+  cannot be built); "auto" does when the kernel builds. Other platforms
+  (GPU, TPU) never run it under "auto": see ``_dispatch``.
+  """
   if spec.backend == "ffi":
     _register_ffi_kernel()  # raises KernelUnavailableError with the reason
     return True
-  # The kernel is a CPU kernel: on GPU/TPU "auto" always takes the jnp path.
-  return (spec.backend == "auto" and jax.default_backend() == "cpu"
-          and ffi_kernel_available())
+  return spec.backend == "auto" and ffi_kernel_available()
+
+
+def _dispatch(spec: HashGridSpec, kernel_fn, jnp_fn, *args):
+  """``kernel_fn(*args)`` where the C++ kernel serves, else ``jnp_fn(*args)``.
+
+  "auto" decides per platform being lowered for (``lax.platform_dependent``):
+  the CPU lowering calls the kernel, every other platform the jnp path, so a
+  function using the hash grid exports for ("cuda", "tpu") from a CPU host.
+  "ffi" calls the kernel unconditionally (CPU only).
+  """
+  if not uses_ffi_kernel(spec):
+    return jnp_fn(*args)
+  if spec.backend == "ffi":
+    return kernel_fn(*args)
+  return jax.lax.platform_dependent(*args, cpu=kernel_fn, default=jnp_fn)
+
+
+# --------------------------------------------------------------------------
+# The differentiable encoding: three custom VJPs.
+#
+#   _encode(table, x)        -> features; cotangents: splat (table), _pos_grad (x)
+#   _pos_grad(table, v, x)   -> d sum(v * encode) / dx; cotangents: splat with
+#                               derivative weights (table), interp (v), x
+#   _splat(v, x, h)          -> table cotangent; cotangents: interp (v),
+#                               gathers (x, h)
+#
+# Every rule's primal is computed by one of these functions, so any order of
+# differentiation (e.g. the table gradient of a loss on analytic normals)
+# meets these rules, never autodiff of the gathers: each block of levels is
+# scattered into ONCE per use (the forward's cotangent, the normals'
+# cotangent), and with the C++ kernel on CPU not at all in XLA.
+# --------------------------------------------------------------------------
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _splat(vals: jax.Array, x01: jax.Array, h: jax.Array | None, spec: HashGridSpec
+           ) -> jax.Array:
+  """``_splat_jnp`` (or its kernel), with explicit gather-only cotangents."""
+  return _dispatch(spec, lambda v, x, d: _splat_ffi(v, x, spec, d),
+                   lambda v, x, d: _splat_jnp(v, x, spec, d), vals, x01, h)
+
+
+def _splat_fwd(vals, x01, h, spec):
+  return _splat(vals, x01, h, spec), (vals, x01, h)
+
+
+def _splat_bwd(spec, res, t_bar):
+  vals, x01, h = res
+  # <t_bar, splat(v, x, h)> = <v, interp(t_bar, x, h)>: linear in v; x and h
+  # enter through the coefficients only (t_bar constant: gathers, no scatter).
+  _, vjp = jax.vjp(lambda y, d: _interp(t_bar, y, spec, d), x01, h)
+  x_bar, h_bar = vjp(vals)
+  if h is None:
+    v_bar = _dispatch(spec, functools.partial(_interp_ffi, spec=spec),
+                      functools.partial(_interp, spec=spec), t_bar, x01)
+  else:
+    v_bar = _interp(t_bar, x01, spec, h)
+  return v_bar, x_bar, h_bar
+
+
+_splat.defvjp(_splat_fwd, _splat_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _pos_grad(table: jax.Array, vals: jax.Array, x01: jax.Array, spec: HashGridSpec
+              ) -> jax.Array:
+  """``_position_grad_jnp``: [N, 3]."""
+  return _position_grad_jnp(table, vals, x01, spec)
+
+
+def _pos_grad_fwd(table, vals, x01, spec):
+  return _pos_grad(table, vals, x01, spec), (table, vals, x01)
+
+
+def _pos_grad_bwd(spec, res, h):
+  table, vals, x01 = res
+  # <h, pos_grad> = <vals, interp(table, x, h)>: table cotangent one splat with
+  # derivative weights, vals cotangent gathers; the x cotangent (third order)
+  # differentiates the jnp form in x alone (table, vals constant: no scatter).
+  _, vjp_x = jax.vjp(lambda y: _position_grad_jnp(table, vals, y, spec), x01)
+  (x_bar,) = vjp_x(h)
+  return (_splat(vals, x01, h, spec).astype(table.dtype), _interp(table, x01, spec, h),
+          x_bar)
+
+
+_pos_grad.defvjp(_pos_grad_fwd, _pos_grad_bwd)
 
 
 def _forward(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
-  if uses_ffi_kernel(spec):
-    return _encode_ffi(table, x01, spec)
-  return _encode_reference(table, x01, spec)
+  return _point_major(_dispatch(spec, functools.partial(_interp_ffi, spec=spec),
+                                functools.partial(_interp, spec=spec), table, x01))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -479,16 +759,16 @@ def _encode(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
 
 
 def _encode_fwd(table, x01, spec):
-  return _forward(table, x01, spec), (table, x01)
+  # The primal through _encode itself: differentiating this rule again (a
+  # loss on the position gradient) then uses _encode_bwd, not autodiff.
+  return _encode(table, x01, spec), (table, x01)
 
 
 def _encode_bwd(spec, res, g):
   table, x01 = res
-  n = x01.shape[0]
-  g = g.reshape(n, spec.n_levels, spec.n_features_per_level).astype(jnp.float32)
-  table_grad = (_table_grad_ffi(g, x01, spec) if uses_ffi_kernel(spec)
-                else _table_grad(g, x01, spec))
-  return (table_grad.astype(table.dtype), _position_grad(table, g, x01, spec))
+  vals = _level_major(g, spec)
+  return (_splat(vals, x01, None, spec).astype(table.dtype),
+          _pos_grad(table, vals, x01, spec))
 
 
 _encode.defvjp(_encode_fwd, _encode_bwd)
@@ -516,3 +796,54 @@ def hash_encode(params: Params, x01: jax.Array, spec: HashGridSpec
         f"{(spec.total_rows, spec.n_features_per_level)}; re-run init_hashgrid "
         "with the same config.field settings.")
   return _encode(table, x01, spec)
+
+
+# --------------------------------------------------------------------------
+# Lowered-program inspection.
+# --------------------------------------------------------------------------
+
+_SCATTER_START = re.compile(r'(=\s*"?stablehlo\.scatter"?[\s(]|=\s*\S+\s+scatter\()')
+_RESULT_ROWS = (re.compile(r"->\s*\(?tensor<(\d+)x"),        # StableHLO result type
+                re.compile(r"=\s*\(?\s*[a-z]\w*\[(\d+),"))  # HLO result shape
+
+
+def _scatter_result_rows(hlo_text: str) -> list[int | None]:
+  """Leading result dimension of every scatter op in the text (None if unparsed).
+
+  StableHLO prints a scatter over several lines (its combiner region); the
+  result type follows on the line that closes the region.
+  """
+  lines = hlo_text.splitlines()
+  out = []
+  for i, ln in enumerate(lines):
+    if not _SCATTER_START.search(ln):
+      continue
+    if "stablehlo" in ln:
+      closing = [e for e in lines[i + 1:i + 64] if e.lstrip().startswith("})")]
+      m = _RESULT_ROWS[0].search(ln) or (closing and _RESULT_ROWS[0].search(closing[0]))
+    else:
+      m = _RESULT_ROWS[1].search(ln)
+    out.append(int(m.group(1)) if m else None)
+  return out
+
+
+def count_scatters(hlo_text: str) -> int:
+  """Number of scatter ops in lowered program text: StableHLO
+  (``jax.jit(f).lower(...).as_text()``) or HLO (``as_text(dialect="hlo")``)."""
+  return len(_scatter_result_rows(hlo_text))
+
+
+def count_table_scatters(hlo_text: str, table_rows) -> int:
+  """Number of scatter ops whose result is a hash-grid table.
+
+  A scatter counts when its result's leading dimension is in ``table_rows``
+  (an int or a collection of ints: the ``total_rows`` of the grids in the
+  program; pick specs whose row counts no other scattered array shares).
+  Apply it to a whole lowered training step to count its table scatters.
+
+  Args:
+    hlo_text: lowered program text (StableHLO or HLO).
+    table_rows: int or iterable of ints.
+  """
+  rows = {int(table_rows)} if np.ndim(table_rows) == 0 else {int(r) for r in table_rows}
+  return sum(r in rows for r in _scatter_result_rows(hlo_text))

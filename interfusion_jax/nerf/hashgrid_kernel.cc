@@ -17,8 +17,12 @@ namespace {
 constexpr uint32_t kP1 = 2654435761u, kP2 = 805459861u;
 constexpr int64_t kAhead = 16;
 
-inline void Corners(const float* x, int32_t res, bool dense, uint32_t mask,
-                    uint32_t* rows, float* w) {
+// Rows of the 8 corners and their coefficients: the trilinear weights w_c, or,
+// with a direction h (non-null, zero on clamped coordinates), the derivative
+// coefficients sum_d (R h_d) dw_c/dfrac_d in the same float order as
+// _corner_coef in hashgrid.py.
+inline void Corners(const float* x, const float* h, int32_t res, bool dense,
+                    uint32_t mask, uint32_t* rows, float* w) {
   uint32_t t0[3], t1[3];
   float f0[3], f1[3];
   const uint32_t primes[3] = {1u, kP1, kP2};
@@ -45,7 +49,15 @@ inline void Corners(const float* x, int32_t res, bool dense, uint32_t mask,
     const uint32_t a = bx ? t1[0] : t0[0], b = by ? t1[1] : t0[1],
                    e = bz ? t1[2] : t0[2];
     rows[c] = dense ? a + b + e : ((a ^ b ^ e) & mask);
-    w[c] = ((bx ? f1[0] : f0[0]) * (by ? f1[1] : f0[1])) * (bz ? f1[2] : f0[2]);
+    const float wx = bx ? f1[0] : f0[0], wy = by ? f1[1] : f0[1], wz = bz ? f1[2] : f0[2];
+    if (h == nullptr) {
+      w[c] = (wx * wy) * wz;
+    } else {
+      const float r = static_cast<float>(res);
+      const float hx = h[0] * r, hy = h[1] * r, hz = h[2] * r;
+      w[c] = (bx ? hx : -hx) * (wy * wz) + (by ? hy : -hy) * (wx * wz) +
+             (bz ? hz : -hz) * (wx * wy);
+    }
   }
 }
 
@@ -93,7 +105,7 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> x,
       uint32_t ring_rows[kAhead][8];
       float ring_w[kAhead][8];
       for (int64_t n = lo; n < std::min(hi, lo + kAhead); ++n)
-        Corners(X + 3 * n, res, dense != 0, mask, ring_rows[n % kAhead], ring_w[n % kAhead]);
+        Corners(X + 3 * n, nullptr, res, dense != 0, mask, ring_rows[n % kAhead], ring_w[n % kAhead]);
       for (int64_t n = lo; n < hi; ++n) {
         uint32_t rows[8];
         float w[8];
@@ -102,7 +114,7 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> x,
         const int64_t m = n + kAhead;
         if (m < hi) {
           uint32_t* r = ring_rows[m % kAhead];
-          Corners(X + 3 * m, res, dense != 0, mask, r, ring_w[m % kAhead]);
+          Corners(X + 3 * m, nullptr, res, dense != 0, mask, r, ring_w[m % kAhead]);
           for (int c = 0; c < 8; ++c) __builtin_prefetch(T + (off + r[c]) * F, 0, 1);
         }
         for (int64_t f = 0; f < F; ++f) {
@@ -116,17 +128,15 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
-// grad[off_l + row_c, f] += w_c g[l, n, f]; levels own disjoint rows, so
-// threads split the levels and never race.
-ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
-                   ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
-                   int32_t log2_t) {
-  const int64_t N = x.dimensions()[0];
+// grad[off_l + row_c, f] += coef_c g[l, n, f] with coef_c the trilinear weight
+// (H null) or the derivative coefficient along H[n] (see Corners); levels own
+// disjoint rows, so threads split the levels and never race.
+ffi::Error SplatImpl(const float* G, const float* X, const float* H,
+                     ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
+                     int64_t N, int32_t log2_t) {
   const int64_t L = levels.dimensions()[0];
   const int64_t F = out->dimensions()[1];
   const int64_t R = out->dimensions()[0];
-  const float* G = g.typed_data();
-  const float* X = x.typed_data();
   const int32_t* lv = levels.typed_data();
   float* O = out->typed_data();
   std::memset(O, 0, sizeof(float) * R * F);
@@ -142,14 +152,16 @@ ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
       uint32_t ring_rows[kAhead][8];
       float ring_w[kAhead][8];
       for (int64_t n = 0; n < std::min<int64_t>(N, kAhead); ++n)
-        Corners(X + 3 * n, res, dense != 0, mask, ring_rows[n % kAhead], ring_w[n % kAhead]);
+        Corners(X + 3 * n, H ? H + 3 * n : nullptr, res, dense != 0, mask,
+                ring_rows[n % kAhead], ring_w[n % kAhead]);
       for (int64_t n = 0; n < N; ++n) {
         std::memcpy(rows, ring_rows[n % kAhead], sizeof(rows));
         std::memcpy(w, ring_w[n % kAhead], sizeof(w));
         const int64_t m = n + kAhead;
         if (m < N) {
           uint32_t* r = ring_rows[m % kAhead];
-          Corners(X + 3 * m, res, dense != 0, mask, r, ring_w[m % kAhead]);
+          Corners(X + 3 * m, H ? H + 3 * m : nullptr, res, dense != 0, mask, r,
+                  ring_w[m % kAhead]);
           for (int c = 0; c < 8; ++c) __builtin_prefetch(O + (off + r[c]) * F, 1, 1);
         }
         const float* gn = Gl + n * F;
@@ -163,6 +175,21 @@ ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
+                   ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
+                   int32_t log2_t) {
+  return SplatImpl(g.typed_data(), x.typed_data(), nullptr, levels, out,
+                   x.dimensions()[0], log2_t);
+}
+
+// h [N, 3]: the direction (already zero on clamped coordinates).
+ffi::Error BwdDirImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
+                      ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::S32> levels,
+                      ffi::ResultBuffer<ffi::F32> out, int32_t log2_t) {
+  return SplatImpl(g.typed_data(), x.typed_data(), h.typed_data(), levels, out,
+                   x.dimensions()[0], log2_t);
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridFwd, FwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -173,6 +200,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridFwd, FwdImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridBwd, BwdImpl,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("log2_t"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridBwdDir, BwdDirImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
