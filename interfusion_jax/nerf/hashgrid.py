@@ -803,12 +803,12 @@ def hash_encode(params: Params, x01: jax.Array, spec: HashGridSpec
 # --------------------------------------------------------------------------
 
 _SCATTER_START = re.compile(r'(=\s*"?stablehlo\.scatter"?[\s(]|=\s*\S+\s+scatter\()')
-_RESULT_ROWS = (re.compile(r"->\s*\(?tensor<(\d+)x"),        # StableHLO result type
-                re.compile(r"=\s*\(?\s*[a-z]\w*\[(\d+),"))  # HLO result shape
+_RESULT_DIMS = (re.compile(r"->\s*\(?tensor<((?:\d+x)+)"),      # StableHLO result type
+                re.compile(r"=\s*\(?\s*[a-z]\w*\[([\d,]+)\]"))  # HLO result shape
 
 
-def _scatter_result_rows(hlo_text: str) -> list[int | None]:
-  """Leading result dimension of every scatter op in the text (None if unparsed).
+def _scatter_result_dims(hlo_text: str) -> list[tuple[int, ...]]:
+  """Result dimensions of every scatter op in the text (() if unparsed).
 
   StableHLO prints a scatter over several lines (its combiner region); the
   result type follows on the line that closes the region.
@@ -820,30 +820,34 @@ def _scatter_result_rows(hlo_text: str) -> list[int | None]:
       continue
     if "stablehlo" in ln:
       closing = [e for e in lines[i + 1:i + 64] if e.lstrip().startswith("})")]
-      m = _RESULT_ROWS[0].search(ln) or (closing and _RESULT_ROWS[0].search(closing[0]))
+      m = _RESULT_DIMS[0].search(ln) or (closing and _RESULT_DIMS[0].search(closing[0]))
+      dims = m.group(1).strip("x").split("x") if m else []
     else:
-      m = _RESULT_ROWS[1].search(ln)
-    out.append(int(m.group(1)) if m else None)
+      m = _RESULT_DIMS[1].search(ln)
+      dims = m.group(1).split(",") if m else []
+    out.append(tuple(int(v) for v in dims if v))
   return out
 
 
 def count_scatters(hlo_text: str) -> int:
   """Number of scatter ops in lowered program text: StableHLO
   (``jax.jit(f).lower(...).as_text()``) or HLO (``as_text(dialect="hlo")``)."""
-  return len(_scatter_result_rows(hlo_text))
+  return len(_scatter_result_dims(hlo_text))
 
 
 def count_table_scatters(hlo_text: str, table_rows) -> int:
   """Number of scatter ops whose result is a hash-grid table.
 
-  A scatter counts when its result's leading dimension is in ``table_rows``
+  A scatter counts when one of its result's dimensions is in ``table_rows``
   (an int or a collection of ints: the ``total_rows`` of the grids in the
   program; pick specs whose row counts no other scattered array shares).
-  Apply it to a whole lowered training step to count its table scatters.
+  Any dimension, not just the first, so that tables carrying a batch or
+  device axis (a vmapped or pmapped step) count too. Apply it to a whole
+  lowered training step to count its table scatters.
 
   Args:
     hlo_text: lowered program text (StableHLO or HLO).
     table_rows: int or iterable of ints.
   """
   rows = {int(table_rows)} if np.ndim(table_rows) == 0 else {int(r) for r in table_rows}
-  return sum(r in rows for r in _scatter_result_rows(hlo_text))
+  return sum(any(d in rows for d in dims) for dims in _scatter_result_dims(hlo_text))

@@ -310,8 +310,10 @@ def compact_indices(mask, budget_total: int):
     budget_total: M (static).
 
   Returns:
-    (flat [M] int32 indices into the row-major R * N layout (sorted),
-    valid [M] bool, dropped scalar int32: occupied samples that did not fit).
+    (flat [M] int32 indices into the row-major R * N layout (sorted; unused
+    slots hold the out-of-range index R * N, so gathers and scatters must
+    drop or fill them), valid [M] bool, dropped scalar int32: occupied
+    samples that did not fit).
   """
   m = mask.astype(jnp.int32)
   rank = jnp.cumsum(m, axis=-1) - 1                     # rank among the ray's occupied
@@ -320,16 +322,33 @@ def compact_indices(mask, budget_total: int):
   at_level = mask & (rank == level)
   extra_rank = jnp.cumsum(at_level.reshape(-1).astype(jnp.int32)).reshape(mask.shape)
   keep = mask & ((rank < level) | (at_level & (extra_rank <= extra)))
-  (flat,) = jnp.nonzero(keep.reshape(-1), size=budget_total, fill_value=0)
+  (flat,) = jnp.nonzero(keep.reshape(-1), size=budget_total, fill_value=mask.size)
   total = jnp.sum(counts)
   valid = jnp.arange(budget_total) < jnp.minimum(total, budget_total)
   return flat.astype(jnp.int32), valid, jnp.maximum(total - budget_total, 0)
 
 
 def _scatter(values, flat, valid, total: int):
-  """Scatters [M, ...] values to [total, ...] (zeros elsewhere); invalid slots add 0."""
+  """Scatters [M, ...] values to [total, ...] (zeros elsewhere); invalid slots are dropped.
+
+  Unused slots carry the out-of-range index ``total`` (``compact_indices``), so
+  they write nowhere (and their cotangent is zero).
+  """
   v = jnp.where(valid.reshape(valid.shape + (1,) * (values.ndim - 1)), values, 0)
-  return jnp.zeros((total,) + values.shape[1:], values.dtype).at[flat].add(v)
+  return jnp.zeros((total,) + values.shape[1:], values.dtype).at[flat].add(v, mode="drop")
+
+
+def _slot_points(flat_points, flat, valid):
+  """Points of the packed slots: [R * N, 3] -> [M, 3].
+
+  Unused slots take distinct samples (slot m -> sample m mod R * N) instead of
+  one shared index: their outputs are dropped and their cotangents are zero,
+  but every gather and scatter they feed downstream (hash-grid rows,
+  occupancy) then spreads over many rows instead of piling onto one.
+  """
+  total = flat_points.shape[0]
+  spread = jnp.arange(flat.shape[0], dtype=jnp.int32) % total
+  return flat_points[jnp.where(valid, flat, spread)]
 
 
 class _Evaluated(NamedTuple):
@@ -368,7 +387,7 @@ def _evaluate_fields(field_fns, params, points, eval_plan, chunks: int = 1):
       outs.append(_Evaluated(s.reshape(r, n), a.reshape(r, n, 3), nr.reshape(r, n, 3)))
     return outs
   flat, valid = eval_plan
-  x = flat_points[flat]
+  x = _slot_points(flat_points, flat, valid)
   for fn, p in zip(field_fns, params):
     s, a, nr = call_field_chunked(fn, p, x, chunks)
     outs.append(_Evaluated(_scatter(s, flat, valid, r * n).reshape(r, n),
@@ -517,7 +536,7 @@ def _march(rays_o, rays_d, spec: RenderSpec, occupancy, key):
   occupied = samples.mask & occ_lib.query_occupancy(
       bitfield, jax.lax.stop_gradient(points), spec.radius)
   flat, valid, dropped = compact_indices(occupied, r * spec.sample_budget)
-  mask = jnp.zeros((r * n,), bool).at[flat].max(valid).reshape(r, n)
+  mask = jnp.zeros((r * n,), bool).at[flat].max(valid, mode="drop").reshape(r, n)
   return rays_d, samples, points, mask, (flat, valid), jnp.int32(r * spec.sample_budget), dropped
 
 
