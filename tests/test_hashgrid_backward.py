@@ -284,3 +284,15 @@ def test_auto_backend_exports_for_gpu_and_tpu_without_the_kernel():
     assert "ifj_hashgrid" not in text, name
     if hashgrid.ffi_kernel_available():
       assert "ifj_hashgrid" in _export_text(fn, args, ("cpu",)), name
+
+
+def test_table_grad_from_config():
+  from configs.hoi import get_config  # pylint: disable=import-outside-toplevel
+  from interfusion_jax.stage2 import config as config_lib  # pylint: disable=import-outside-toplevel
+  cfg = get_config("smoke")
+  assert config_lib.hashgrid_spec(config_lib.parse(cfg)).table_grad == "scatter"
+  cfg.field.hashgrid_table_grad = "one_hot_matmul"
+  assert config_lib.hashgrid_spec(config_lib.parse(cfg)).table_grad == "one_hot_matmul"
+  cfg.field.hashgrid_table_grad = "atomics"
+  with pytest.raises(ValueError, match="hashgrid_table_grad"):
+    config_lib.parse(cfg)

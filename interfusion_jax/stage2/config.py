@@ -237,6 +237,10 @@ class FieldConfig(_Section):
                                choices=tuple(field_lib.COMPUTE_DTYPES))
   # auto: the C++ jax.ffi kernel on CPU when it builds, else pure JAX | jax | ffi
   hashgrid_backend: str = setting(_lib_default(_HG, "backend"), choices=hashgrid.BACKENDS)
+  # how the jnp path forms the dense levels' table gradient: scatter |
+  # sorted_segment_sum | one_hot_matmul (scatter-free; for TPU), docs/performance.md
+  hashgrid_table_grad: str = setting(_lib_default(_HG, "table_grad"),
+                                     choices=hashgrid.TABLE_GRADS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -676,7 +680,8 @@ def hashgrid_spec(run: RunConfig) -> hashgrid.HashGridSpec:
   return hashgrid.HashGridSpec(
       n_levels=f.n_levels, n_features_per_level=f.n_features_per_level,
       log2_hashmap_size=f.log2_hashmap_size, base_resolution=f.base_resolution,
-      per_level_scale=float(f.per_level_scale), backend=f.hashgrid_backend)
+      per_level_scale=float(f.per_level_scale), backend=f.hashgrid_backend,
+      table_grad=f.hashgrid_table_grad)
 
 
 def field_spec(run: RunConfig) -> field_lib.FieldSpec:
