@@ -359,8 +359,18 @@ def _interp(table: jax.Array, x01: jax.Array, spec: HashGridSpec,
 
 
 def _point_major(feats: jax.Array) -> jax.Array:
-  """[L, N, F] -> [N, L*F] (level l in columns [l F, (l + 1) F))."""
-  return jnp.transpose(feats, (1, 0, 2)).reshape(feats.shape[1], -1)
+  """[L, N, F] -> [N, L*F] (level l in columns [l F, (l + 1) F)).
+
+  On CPU the transposition is a matmul with the identity (exact in float32
+  for finite values): XLA:CPU otherwise fuses a plain transpose into the
+  gathers that produce ``feats``, which then run in point-major order and
+  lose the level-major cache locality (measured 4x slower at 2^18 points).
+  """
+  n = feats.shape[1]
+  plain = lambda f: jnp.transpose(f, (1, 0, 2)).reshape(n, -1)
+  eye = lambda f: jnp.einsum("lnf,lm->nmf", f, jnp.eye(f.shape[0], dtype=f.dtype),
+                             precision=jax.lax.Precision.HIGHEST).reshape(n, -1)
+  return jax.lax.platform_dependent(feats, cpu=eye, default=plain)
 
 
 def _level_major(g: jax.Array, spec: HashGridSpec) -> jax.Array:
