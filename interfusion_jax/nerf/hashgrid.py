@@ -529,6 +529,11 @@ def _position_grad_jnp(table: jax.Array, vals: jax.Array, x01: jax.Array,
                        spec: HashGridSpec) -> jax.Array:
   """Gradient of sum(vals * interp(table, x)) w.r.t. the (clamped) positions.
 
+  Per block, the corner dot products <table[row_c], vals[l, n]> are
+  materialised ([G, N, 8], behind an optimisation barrier) before they are
+  combined with the weight derivatives: fused into the [G, N, 3] output, XLA
+  would redo every gather and hash once per axis (2.8x slower on CPU).
+
   Args:
     table: [total_rows, F]; vals: [L, N, F]; x01: [N, 3].
 
@@ -538,12 +543,16 @@ def _position_grad_jnp(table: jax.Array, vals: jax.Array, x01: jax.Array,
   out = 0.0
   for start, stop, dense in _level_groups(spec):
     cell, frac = _cells(x01, spec, start, stop)
+    rows = jnp.stack([_corner_rows(cell, c, spec, start, stop, dense) for c in range(8)], -1)
+    gv = jax.lax.optimization_barrier(
+        jnp.sum(_gather(table, rows) * vals[start:stop, :, None, :], axis=-1))  # [G, N, 8]
     per_level = 0.0
     for c in range(8):
-      rows = _corner_rows(cell, c, spec, start, stop, dense)
-      gv = jnp.sum(_gather(table, rows) * vals[start:stop], axis=-1)    # [G, N]
-      per_level = per_level + gv[..., None] * _corner_weight_grad(frac, c)
-    out = out + jnp.sum(per_level * _block_res(spec, start, stop), axis=0)  # [N, 3]
+      per_level = per_level + gv[..., c, None] * _corner_weight_grad(frac, c)
+    # The sum over levels as a dot, so that it does not fuse into the above.
+    res = np.asarray(spec.resolutions[start:stop], np.float32)
+    out = out + jnp.einsum("gnd,g->nd", per_level, res,
+                           precision=jax.lax.Precision.HIGHEST)           # [N, 3]
   return jnp.where(_inside(x01), out, 0.0).astype(x01.dtype)
 
 
