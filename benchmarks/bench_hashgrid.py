@@ -8,9 +8,14 @@ Measures points/s at the default spec (configs/hoi.py "paper" field) for
 forward and forward+backward (gradient of sum(encode^2) w.r.t. the tables),
 for ``interfusion_jax.nerf.hashgrid.hash_encode`` and
 ``benchmarks/naive_hashgrid.naive_hash_encode``; plus a breakdown of ours
-(index+weights, gather, backward scatter). Variants are timed interleaved
-(round-robin, best of ``reps``) so that load from other processes hits all of
-them alike; ratios are what to read. Writes benchmarks/results/hashgrid.json.
+(index+weights, gather, backward scatter); plus the density field with
+analytic normals (``field.field_forward_with_normals`` inside a loss on sigma,
+albedo and normals, value and gradient w.r.t. all parameters) with our
+encoding against the same field on the naive encoding (autodiff of the plain
+gather formula, at every order), on ``--field_points`` points. Variants are
+timed interleaved (round-robin, best of ``reps``) so that load from other
+processes hits all of them alike; ratios are what to read. Writes
+benchmarks/results/hashgrid.json.
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.naive_hashgrid import naive_hash_encode  # noqa: E402
-from interfusion_jax.nerf import hashgrid# noqa: E402
+from interfusion_jax.nerf import field  # noqa: E402
+from interfusion_jax.nerf import hashgrid  # noqa: E402
 
 
 def _interleaved_best(fns: dict, args: dict, reps: int) -> dict:
@@ -49,6 +55,7 @@ def main(argv=None) -> dict:
   ap = argparse.ArgumentParser()
   ap.add_argument("--points", type=int, default=2**18)
   ap.add_argument("--reps", type=int, default=7)
+  ap.add_argument("--field_points", type=int, default=2**16)
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__),
                                                 "results", "hashgrid.json"))
   a = ap.parse_args(argv)
@@ -85,7 +92,7 @@ def main(argv=None) -> dict:
       "stage_gather_interp": jax.jit(gather_interp),
       "stage_scatter": jax.jit(scatter),
       "ours_table_grad_scatter": jax.jit(
-          lambda g, x: hashgrid._table_grad(g, x, spec)),  # pylint: disable=protected-access
+          lambda g, x: hashgrid._splat_jnp(g, x, spec)),  # pylint: disable=protected-access
   }
   spec_ffi = dataclasses.replace(spec, backend="ffi")
   has_ffi = hashgrid.ffi_kernel_available()
@@ -94,16 +101,43 @@ def main(argv=None) -> dict:
     fns["ffi_fwd"] = jax.jit(lambda p, x: enc_ffi(p, x, None))
     fns["ffi_fwd_bwd"] = jax.jit(jax.value_and_grad(loss(enc_ffi)))
     fns["ffi_table_grad"] = jax.jit(
-        lambda g, x: hashgrid._table_grad_ffi(g, x, spec_ffi))  # pylint: disable=protected-access
+        lambda g, x: hashgrid._splat_ffi(g, x, spec_ffi))  # pylint: disable=protected-access
+
+  # The density field with analytic normals: ours vs the naive encoding.
+  fspec = field.FieldSpec(grid=spec)
+  fparams = field.init_field(jax.random.PRNGKey(3), fspec)
+  fparams["grid"] = {"table": fparams["grid"]["table"] * 1e3}
+  xf = jax.random.uniform(jax.random.PRNGKey(4), (a.field_points, 3), jnp.float32, -1.0, 1.0)
+
+  def normals_loss(fs):
+    def loss(p, x):
+      sigma, albedo, normals = field.field_forward_with_normals(p, x, fs)
+      return (jnp.sum(sigma) + jnp.sum(albedo * jnp.array([1.0, 0.5, 0.25]))
+              + jnp.sum(normals * jnp.array([1.0, -2.0, 0.5])))
+    return jax.value_and_grad(loss)
+
+  fns["field_normals_ours"] = jax.jit(normals_loss(fspec))
+  hash_encode = hashgrid.hash_encode
+  hashgrid.hash_encode = naive_hash_encode  # the field traces the naive encoding
+  try:
+    fns["field_normals_naive"] = jax.jit(normals_loss(fspec)).lower(fparams, xf).compile()
+  finally:
+    hashgrid.hash_encode = hash_encode
+  if has_ffi:
+    fns["field_normals_ffi"] = jax.jit(normals_loss(dataclasses.replace(fspec, grid=spec_ffi)))
   args = {k: (params, x) for k in fns}
+  for k in fns:
+    if k.startswith("field_normals"):
+      args[k] = (fparams, xf)
   rows, w = jax.jit(index_weights)(x)
   upd = w[..., None] * g[:, :, None, :]
   args["stage_index_weights"] = (x,)
   args["stage_gather_interp"] = (params["table"], rows, w)
   args["stage_scatter"] = (rows, upd)
-  args["ours_table_grad_scatter"] = (g, x)
+  gl = jnp.transpose(g, (1, 0, 2))  # level-major [L, N, F], as the backward takes it
+  args["ours_table_grad_scatter"] = (gl, x)
   if has_ffi:
-    args["ffi_table_grad"] = (g, x)
+    args["ffi_table_grad"] = (gl, x)
 
   # Correctness in the same run (values and table gradient).
   f_ours = np.asarray(fns["ours_fwd"](params, x))
@@ -113,6 +147,11 @@ def main(argv=None) -> dict:
   diffs = {"fwd": float(np.abs(f_ours - f_naive).max()),
            "table_grad": float(np.abs(g_ours - g_naive).max()),
            "table_grad_scale": float(np.abs(g_naive).max())}
+  fo, fn_ = fns["field_normals_ours"](fparams, xf), fns["field_normals_naive"](fparams, xf)
+  diffs["field_normals_loss_rel"] = float(abs(fo[0] - fn_[0]) / abs(fn_[0]))
+  diffs["field_normals_table_grad"] = float(np.abs(
+      np.asarray(fo[1]["grid"]["table"]) - np.asarray(fn_[1]["grid"]["table"])).max())
+  diffs["field_normals_table_grad_scale"] = float(np.abs(np.asarray(fn_[1]["grid"]["table"])).max())
   if has_ffi:
     diffs["ffi_fwd"] = float(np.abs(np.asarray(fns["ffi_fwd"](params, x)) - f_naive).max())
     diffs["ffi_table_grad"] = float(np.abs(
@@ -145,16 +184,23 @@ def main(argv=None) -> dict:
       "ffi_kernel_available": has_ffi,
       "ratio_fwd_ffi": best["naive_fwd"] / best["ffi_fwd"] if has_ffi else None,
       "ratio_fwd_bwd_ffi": best["naive_fwd_bwd"] / best["ffi_fwd_bwd"] if has_ffi else None,
+      "field_points": a.field_points,
+      "ratio_field_normals_fwd_bwd": best["field_normals_naive"] / best["field_normals_ours"],
+      "ratio_field_normals_fwd_bwd_ffi": (best["field_normals_naive"] / best["field_normals_ffi"]
+                                          if has_ffi else None),
       "breakdown_ms": {
           "ours_fwd_total": 1e3 * best["ours_fwd"],
           "stage_index_weights (materialised)": 1e3 * best["stage_index_weights"],
           "stage_gather_interp (precomputed rows)": 1e3 * best["stage_gather_interp"],
           "stage_scatter_add (precomputed updates, 128/pt)": 1e3 * best["stage_scatter"],
-          "ours_table_grad (jax backward: index recompute + one scatter per dense/hashed block)":
+          "ours_table_grad (jax backward, level-major: index recompute + one scatter per dense/hashed block)":
               1e3 * best["ours_table_grad_scatter"],
           "ours_fwd_bwd_total": 1e3 * best["ours_fwd_bwd"],
           "naive_fwd_total": 1e3 * best["naive_fwd"],
           "naive_fwd_bwd_total": 1e3 * best["naive_fwd_bwd"],
+          "field_normals_fwd_bwd_ours": 1e3 * best["field_normals_ours"],
+          "field_normals_fwd_bwd_naive": 1e3 * best["field_normals_naive"],
+          **({"field_normals_fwd_bwd_ffi": 1e3 * best["field_normals_ffi"]} if has_ffi else {}),
           **({"ffi_fwd_total": 1e3 * best["ffi_fwd"],
               "ffi_table_grad": 1e3 * best["ffi_table_grad"],
               "ffi_fwd_bwd_total": 1e3 * best["ffi_fwd_bwd"]} if has_ffi else {}),
