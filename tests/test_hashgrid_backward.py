@@ -135,6 +135,28 @@ def test_third_order_position_cotangent():
   _assert_close(got, want, rtol=1e-3)
 
 
+def test_derivatives_of_the_table_gradient():
+  """Differentiating the table gradient itself (the splat's own rule): a
+  Hessian-vector product in the table, and d/dx of a table-gradient loss.
+  (Forward mode does not apply to a custom VJP, as before.)"""
+  t = _table(SMALL)
+  x, a, _ = _normals_setup(SMALL, n=100)
+  u = jax.random.normal(jax.random.PRNGKey(11), t.shape)
+
+  def hvp(enc):
+    grad_t = lambda t: jax.grad(lambda t: jnp.sum(jnp.sin(enc(t, x)) * a))(t)
+    return jax.jit(jax.grad(lambda t: jnp.sum(grad_t(t) * u)))(t)  # reverse over reverse
+
+  def dx(enc):
+    def f(y):
+      g = jax.grad(lambda t: jnp.sum(enc(t, y) * a))(t)
+      return jnp.sum(jnp.sin(g) * u)
+    return jax.jit(jax.grad(f))(x)
+
+  _assert_close(hvp(ours(SMALL)), hvp(reference(SMALL)), rtol=1e-4)
+  _assert_close(dx(ours(SMALL)), dx(reference(SMALL)), rtol=1e-3)
+
+
 @pytest.mark.parametrize("table_grad", ["sorted_segment_sum", "one_hot_matmul"])
 def test_table_grad_options_equal_scatter(table_grad):
   spec = dataclasses.replace(MIXED, table_grad=table_grad)
