@@ -318,3 +318,15 @@ def test_table_grad_from_config():
   cfg.field.hashgrid_table_grad = "atomics"
   with pytest.raises(ValueError, match="hashgrid_table_grad"):
     config_lib.parse(cfg)
+
+
+@pytest.mark.parametrize("table_grad", ["sorted_segment_sum", "one_hot_matmul"])
+def test_scatter_free_options_export_for_tpu(table_grad):
+  spec = dataclasses.replace(MIXED, table_grad=table_grad, backend="auto")
+  t = _table(MIXED)
+  x, a, b = _normals_setup(MIXED, n=16)
+  fn = jax.grad(lambda t, x: normals_loss(ours(spec), t, x, a, b))
+  text = _export_text(fn, (t, x), ("tpu",))
+  assert "ifj_hashgrid" not in text
+  # Only the hashed block scatters (three uses in normals_loss).
+  assert hashgrid.count_table_scatters(text, MIXED.total_rows) == 3
