@@ -175,9 +175,9 @@ def test_table_grad_options_equal_scatter(table_grad):
 def test_table_grad_options_have_no_dense_scatter():
   x, a, b = _normals_setup(MIXED, n=64)
   t = _table(MIXED)
-  # normals_loss uses the table three times (features, the features inside
-  # the gradient, the gradient itself): one scatter per block and use.
-  for table_grad, want in (("scatter", 6), ("sorted_segment_sum", 3), ("one_hot_matmul", 3)):
+  # normals_loss encodes twice (the features; inside the gradient, whose
+  # features and Jacobian share one splat): one scatter per block and encoding.
+  for table_grad, want in (("scatter", 4), ("sorted_segment_sum", 2), ("one_hot_matmul", 2)):
     spec = dataclasses.replace(MIXED, table_grad=table_grad)
     txt = jax.jit(jax.grad(lambda t: normals_loss(ours(spec), t, x, a, b))).lower(t).as_text()
     # Only the hashed block scatters (once per use) under the scatter-free options.
@@ -223,16 +223,16 @@ def test_count_helpers_on_known_programs():
   assert hashgrid.count_table_scatters(hlo, [SMALL.total_rows]) == 8 * SMALL.n_levels
 
 
-def test_field_normals_gradient_scatters_each_block_once_per_use():
+def test_field_normals_gradient_scatters_each_block_once():
   spec = field.FieldSpec(grid=SMALL, mlp_width=16)
   p = field.init_field(jax.random.PRNGKey(0), spec)
   x = jax.random.uniform(jax.random.PRNGKey(1), (64, 3), minval=-1.5, maxval=1.5)
   txt = jax.jit(jax.grad(_field_normals_loss(spec, x))).lower(p).as_text()
   n = hashgrid.count_table_scatters(txt, SMALL.total_rows)
   print(f"field analytic-normal loss gradient: {n} table scatters")  # 32 before
-  # Two uses (the features' cotangent, the normals' cotangent) x two blocks.
-  assert n == 4
-  assert hashgrid.count_scatters(txt) == 4
+  # The features' and the normals' cotangents share one splat per block.
+  assert n == 2
+  assert hashgrid.count_scatters(txt) == 2
 
 
 def test_field_normals_gradient_matches_plain_formula(monkeypatch):
@@ -267,7 +267,7 @@ def test_kernel_serves_the_normals_backward(kernel):  # pylint: disable=unused-a
   _assert_close(got, want)
   txt = jax.jit(jax.grad(lambda t: normals_loss(ours(spec), t, x, a, b))).lower(t).as_text()
   assert hashgrid.count_table_scatters(txt, SMALL.total_rows) == 0
-  assert "ifj_hashgrid_bwd_dir" in txt
+  assert "ifj_hashgrid_bwd_jac" in txt
 
 
 def test_kernel_direction_splat_matches_jnp(kernel):  # pylint: disable=unused-argument
@@ -276,6 +276,11 @@ def test_kernel_direction_splat_matches_jnp(kernel):  # pylint: disable=unused-a
   h = jax.random.normal(jax.random.PRNGKey(3), (x.shape[0], 3))
   got = jax.jit(lambda v, x, h: hashgrid._splat_ffi(v, x, SMALL, h))(v, x, h)  # pylint: disable=protected-access
   want = jax.jit(lambda v, x, h: hashgrid._splat_jnp(v, x, SMALL, h))(v, x, h)  # pylint: disable=protected-access
+  _assert_close(got, want, rtol=1e-5)
+  # Features and Jacobian cotangents in one pass (ifj_hashgrid_bwd_jac).
+  j = jax.random.normal(jax.random.PRNGKey(4), v.shape + (3,))
+  got = jax.jit(lambda v, x, j: hashgrid._splat_ffi(v, x, SMALL, None, j))(v, x, j)  # pylint: disable=protected-access
+  want = jax.jit(lambda v, x, j: hashgrid._splat_jnp(v, x, SMALL, None, j))(v, x, j)  # pylint: disable=protected-access
   _assert_close(got, want, rtol=1e-5)
 
 
@@ -288,7 +293,8 @@ def _export_text(fn, args, platforms):
   # The kernel's targets carry no compatibility guarantee: allow them so that
   # the CPU export shows them (the GPU/TPU exports must not contain them).
   allow = [jax.export.DisabledSafetyCheck.custom_call(n) for n in
-           ("ifj_hashgrid_fwd", "ifj_hashgrid_bwd", "ifj_hashgrid_bwd_dir")]
+           ("ifj_hashgrid_fwd", "ifj_hashgrid_bwd", "ifj_hashgrid_bwd_dir",
+            "ifj_hashgrid_bwd_jac")]
   return jax.export.export(jax.jit(fn), platforms=platforms, disabled_checks=allow)(
       *shapes).mlir_module()
 
@@ -328,5 +334,5 @@ def test_scatter_free_options_export_for_tpu(table_grad):
   fn = jax.grad(lambda t, x: normals_loss(ours(spec), t, x, a, b))
   text = _export_text(fn, (t, x), ("tpu",))
   assert "ifj_hashgrid" not in text
-  # Only the hashed block scatters (three uses in normals_loss).
-  assert hashgrid.count_table_scatters(text, MIXED.total_rows) == 3
+  # Only the hashed block scatters (twice in normals_loss, see above).
+  assert hashgrid.count_table_scatters(text, MIXED.total_rows) == 2

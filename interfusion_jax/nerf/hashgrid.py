@@ -494,13 +494,42 @@ def _dense_block_splat(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
   return jnp.concatenate(parts, axis=0)
 
 
+def _axis_direction(x01: jax.Array, d: int) -> jax.Array:
+  """The unit direction e_d at every point: [N, 3]."""
+  return jnp.broadcast_to(np.eye(3, dtype=np.float32)[d], x01.shape)
+
+
+def _jacobian_jnp(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
+  """d interp(table, x) / dx, level-major: [L, N, F, 3] (zero along clamped axes).
+
+  Per block the corner rows are gathered once and materialised ([G, N, 8, F],
+  behind an optimisation barrier) before the weight derivatives combine
+  them: fused into the [G, N, F, 3] output, XLA would redo every gather and
+  hash once per axis.
+  """
+  out = []
+  for start, stop, dense in _level_groups(spec):
+    cell, frac = _cells(x01, spec, start, stop)
+    rows = jnp.stack([_corner_rows(cell, c, spec, start, stop, dense) for c in range(8)], -1)
+    corner_feats = jax.lax.optimization_barrier(_gather(table, rows))   # [G, N, 8, F]
+    acc = 0.0
+    for c in range(8):
+      acc = acc + corner_feats[:, :, c, :, None] * _corner_weight_grad(frac, c)[:, :, None, :]
+    out.append(acc * _block_res(spec, start, stop)[..., None])          # [G, N, F, 3]
+  return jnp.where(_inside(x01)[None, :, None, :], jnp.concatenate(out, axis=0), 0.0)
+
+
 def _splat_jnp(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
-               h: jax.Array | None = None) -> jax.Array:
+               h: jax.Array | None = None, jvals: jax.Array | None = None
+               ) -> jax.Array:
   """The table cotangent of ``_interp``: every corner row += coef_c * vals[l, n].
 
   With ``h`` None: d sum(vals * interp(table, x)) / d table (the encoding's
   table gradient); with ``h`` [N, 3]: d sum(vals * interp(table, x, h)) / d
   table, which is the table gradient of position_grad(table, vals, x) . h.
+  With ``jvals`` [L, N, F, 3] the table cotangent of the Jacobian,
+  d sum(jvals * jacobian(table, x)) / d table, is added in the SAME scatter
+  (the features' and the normals' cotangents in one splat).
 
   The hashed block (and, under ``spec.table_grad == "scatter"``, the dense
   one) materialises its rows and updates and scatter-adds them in ONE
@@ -508,7 +537,8 @@ def _splat_jnp(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
   own disjoint rows, so every row receives its updates in point order.
 
   Args:
-    vals: [L, N, F] level-major; x01: [N, 3]; h: None or [N, 3].
+    vals: [L, N, F] level-major; x01: [N, 3]; h: None or [N, 3];
+    jvals: None or [L, N, F, 3].
 
   Returns:
     [total_rows, F] float32.
@@ -516,12 +546,20 @@ def _splat_jnp(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
   out = jnp.zeros((spec.total_rows, vals.shape[-1]), jnp.float32)
   for start, stop, dense in _level_groups(spec):
     if dense and spec.table_grad != "scatter":
-      out = jax.lax.dynamic_update_slice(
-          out, _dense_block_splat(vals, x01, spec, start, stop, h), (0, 0))
+      part = _dense_block_splat(vals, x01, spec, start, stop, h)
+      if jvals is not None:
+        for d in range(3):
+          part = part + _dense_block_splat(jvals[..., d], x01, spec, start, stop,
+                                           _axis_direction(x01, d))
+      out = jax.lax.dynamic_update_slice(out, part, (0, 0))
       continue
     rows, coef = _block_corners(x01, spec, start, stop, dense, h)        # [G, N, 8]
-    out = out.at[rows].add(coef[..., None] * vals[start:stop, :, None, :],
-                           mode="promise_in_bounds")
+    upd = coef[..., None] * vals[start:stop, :, None, :]                 # [G, N, 8, F]
+    if jvals is not None:
+      for d in range(3):
+        _, dcoef = _block_corners(x01, spec, start, stop, dense, _axis_direction(x01, d))
+        upd = upd + dcoef[..., None] * jvals[start:stop, :, None, :, d]
+    out = out.at[rows].add(upd, mode="promise_in_bounds")
   return out
 
 
@@ -623,6 +661,8 @@ def _register_ffi_kernel() -> str:
                               platform="cpu")
   jax.ffi.register_ffi_target("ifj_hashgrid_bwd_dir",
                               jax.ffi.pycapsule(lib.IfjHashgridBwdDir), platform="cpu")
+  jax.ffi.register_ffi_target("ifj_hashgrid_bwd_jac",
+                              jax.ffi.pycapsule(lib.IfjHashgridBwdJac), platform="cpu")
   return so_path
 
 
@@ -653,14 +693,21 @@ def _interp_ffi(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Arr
 
 
 def _splat_ffi(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
-               h: jax.Array | None = None) -> jax.Array:
+               h: jax.Array | None = None, jvals: jax.Array | None = None) -> jax.Array:
   """``_splat_jnp`` through the C++ kernel (not differentiable): [total_rows, F]."""
   out = jax.ShapeDtypeStruct((spec.total_rows, spec.n_features_per_level), jnp.float32)
   args = [vals.astype(jnp.float32), x01.astype(jnp.float32)]
   name = "ifj_hashgrid_bwd"
+  if h is not None and jvals is not None:
+    # Not produced by the rules below; two kernel calls keep it correct.
+    return _splat_ffi(vals, x01, spec, h) + _splat_ffi(jnp.zeros_like(vals), x01, spec,
+                                                       None, jvals)
   if h is not None:
     name = "ifj_hashgrid_bwd_dir"
     args.append(jnp.where(_inside(x01), h.astype(jnp.float32), 0.0))
+  if jvals is not None:
+    name = "ifj_hashgrid_bwd_jac"
+    args.append(jvals.astype(jnp.float32))
   return jax.ffi.ffi_call(name, out, vmap_method="sequential")(
       *args, _level_table(spec), log2_t=np.int32(spec.log2_hashmap_size))
 
@@ -698,45 +745,57 @@ def _dispatch(spec: HashGridSpec, kernel_fn, jnp_fn, *args):
 
 
 # --------------------------------------------------------------------------
-# The differentiable encoding: three custom VJPs.
+# The differentiable encoding: four custom VJPs.
 #
-#   _encode(table, x)        -> features; cotangents: splat (table), _pos_grad (x)
-#   _pos_grad(table, v, x)   -> d sum(v * encode) / dx; cotangents: splat with
-#                               derivative weights (table), interp (v), x
-#   _splat(v, x, h)          -> table cotangent; cotangents: interp (v),
-#                               gathers (x, h)
+#   _encode(table, x)         -> features; cotangents: splat (table),
+#                                J^T g with the Jacobian J from the forward (x)
+#   _encode_jac(table, x)     -> (features, J = d features / dx), the forward
+#                                rule of _encode; cotangents: ONE splat for
+#                                both outputs (table), x
+#   _pos_grad(table, v, x)    -> J^T v computed directly; cotangents: splat
+#                                with derivative weights (table), interp (v), x
+#   _splat(v, x, h, jv)       -> table cotangent; cotangents: interp and
+#                                Jacobian (v, jv), gathers (x, h)
 #
 # Every rule's primal is computed by one of these functions, so any order of
-# differentiation (e.g. the table gradient of a loss on analytic normals)
-# meets these rules, never autodiff of the gathers: each block of levels is
-# scattered into ONCE per use (the forward's cotangent, the normals'
-# cotangent), and with the C++ kernel on CPU not at all in XLA.
+# differentiation meets these rules, never autodiff of the gathers. A loss on
+# analytic normals differentiated w.r.t. the table reaches _encode_jac with
+# cotangents for the features (density, albedo) and for J (the normals):
+# one scatter per block of levels for both, and with the C++ kernel on CPU
+# none in XLA.
 # --------------------------------------------------------------------------
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _splat(vals: jax.Array, x01: jax.Array, h: jax.Array | None, spec: HashGridSpec
-           ) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _splat(vals: jax.Array, x01: jax.Array, h: jax.Array | None,
+           jvals: jax.Array | None, spec: HashGridSpec) -> jax.Array:
   """``_splat_jnp`` (or its kernel), with explicit gather-only cotangents."""
-  return _dispatch(spec, lambda v, x, d: _splat_ffi(v, x, spec, d),
-                   lambda v, x, d: _splat_jnp(v, x, spec, d), vals, x01, h)
+  return _dispatch(spec, lambda v, x, d, j: _splat_ffi(v, x, spec, d, j),
+                   lambda v, x, d, j: _splat_jnp(v, x, spec, d, j), vals, x01, h, jvals)
 
 
-def _splat_fwd(vals, x01, h, spec):
-  return _splat(vals, x01, h, spec), (vals, x01, h)
+def _splat_fwd(vals, x01, h, jvals, spec):
+  return _splat(vals, x01, h, jvals, spec), (vals, x01, h, jvals)
 
 
 def _splat_bwd(spec, res, t_bar):
-  vals, x01, h = res
-  # <t_bar, splat(v, x, h)> = <v, interp(t_bar, x, h)>: linear in v; x and h
-  # enter through the coefficients only (t_bar constant: gathers, no scatter).
-  _, vjp = jax.vjp(lambda y, d: _interp(t_bar, y, spec, d), x01, h)
-  x_bar, h_bar = vjp(vals)
+  vals, x01, h, jvals = res
+  # <t_bar, splat> = <v, interp(t_bar, x, h)> + <jv, jacobian(t_bar, x)>: linear
+  # in v and jv; x and h enter through the coefficients only (t_bar constant:
+  # gathers, no scatter).
+  def pairing(y, d):
+    out = jnp.sum(vals * _interp(t_bar, y, spec, d))
+    if jvals is not None:
+      out = out + jnp.sum(jvals * _jacobian_jnp(t_bar, y, spec))
+    return out
+  _, vjp = jax.vjp(pairing, x01, h)
+  x_bar, h_bar = vjp(jnp.ones((), jnp.float32))
   if h is None:
     v_bar = _dispatch(spec, functools.partial(_interp_ffi, spec=spec),
                       functools.partial(_interp, spec=spec), t_bar, x01)
   else:
     v_bar = _interp(t_bar, x01, spec, h)
-  return v_bar, x_bar, h_bar
+  j_bar = None if jvals is None else _jacobian_jnp(t_bar, x01, spec)
+  return v_bar, x_bar, h_bar, j_bar
 
 
 _splat.defvjp(_splat_fwd, _splat_bwd)
@@ -756,12 +815,12 @@ def _pos_grad_fwd(table, vals, x01, spec):
 def _pos_grad_bwd(spec, res, h):
   table, vals, x01 = res
   # <h, pos_grad> = <vals, interp(table, x, h)>: table cotangent one splat with
-  # derivative weights, vals cotangent gathers; the x cotangent (third order)
-  # differentiates the jnp form in x alone (table, vals constant: no scatter).
+  # derivative weights, vals cotangent gathers; the x cotangent differentiates
+  # the jnp form in x alone (table, vals constant: no scatter).
   _, vjp_x = jax.vjp(lambda y: _position_grad_jnp(table, vals, y, spec), x01)
   (x_bar,) = vjp_x(h)
-  return (_splat(vals, x01, h, spec).astype(table.dtype), _interp(table, x01, spec, h),
-          x_bar)
+  return (_splat(vals, x01, h, None, spec).astype(table.dtype),
+          _interp(table, x01, spec, h), x_bar)
 
 
 _pos_grad.defvjp(_pos_grad_fwd, _pos_grad_bwd)
@@ -773,21 +832,51 @@ def _forward(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _encode_jac(table: jax.Array, x01: jax.Array, spec: HashGridSpec
+                ) -> tuple[jax.Array, jax.Array]:
+  """(features [N, L*F], their Jacobian in x01, level-major [L, N, F, 3])."""
+  return _forward(table, x01, spec), _jacobian_jnp(table, x01, spec)
+
+
+def _encode_jac_fwd(table, x01, spec):
+  return _encode_jac(table, x01, spec), (table, x01)
+
+
+def _encode_jac_bwd(spec, res, cts):
+  table, x01 = res
+  g, jvals = cts
+  vals = _level_major(g, spec)
+  jvals = jvals.astype(jnp.float32)
+  _, vjp_x = jax.vjp(lambda y: _jacobian_jnp(table, y, spec), x01)
+  (x_jac,) = vjp_x(jvals)
+  x_bar = _pos_grad(table, vals, x01, spec) + x_jac
+  return (_splat(vals, x01, None, jvals, spec).astype(table.dtype),
+          x_bar.astype(x01.dtype))
+
+
+_encode_jac.defvjp(_encode_jac_fwd, _encode_jac_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _encode(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Array:
   return _forward(table, x01, spec)
 
 
 def _encode_fwd(table, x01, spec):
-  # The primal through _encode itself: differentiating this rule again (a
-  # loss on the position gradient) then uses _encode_bwd, not autodiff.
-  return _encode(table, x01, spec), (table, x01)
+  # The primal and its Jacobian through _encode_jac: differentiating this rule
+  # again (a loss on the position gradient) meets _encode_jac's rule, whose
+  # table cotangent covers the features and the Jacobian in one splat. The
+  # Jacobian is removed by XLA when the position gradient is not used.
+  feats, jac = _encode_jac(table, x01, spec)
+  return feats, (table, x01, jac)
 
 
 def _encode_bwd(spec, res, g):
-  table, x01 = res
+  table, x01, jac = res
   vals = _level_major(g, spec)
-  return (_splat(vals, x01, None, spec).astype(table.dtype),
-          _pos_grad(table, vals, x01, spec))
+  x_bar = jnp.einsum("lnf,lnfd->nd", vals, jac, precision=jax.lax.Precision.HIGHEST)
+  return (_splat(vals, x01, None, None, spec).astype(table.dtype),
+          x_bar.astype(x01.dtype))
 
 
 _encode.defvjp(_encode_fwd, _encode_bwd)

@@ -131,7 +131,10 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> x,
 // grad[off_l + row_c, f] += coef_c g[l, n, f] with coef_c the trilinear weight
 // (H null) or the derivative coefficient along H[n] (see Corners); levels own
 // disjoint rows, so threads split the levels and never race.
-ffi::Error SplatImpl(const float* G, const float* X, const float* H,
+// With J [L, N, F, 3] (the Jacobian's cotangent) every corner row also
+// receives sum_d D_cd J[l, n, f, d], D_cd = R dw_c/dfrac_d (zero on clamped
+// axes): the features' and the Jacobian's cotangents in one pass.
+ffi::Error SplatImpl(const float* G, const float* X, const float* H, const float* J,
                      ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
                      int64_t N, int32_t log2_t) {
   const int64_t L = levels.dimensions()[0];
@@ -165,9 +168,29 @@ ffi::Error SplatImpl(const float* G, const float* X, const float* H,
           for (int c = 0; c < 8; ++c) __builtin_prefetch(O + (off + r[c]) * F, 1, 1);
         }
         const float* gn = Gl + n * F;
-        for (int c = 0; c < 8; ++c) {
-          float* o = O + (off + rows[c]) * F;
-          for (int64_t f = 0; f < F; ++f) o[f] += w[c] * gn[f];
+        if (J == nullptr) {
+          for (int c = 0; c < 8; ++c) {
+            float* o = O + (off + rows[c]) * F;
+            for (int64_t f = 0; f < F; ++f) o[f] += w[c] * gn[f];
+          }
+        } else {
+          float dc[8][3];
+          for (int d = 0; d < 3; ++d) {
+            float e[3] = {0.0f, 0.0f, 0.0f};
+            e[d] = 1.0f;
+            uint32_t unused[8];
+            const bool inside = X[3 * n + d] >= 0.0f && X[3 * n + d] <= 1.0f;
+            float col[8];
+            Corners(X + 3 * n, e, res, dense != 0, mask, unused, col);
+            for (int c = 0; c < 8; ++c) dc[c][d] = inside ? col[c] : 0.0f;
+          }
+          const float* jn = J + (l * N + n) * F * 3;
+          for (int c = 0; c < 8; ++c) {
+            float* o = O + (off + rows[c]) * F;
+            for (int64_t f = 0; f < F; ++f)
+              o[f] += w[c] * gn[f] + dc[c][0] * jn[3 * f] + dc[c][1] * jn[3 * f + 1] +
+                      dc[c][2] * jn[3 * f + 2];
+          }
         }
       }
     }
@@ -178,7 +201,7 @@ ffi::Error SplatImpl(const float* G, const float* X, const float* H,
 ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
                    ffi::Buffer<ffi::S32> levels, ffi::ResultBuffer<ffi::F32> out,
                    int32_t log2_t) {
-  return SplatImpl(g.typed_data(), x.typed_data(), nullptr, levels, out,
+  return SplatImpl(g.typed_data(), x.typed_data(), nullptr, nullptr, levels, out,
                    x.dimensions()[0], log2_t);
 }
 
@@ -186,7 +209,15 @@ ffi::Error BwdImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
 ffi::Error BwdDirImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::S32> levels,
                       ffi::ResultBuffer<ffi::F32> out, int32_t log2_t) {
-  return SplatImpl(g.typed_data(), x.typed_data(), h.typed_data(), levels, out,
+  return SplatImpl(g.typed_data(), x.typed_data(), h.typed_data(), nullptr, levels, out,
+                   x.dimensions()[0], log2_t);
+}
+
+// j [L, N, F, 3]: the Jacobian's cotangent, splatted with g in one pass.
+ffi::Error BwdJacImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
+                      ffi::Buffer<ffi::F32> j, ffi::Buffer<ffi::S32> levels,
+                      ffi::ResultBuffer<ffi::F32> out, int32_t log2_t) {
+  return SplatImpl(g.typed_data(), x.typed_data(), nullptr, j.typed_data(), levels, out,
                    x.dimensions()[0], log2_t);
 }
 
@@ -207,6 +238,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridBwd, BwdImpl,
                                   .Attr<int32_t>("log2_t"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridBwdDir, BwdDirImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("log2_t"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IfjHashgridBwdJac, BwdJacImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
