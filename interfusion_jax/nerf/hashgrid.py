@@ -17,11 +17,12 @@ Layout (static, computed from ``HashGridSpec``):
 The encoding is a ``jax.custom_vjp``: the forward gathers the 8 corners of
 every level; the backward computes the table gradient as one scatter per
 block of levels (``_splat``) and the gradient w.r.t. the positions (needed
-for analytic normals) from the trilinear weight derivatives (``_pos_grad``).
-Both are custom VJPs again, so the table gradient of a loss on analytic
-normals is one more splat per block (with derivative weights), never
-autodiff's scatter per corner. ``HashGridSpec.table_grad`` picks how the
-dense levels' share is formed (scatter, sorted segment sum, one-hot matmul).
+for analytic normals) from the Jacobian of the features, which the forward
+rule computes together with them (``_encode_jac``). That is a custom VJP
+again, so the table gradient of a loss on features AND analytic normals is
+one splat per block for both, never autodiff's scatter per corner.
+``HashGridSpec.table_grad`` picks how the dense levels' share is formed
+(scatter, sorted segment sum, one-hot matmul).
 """
 from __future__ import annotations
 
