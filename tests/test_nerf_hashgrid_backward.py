@@ -258,7 +258,13 @@ def kernel():
     pytest.skip("optional C++ hash-grid kernel cannot be built here (no g++?)")
 
 
-def test_kernel_serves_the_normals_backward(kernel):  # pylint: disable=unused-argument
+@pytest.mark.parametrize("jacobian_kernel", [False, True])
+def test_kernel_serves_the_normals_backward(kernel, jacobian_kernel, monkeypatch):  # pylint: disable=unused-argument
+  """The kernel's backward of a loss on features and normals equals the jnp one.
+  With ``KERNEL_JACOBIAN_SPLAT`` (off by default, see its comment) the joint
+  splat runs in the kernel too and no table scatter is left in XLA; without
+  it, that splat is XLA's, one scatter per block of levels."""
+  monkeypatch.setattr(hashgrid, "KERNEL_JACOBIAN_SPLAT", jacobian_kernel)
   spec = dataclasses.replace(SMALL, backend="ffi")
   t = _table(SMALL)
   x, a, b = _normals_setup(SMALL)
@@ -266,8 +272,10 @@ def test_kernel_serves_the_normals_backward(kernel):  # pylint: disable=unused-a
   want = jax.jit(jax.grad(lambda t: normals_loss(ours(SMALL), t, x, a, b)))(t)
   _assert_close(got, want)
   txt = jax.jit(jax.grad(lambda t: normals_loss(ours(spec), t, x, a, b))).lower(t).as_text()
-  assert hashgrid.count_table_scatters(txt, SMALL.total_rows) == 0
-  assert "ifj_hashgrid_bwd_jac" in txt
+  blocks = len({d for d in SMALL.dense})
+  assert hashgrid.count_table_scatters(txt, SMALL.total_rows) == (0 if jacobian_kernel
+                                                                  else blocks)
+  assert ("ifj_hashgrid_bwd_jac" in txt) == jacobian_kernel
 
 
 def test_kernel_direction_splat_matches_jnp(kernel):  # pylint: disable=unused-argument

@@ -47,9 +47,17 @@ def test_train_step_table_scatters_paper_field():
   assert 0 < n <= 8
 
 
-def test_train_step_cpu_kernel_leaves_no_table_scatter():
+def test_train_step_cpu_kernel_table_scatters(monkeypatch):
+  """With the CPU kernel ("auto"): the features' splats run in the kernel; the
+  joint feature + Jacobian splats of the renders stay XLA scatters while
+  ``hashgrid.KERNEL_JACOBIAN_SPLAT`` is off (see its comment), none with it."""
   if not hashgrid.ffi_kernel_available():
     return
+  txt, grid = _step_text("auto")
+  n = hashgrid.count_table_scatters(txt, grid.total_rows)
+  assert 0 < n <= 2 * len({d for d in grid.dense}), n   # per field and block, at most
+  assert "ifj_hashgrid_bwd" in txt and "ifj_hashgrid_bwd_jac" not in txt
+  monkeypatch.setattr(hashgrid, "KERNEL_JACOBIAN_SPLAT", True)
   txt, grid = _step_text("auto")
   assert hashgrid.count_table_scatters(txt, grid.total_rows) == 0
   assert "ifj_hashgrid_bwd_jac" in txt

@@ -693,6 +693,15 @@ def _interp_ffi(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.Arr
       log2_t=np.int32(spec.log2_hashmap_size))
 
 
+# Whether the splat of a Jacobian cotangent (analytic normals) runs the kernel's
+# ``ifj_hashgrid_bwd_jac`` entry on CPU. Off: with it, a sweep's sharded,
+# vmapped group drifted from the single runs by 1.8e-5 after 2 steps (the bar
+# is 1e-5, tests/test_sweep_multihost.py; 3e-6 with the jnp splat, the same
+# as before the entry existed), and the cause is not yet understood. The
+# features' splats keep the kernel.
+KERNEL_JACOBIAN_SPLAT = False
+
+
 def _splat_ffi(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
                h: jax.Array | None = None, jvals: jax.Array | None = None) -> jax.Array:
   """``_splat_jnp`` through the C++ kernel (not differentiable): [total_rows, F]."""
@@ -770,6 +779,8 @@ def _dispatch(spec: HashGridSpec, kernel_fn, jnp_fn, *args):
 def _splat(vals: jax.Array, x01: jax.Array, h: jax.Array | None,
            jvals: jax.Array | None, spec: HashGridSpec) -> jax.Array:
   """``_splat_jnp`` (or its kernel), with explicit gather-only cotangents."""
+  if jvals is not None and not KERNEL_JACOBIAN_SPLAT:
+    return _splat_jnp(vals, x01, spec, h, jvals)
   return _dispatch(spec, lambda v, x, d, j: _splat_ffi(v, x, spec, d, j),
                    lambda v, x, d, j: _splat_jnp(v, x, spec, d, j), vals, x01, h, jvals)
 
