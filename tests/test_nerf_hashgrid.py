@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from configs.hoi import get_config
+from hashgrid_reference import PRIMES, plain_encode
 from interfusion_jax.nerf import hashgrid
 from interfusion_jax.stage2 import config as config_lib
-
-PRIMES = (1, 2654435761, 805459861)
 
 # Two dense levels (res 4, 8: 5^3, 9^3 <= 2^10) and two hashed (res 16, 32).
 SMALL = hashgrid.HashGridSpec(n_levels=4, n_features_per_level=2,
@@ -78,34 +77,6 @@ def np_table_grad(g, x, spec, n_rows):
   return out
 
 
-def naive_jnp_encode(table, x, spec):
-  """Plain jnp gather (autodiff gives the scatter-add backward)."""
-  res, dense, _, offs = np_layout(spec)
-  x = jnp.clip(x, 0.0, 1.0)
-  feats = []
-  for r, d, off in zip(res, dense, offs):
-    pos = x * r
-    cell = jnp.clip(jnp.floor(pos), 0, r - 1)
-    f = pos - cell
-    cell = cell.astype(jnp.uint32)
-    acc = 0.0
-    for c in range(8):
-      b = [(c >> k) & 1 for k in range(3)]
-      v = cell + jnp.asarray(b, jnp.uint32)
-      if d:
-        idx = v[:, 0] + v[:, 1] * (r + 1) + v[:, 2] * (r + 1)**2
-      else:
-        idx = (v[:, 0] * jnp.uint32(PRIMES[0])) ^ (v[:, 1] * jnp.uint32(PRIMES[1])) ^ (
-            v[:, 2] * jnp.uint32(PRIMES[2]))
-        idx = idx % jnp.uint32(2**spec.log2_hashmap_size)
-      w = 1.0
-      for k in range(3):
-        w = w * (f[:, k] if b[k] else 1.0 - f[:, k])
-      acc = acc + w[:, None] * table[idx.astype(jnp.int32) + int(off)]
-    feats.append(acc)
-  return jnp.concatenate(feats, axis=1)
-
-
 def _table(spec, key=0):
   return jax.random.normal(jax.random.PRNGKey(key),
                            (spec.total_rows, spec.n_features_per_level), jnp.float32)
@@ -153,7 +124,7 @@ def test_table_gradient_matches_numpy_and_naive_autodiff():
   g = jax.random.normal(jax.random.PRNGKey(5), (x.shape[0], SMALL.output_dim))
   ours = jax.jit(jax.grad(
       lambda t: jnp.sum(g * hashgrid.hash_encode({"table": t}, x, SMALL))))(table)
-  naive = jax.jit(jax.grad(lambda t: jnp.sum(g * naive_jnp_encode(t, x, SMALL))))(table)
+  naive = jax.jit(jax.grad(lambda t: jnp.sum(g * plain_encode(t, x, SMALL))))(table)
   np.testing.assert_allclose(ours, np_table_grad(g, x, SMALL, SMALL.total_rows),
                              rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(ours, naive, rtol=1e-4, atol=1e-4)
@@ -207,7 +178,7 @@ def test_second_order_matches_naive():
 
   ours = jax.jit(jax.grad(
       lambda t: loss(lambda t, y: hashgrid.hash_encode({"table": t}, y, spec), t)))(table)
-  naive = jax.jit(jax.grad(lambda t: loss(lambda t, y: naive_jnp_encode(t, y, spec), t)))(table)
+  naive = jax.jit(jax.grad(lambda t: loss(lambda t, y: plain_encode(t, y, spec), t)))(table)
   np.testing.assert_allclose(ours, naive, rtol=1e-3, atol=1e-3 * float(jnp.abs(naive).max()))
 
 
