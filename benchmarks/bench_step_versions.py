@@ -86,7 +86,9 @@ def main() -> None:
   args = ap.parse_args()
   other = pathlib.Path(args.other).resolve()
   if not (other / "interfusion_jax").is_dir():
-    raise SystemExit(f"--other={other} holds no interfusion_jax package; give a checkout's root.")
+    print(f"error: --other={other} holds no interfusion_jax package; give a checkout's root "
+          "(e.g. git worktree add /tmp/old <commit>).", file=sys.stderr)
+    raise SystemExit(2)
   runs = {"this": [], "other": []}
   for r in range(args.rounds):
     for name, tree in (("other", other), ("this", ROOT)):
