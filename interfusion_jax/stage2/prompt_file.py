@@ -303,7 +303,7 @@ def scene_configs(base: config_lib.RunConfig | ml_collections.ConfigDict,
   if not prompts:
     raise SweepError("no prompts given; pass at least one "
                      "{'human': ..., 'object': ..., 'interaction': ...} dict.")
-  rows = [check_row(path, Row(i, i, {k: v for k, v in p.items()}))
+  rows = [check_row(path, Row(i, i, dict(p)))
           for i, p in enumerate(prompts, 1)]
   base = config_lib.parse(base)
   return [scene_config(base, r, path) for r in rows]

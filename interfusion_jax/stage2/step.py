@@ -62,7 +62,8 @@ GRID_OF = {"object": "object", "human": "human", "head": "human", "interaction":
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-  """Config settings that the step reads as they are (built by ``setup.train_spec``).
+  """Config settings that the step reads as they are (built by ``setup.train_spec``;
+  their defaults are the config schema's, written once there).
 
   Attributes:
     height, width: render size in pixels; batch_size: cameras per step
@@ -75,18 +76,18 @@ class StepSettings:
     random_white_prob: probability of a white background (config.background).
     object_blob: "origin" | "placement", where the object field starts (config.field).
   """
-  height: int = 64
-  width: int = 64
-  batch_size: int = 1
-  object_scale: float = 0.7
-  interaction_scale: float = 0.8
-  human_scale: float = 0.7
-  head_scale: float = 0.2
-  trace_resolution: int = 128
-  trace_threshold: float = 0.5
-  eval_shading: str = "diffuse"
-  random_white_prob: float = 0.0
-  object_blob: str = "origin"
+  height: int
+  width: int
+  batch_size: int
+  object_scale: float
+  interaction_scale: float
+  human_scale: float
+  head_scale: float
+  trace_resolution: int
+  trace_threshold: float
+  eval_shading: str
+  random_white_prob: float
+  object_blob: str
 
 
 @dataclasses.dataclass(frozen=True)
