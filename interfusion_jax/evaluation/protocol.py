@@ -55,7 +55,7 @@ def evaluate_loaded(workdir, config, spec, state, *, clip=None,
      [N, D] unit image features of the interaction views, or None without CLIP).
   """
   timings = {}
-  prompts = clip_score_lib.scene_prompts(rundirs.saved_prompt(workdir))
+  prompts = clip_score_lib.scene_prompts(vars(config.prompt))
   record = {"run": str(pathlib.Path(workdir).absolute()), "prompts": prompts,
             "step": int(state.step), "clip": None, "clip_note": NO_CLIP_NOTE,
             "clip_model": None, "reference": [dict(r) for r in PAPER_REFERENCE]}
