@@ -141,6 +141,8 @@ _OS = occ_lib.OccupancySpec
 _SCH = schedules.ScheduleSpec
 _PS = prompts_lib.PromptSpec
 _AS = anchor_lib.AnchorSpec
+_GO = guidance_core.GuidanceOptions
+_AQ = pose_anchor.AnchorQuery
 
 _POS_INT = (positive_int, "must be a positive integer")
 _NONNEG_INT = (nonneg_int, "must be a non-negative integer")
@@ -371,17 +373,17 @@ class GuidanceConfig(_Section):
   SECTION = "guidance"
   # auto: from the weights directory (an IF stage-I dir -> deepfloyd_if; a UNet with
   # 4 input channels -> stable_diffusion, 3 -> pixel); "" weights_dir -> builtin.
-  backend: str = setting("auto", choices=("auto", "stable_diffusion", "pixel", "deepfloyd_if",
+  backend: str = setting(_lib_default(_GO, "backend"), choices=("auto", "stable_diffusion", "pixel", "deepfloyd_if",
                                           "builtin"))
-  weights_dir: str = setting("", *_TEXT)      # local diffusers directory ("" = built-in prior)
+  weights_dir: str = setting(_lib_default(_GO, "weights_dir"), *_TEXT)      # local diffusers directory ("" = built-in prior)
   # Built-in prior only: lambda of object / interaction captions
   # (guidance.builtin.PriorSpec.object_sharpness; -1 = its default).
   builtin_object_sharpness: float = setting(
-      -1.0, lambda v: _real(v) and (v == -1 or v >= 1),
+      _lib_default(_GO, "builtin_object_sharpness"), lambda v: _real(v) and (v == -1 or v >= 1),
       "must be -1 (the built-in prior's default) or a number >= 1")
   # < 0: the backend default (Stable Diffusion 100, pixel 20)
-  guidance_scale: float = setting(-1.0, _real, "must be a number (< 0: the backend default)")
-  weighting: str = setting("", choices=("", "uniform", "sds", "fantasia3d"))  # "" = backend default
+  guidance_scale: float = setting(_lib_default(_GO, "guidance_scale"), _real, "must be a number (< 0: the backend default)")
+  weighting: str = setting(_lib_default(_GO, "weighting"), choices=("", "uniform", "sds", "fantasia3d"))  # "" = backend default
   t_min: float = setting(_lib_default(guidance_core.GuidanceSpec, "t_min"),
                          lambda v: _real(v) and 0.0 < v < 1.0, "must be in the open interval (0, 1)")
   t_max: float = setting(_lib_default(guidance_core.GuidanceSpec, "t_max"),
@@ -395,11 +397,11 @@ class GuidanceConfig(_Section):
   unet_dtype: str = setting(_lib_default(guidance_core.GuidanceSpec, "unet_dtype"),
                             choices=guidance_core.UNET_DTYPES)  # auto: bf16 on GPU/TPU
   vae_remat: bool = setting(_lib_default(guidance_core.GuidanceSpec, "vae_remat"), *_BOOL)
-  memory_efficient_attention: bool = setting(False, *_BOOL)  # chunked UNet attention
+  memory_efficient_attention: bool = setting(_lib_default(_GO, "memory_efficient_attention"), *_BOOL)  # chunked UNet attention
   # DeepFloyd IF: where T5 prompt embeddings are cached ("" = $INTERFUSION_TEXT_CACHE
   # or ~/.cache/interfusion_jax/text_embeddings); each prompt is encoded once.
-  text_cache_dir: str = setting("", *_TEXT)
-  sd_resolution: int = setting(512, *_POS_INT)
+  text_cache_dir: str = setting(_lib_default(_GO, "text_cache_dir"), *_TEXT)
+  sd_resolution: int = setting(_lib_default(_GO, "sd_resolution"), *_POS_INT)
 
   def check(self):
     if self.t_min >= self.t_max:
@@ -425,14 +427,14 @@ class BodyConfig(_Section):
 class PoseConfig(_Section):
   """config.pose: stage 1, the anchor pose (pose/)."""
   SECTION = "pose"
-  anchor_file: str = setting("", *_TEXT)     # use this anchor .npz instead of retrieval
-  codebook: str = setting("", *_TEXT)        # "" = built-in library codebook
-  clip_dir: str = setting("", *_TEXT)        # local FlaxCLIP directory ("" = built-in retrieval)
-  top_k: int = setting(7, *_POS_INT)
-  choose: str = setting("best", choices=("best", "rank", "clip_rerank", "sample"))
-  rank: int = setting(0, *_NONNEG_INT)
-  dedup: bool = setting(False, *_BOOL)
-  query_template: str = setting("a rendered 3d man is {interaction}",
+  anchor_file: str = setting(_lib_default(_AQ, "anchor_file"), *_TEXT)     # use this anchor .npz instead of retrieval
+  codebook: str = setting(_lib_default(_AQ, "codebook"), *_TEXT)        # "" = built-in library codebook
+  clip_dir: str = setting(_lib_default(_AQ, "clip_dir"), *_TEXT)        # local FlaxCLIP directory ("" = built-in retrieval)
+  top_k: int = setting(_lib_default(_AQ, "top_k"), *_POS_INT)
+  choose: str = setting(_lib_default(_AQ, "choose"), choices=("best", "rank", "clip_rerank", "sample"))
+  rank: int = setting(_lib_default(_AQ, "rank"), *_NONNEG_INT)
+  dedup: bool = setting(_lib_default(_AQ, "dedup"), *_BOOL)
+  query_template: str = setting(_lib_default(_AQ, "query_template"),
                                 lambda v: isinstance(v, str) and "{interaction}" in v,
                                 "must be a string containing {interaction}")
 
@@ -599,10 +601,15 @@ def parse(cfg: ml_collections.ConfigDict | RunConfig) -> RunConfig:
         raise unknown_key_error(f"{name}.{key}")
     sections[name] = cls(**{k: sec[k] for k in sec.keys()})
   scalars = {"seed": cfg.get("seed", 0), "variant": cfg.get("variant", "custom")}
-  for k, (ok, what) in SCALARS.items():
-    if not ok(scalars[k]):
-      raise ConfigError(f"config.{k} = {scalars[k]!r}: {what}.")
+  for k, v in scalars.items():
+    _check_scalar(k, v)
   return RunConfig(**scalars, **sections)
+
+
+def _check_scalar(key: str, value) -> None:
+  ok, what = SCALARS[key]
+  if not ok(value):
+    raise ConfigError(f"config.{key} = {value!r}: {what}.")
 
 
 def to_dict(run: RunConfig) -> dict:
@@ -620,9 +627,7 @@ def override(run: RunConfig, values: Mapping[str, Any]) -> RunConfig:
   scalars, sections = {}, {}
   for key, v in values.items():
     if key in SCALARS:
-      ok, what = SCALARS[key]
-      if not ok(v):
-        raise ConfigError(f"config.{key} = {v!r}: {what}.")
+      _check_scalar(key, v)
       scalars[key] = v
       continue
     name, _, field = key.partition(".")
