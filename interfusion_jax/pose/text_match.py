@@ -36,7 +36,7 @@ _LEMMA = {
     "surfing": "surf", "skiing": "ski", "cycling": "cycle", "biking": "bike",
     "driving": "drive", "drove": "drive", "driven": "drive",
     "sleeping": "sleep", "slept": "sleep", "relaxing": "relax",
-    "resting": "rest", "hugging": "hug", "hugged": "hug", "waving": "wave",
+    "resting": "rest", "hugging": "hug", "hugged": "hug",
     "waving": "greet", "hello": "greet", "dancing": "dance", "jumping": "jump", "climbing": "climb",
     "fishing": "fish", "cooking": "cook", "strumming": "strum",
     "shooting": "shoot", "shot": "shoot", "boxes": "box", "glasses": "glass",
