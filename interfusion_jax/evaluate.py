@@ -50,6 +50,9 @@ def evaluate_main() -> None:
     print(protocol.NO_CLIP_NOTE)
   out = protocol.evaluate_path(FLAGS.workdir, clip=clip, score_spec=spec,
                                  grid_resolution=FLAGS.grid_resolution, geometry=FLAGS.geometry)
+  for rec in out["records"]:   # which checkpoint each measured run used
+    if rec.get("step") is not None:
+      print(f"{rec['run']}: checkpoint step {rec['step']}")
   print(protocol.summary_text(out), end="")
   for p in report.write_reports(FLAGS.workdir) if FLAGS.reports else []:
     print(f"report: {p}")

@@ -31,6 +31,7 @@ def main(argv=None) -> int:
   except (FileNotFoundError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  print(loop.describe_checkpoint(args.workdir, state))
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "final")
   out.mkdir(parents=True, exist_ok=True)
   res = args.resolution or int(config.train.mesh_resolution)

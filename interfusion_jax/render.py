@@ -29,6 +29,7 @@ def main(argv=None) -> int:
   except (FileNotFoundError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  print(loop.describe_checkpoint(args.workdir, state))
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "renders")
   out.mkdir(parents=True, exist_ok=True)
   files = outputs.write_renders(state, spec, out,

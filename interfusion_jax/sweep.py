@@ -8,8 +8,9 @@ On several hosts run the same command on every host; on Cloud TPU
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or let
 SLURM's environment supply them). Re-running the command resumes. The sweep
 itself is ``stage2.sweep.run_sweep`` (docs/sweeps.md). Exit codes: 0 every
-scene done, 1 some scene failed or is unfinished, 2 bad input (one line
-``error: ...``), 130 interrupted (checkpoints written).
+scene done, 1 some scene failed or is unfinished, 2 bad input or a directory
+in use by another process (one line ``error: ...``), 130 interrupted by SIGINT
+or SIGTERM (every scene in training checkpointed).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ml_collections import config_flags
 
 from interfusion_jax.evaluation import report
 from interfusion_jax.stage2 import config as config_lib
+from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import processes as processes_lib
 from interfusion_jax.stage2 import prompt_file
 from interfusion_jax.stage2 import setup as setup_lib
@@ -54,6 +56,7 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   setup_lib.enable_compilation_cache()
+  loop.sigterm_as_interrupt()
   absl_logging.set_verbosity(absl_logging.WARNING if processes.index == 0 else absl_logging.ERROR)
   if processes.index != 0:   # logs come from process 0 only
     logging.getLogger().setLevel(logging.ERROR)

@@ -4,9 +4,11 @@
         --config.prompt.object="a bike" --workdir=runs/bike [--resume|--noresume]
 
 The run itself is ``stage2.loop.run``; the training step is in
-``stage2/step.py``. Exit codes: 0 done (or interrupted with a checkpoint),
-2 bad input (config, weights, anchor, work directory) or too many
-non-finite steps, with a one-line ``error: ...`` message.
+``stage2/step.py``. Exit codes: 0 done; 2 bad input (config, weights, anchor, work directory),
+a work directory in use by another process or started with another config,
+or too many non-finite steps, with a one-line ``error: ...`` message; 130
+interrupted by SIGINT or SIGTERM (the step in flight finishes and a
+checkpoint is written; run the same command to resume).
 """
 from __future__ import annotations
 
@@ -37,16 +39,22 @@ def main(argv) -> int:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   setup_lib.enable_compilation_cache()
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/JAX INFO chatter off
+  loop.sigterm_as_interrupt()
   try:
     run = config_lib.parse(FLAGS.config)   # the one translation into typed specs
     summary = loop.run(run, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress)
   except (setup_lib.TrainSetupError, config_lib.ConfigError, loop.TooManySkipsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"Interrupted; the checkpoints written so far are in {FLAGS.workdir}/checkpoints "
+          "(final/ untouched). Run the same command to resume.", file=sys.stderr)
+    return 130
   if summary.get("interrupted"):
-    print(f"Interrupted; checkpoint written to {FLAGS.workdir}/checkpoints. "
-          "Resume with --resume.")
-    return 0
+    print(f"Interrupted by {summary.get('signal') or 'Ctrl-C'} at step "
+          f"{int(summary['state'].step)}; checkpoint written to {FLAGS.workdir}/checkpoints. "
+          "Run the same command to resume.", file=sys.stderr)
+    return 130
   report.refresh_reports(FLAGS.workdir)
   print(f"Done: {FLAGS.workdir}/final (summary.json, turntables, meshes) and "
         f"{FLAGS.workdir}/report.html.")

@@ -4,7 +4,9 @@
   when complete, so a killed run never leaves a half-written "latest".
 * ``restore_latest`` walks the steps from newest to oldest; a checkpoint that
   fails to load (corrupt, truncated) is skipped with a warning and the previous
-  one is used.
+  one is used. With ``quarantine=True`` (training) the failed step is moved
+  aside to ``corrupt-<step>/`` (kept for inspection), so the run trains and
+  writes that step again instead of falling back to it forever.
 * ``save`` refuses pytrees holding NaN/Inf (``NonFiniteCheckpointError``): a
   NaN is never written.
 
@@ -24,6 +26,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import sys
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -53,6 +56,33 @@ def all_finite(tree: Any) -> bool:
 def to_host(tree: Any) -> Any:
   """Copies a pytree of (possibly device) arrays to NumPy. Same structure."""
   return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def _is_closed_loop_noise(exc_type, exc) -> bool:
+  return exc_type is RuntimeError and str(exc) == "Event loop is closed"
+
+
+def silence_closed_loop_tracebacks() -> None:
+  """Drops the "RuntimeError: Event loop is closed" tracebacks of a failed restore.
+
+  When a restore fails, Orbax closes its asyncio loop while TensorStore reads
+  of the same checkpoint are still in flight; each one that completes later
+  calls ``loop.call_soon_threadsafe`` from a TensorStore thread, which raises
+  and is reported through ``sys.unraisablehook`` as a bare traceback (dozens
+  per failed step). They are harmless: the failure itself is reported once, by
+  ``restore_latest``. This wraps ``sys.unraisablehook`` (once per process) to
+  drop exactly that exception; every other one is passed on.
+  """
+  hook = sys.unraisablehook
+  if getattr(hook, "_drops_closed_loop", False):
+    return
+
+  def filtered(unraisable):
+    if not _is_closed_loop_noise(unraisable.exc_type, unraisable.exc_value):
+      hook(unraisable)
+
+  filtered._drops_closed_loop = True  # pylint: disable=protected-access
+  sys.unraisablehook = filtered
 
 
 def _multiprocess() -> bool:
@@ -129,10 +159,29 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     manager.wait_until_finished()
 
 
+def quarantine_step(manager: ocp.CheckpointManager, step: int) -> pathlib.Path | None:
+  """Moves the step's directory aside to ``corrupt-<step>`` (``-<step>.<k>`` if taken).
+
+  Orbax no longer lists the step, so the next save at that step writes it
+  again. Returns the new path (None when the step directory is not found).
+  """
+  root = pathlib.Path(manager.directory)
+  src = root / str(int(step))
+  if not src.is_dir():
+    return None
+  dst, k = root / f"corrupt-{int(step)}", 1
+  while dst.exists():
+    dst, k = root / f"corrupt-{int(step)}.{k}", k + 1
+  os.replace(src, dst)
+  with process_local():
+    manager.reload()
+  return dst
+
+
 def restore_latest(manager: ocp.CheckpointManager, target: Any,
                    max_step: int | None = None,
-                   legacy: Sequence[tuple[Any, Callable[[Any], Any]]] = ()
-                   ) -> tuple[int, Any] | None:
+                   legacy: Sequence[tuple[Any, Callable[[Any], Any]]] = (),
+                   quarantine: bool = False) -> tuple[int, Any] | None:
   """Restores the newest loadable checkpoint into the structure of ``target``.
 
   Args:
@@ -143,6 +192,8 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
     legacy: (older target, convert) pairs tried, in order, when a step does not
       fit ``target``; ``convert`` maps the restored older tree to the new
       structure (e.g. ``step.legacy_targets``).
+    quarantine: move a step that fails to restore aside (``quarantine_step``);
+      only for the process that owns (has locked) the run directory.
 
   Returns:
     (step, state as NumPy pytree) or None when there is no loadable checkpoint.
@@ -154,6 +205,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), to_host(tree))
 
   candidates = [(abstract(target), None)] + [(abstract(t), fn) for t, fn in legacy]
+  silence_closed_loop_tracebacks()
   with process_local():
     manager.reload()
     steps = sorted((t for t in manager.all_steps() if max_step is None or t <= max_step),
@@ -177,6 +229,9 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
         error = error or e
     msg = (f"Checkpoint at step {step} in {manager.directory} could not be restored "
            f"({type(error).__name__}: {str(error)[:200]}); falling back to the previous one.")
+    moved = quarantine_step(manager, step) if quarantine else None
+    if moved is not None:
+      msg += f" It was moved aside to {moved}."
     warnings.warn(msg)
     logging.warning(msg)
   return None

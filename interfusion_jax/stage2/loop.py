@@ -20,14 +20,17 @@ its single run (up to float reassociation).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import pathlib
+import signal
 import sys
+import threading
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +51,60 @@ FROZEN_AXES = {"guidance": None, "text": 0, "anchor": 0}
 AXIS = "devices"
 
 
+# A run that reaches its last step with more than this fraction of its steps
+# skipped (non-finite loss or gradient; ``TrainState.total_skips``) has failed,
+# whatever ``train.max_consecutive_skips`` says (docs/training.md).
+MAX_SKIP_FRACTION = 0.25
+
+
 class TooManySkipsError(RuntimeError):
-  """Too many consecutive steps had a non-finite loss or gradient."""
+  """Too many steps had a non-finite loss or gradient (in a row, or in all)."""
+
+
+# ----------------------------------------------------------------------------
+# Signals.
+
+
+def sigterm_as_interrupt() -> None:
+  """Makes SIGTERM (preemption: TPU VMs, SLURM, Kubernetes) raise KeyboardInterrupt,
+  as SIGINT does, for the rest of the process (main thread only; command lines).
+
+  Inside ``train_loop`` both signals are handled more gently (``stop_requests``).
+  """
+  def handler(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict]:
+  """Within: a first SIGINT or SIGTERM only sets ``requests["signal"]`` (its name).
+
+  The loop finishes its step, writes checkpoints and returns interrupted; a
+  second signal raises KeyboardInterrupt at once. Handlers are installed only
+  in the main thread (elsewhere the dict stays empty) and restored on exit.
+  """
+  requests: dict = {"signal": None}
+  if threading.current_thread() is not threading.main_thread():
+    yield requests
+    return
+
+  def handler(signum, frame):
+    del frame
+    if requests["signal"] is not None:
+      raise KeyboardInterrupt
+    requests["signal"] = signal.Signals(signum).name
+    logging.warning("%s received: finishing this step and writing a checkpoint (send it "
+                    "again to stop at once).", requests["signal"])
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield requests
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------
@@ -230,8 +285,11 @@ def restore_or_init(config: config_lib.RunConfig, spec: step_lib.TrainSpec,
           f"--resume given but {paths.checkpoints} holds no checkpoint.")
     return fresh
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
-  restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step,
-                                     legacy=step_lib.legacy_targets(fresh))
+  try:   # a step that fails to restore is moved aside: it is trained and written again
+    restored = ckpt_lib.restore_latest(manager, fresh, max_step=max_step,
+                                       legacy=step_lib.legacy_targets(fresh), quarantine=True)
+  finally:
+    manager.close()
   if restored is None:
     if resume:
       raise setup_lib.TrainSetupError(f"No loadable checkpoint in {paths.checkpoints}.")
@@ -250,7 +308,9 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
 
   Per scene: metrics every ``train.log_every`` steps, validation grids every
   ``val_every`` and checkpoints every ``ckpt_every`` steps (and at the end or
-  on Ctrl-C) into its run directory, when it has one. Metrics rows already
+  on SIGINT / SIGTERM, after the step in flight: ``stop_requests``) into its
+  run directory, when it has one, with the cumulative training time
+  (``run_io.record_train_time``). Metrics rows already
   there for steps after the start step (a run killed after its last save, or
   before its first) are dropped first, so every step is logged once. ``stop_after`` (tests)
   returns after that many steps, like a killed run.
@@ -263,18 +323,22 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
       nothing more (its last checkpoint holds only finite values) and the
       others go on; the loop ends early when every scene has failed. False:
       raise ``TooManySkipsError``. Default: True for S > 1 scenes, False for
-      a single run.
+      a single run. The same holds for a scene that reaches ``total_steps``
+      with more than ``MAX_SKIP_FRACTION`` of its steps skipped.
     bar: a progress bar shared with other groups (a sweep's scenes x steps);
       it is advanced by S per step and not closed. None: the loop's own bar.
 
   Returns:
     (host TrainStates, info dict: "last_metrics" [per scene], "interrupted",
-     "steps_per_second", "wall_time_s", "steps_run", "num_devices",
-     "failed" [bool per scene], "failure" [message or None per scene]).
+     "signal" (the stop signal's name or None), "steps_per_second",
+     "wall_time_s" (this call), "steps_run", "num_devices",
+     "train_time_s" [per scene: training seconds over every session, from
+     train_time.json], "failed" [bool per scene], "failure" [message or None]).
 
   Raises:
     TooManySkipsError: after ``train.max_consecutive_skips`` non-finite steps in
-      a row, unless ``isolate_failures``.
+      a row, or at the last step with more than ``MAX_SKIP_FRACTION`` skipped,
+      unless ``isolate_failures``.
   """
   spec, n = group.spec, len(group.scenes)
   tc = group.configs[0].train
@@ -294,6 +358,7 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
     if p is not None:
       run_io.truncate_metrics(p.metrics, start)
   writers = [run_io.MetricsWriter(p) if p else None for p in group.paths]
+  prior = [run_io.read_train_time(p, start) if p else 0.0 for p in group.paths]
   isolate = n > 1 if isolate_failures is None else bool(isolate_failures)
   own_bar = bar is None
   if own_bar:
@@ -306,12 +371,17 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
     return unstack(dstate, n)
 
   def checkpoint(hosts, at):
+    elapsed = time.perf_counter() - t0
     for i, (m, h) in enumerate(zip(managers, hosts)):
       if m is not None and at > 0 and not failed[i]:
         ckpt_lib.save(m, at, h)
+        run_io.record_train_time(group.paths[i], at, prior[i] + elapsed)
 
   t0 = time.perf_counter()
+  stop = contextlib.ExitStack()
+  requests = {"signal": None}
   try:
+    requests = stop.enter_context(stop_requests())
     while step < total and (stop_after is None or done < stop_after):
       if schedules.trace_due(step, spec.schedule.trace_every):
         dstate = dstate._replace(object_center=compiled.trace(dstate.params["object"],
@@ -353,28 +423,61 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
             run_io.write_png(p.val / f"step_{step:06d}.png",
                              outputs_lib.validation_grid(h.params, h.occupancy,
                                                          h.object_center, spec))
-      if step % tc.ckpt_every == 0 or step == total:
+      if step % tc.ckpt_every == 0 or step == total or requests["signal"]:
         checkpoint(host_states(), step)
+      if requests["signal"]:
+        interrupted = True
+        logging.warning("%s: stopped at step %d; checkpoint written. Run the same command "
+                        "to resume.", requests["signal"], step)
+        break
   except KeyboardInterrupt:
     interrupted = True
     checkpoint(host_states(), step)
     logging.warning("Interrupted at step %d; checkpoint written. Resume with --resume.", step)
   finally:
+    stop.close()
     if own_bar:
       bar.close()
     for w in writers:
       if w is not None:
         w.close()
+    for m in managers:
+      if m is not None:
+        m.close()
   dt = time.perf_counter() - t0
+  hosts = host_states()
+  if step >= total and not interrupted:
+    for i, h in enumerate(hosts):
+      skips = int(h.total_skips)
+      if failed[i] or step <= 0 or skips <= MAX_SKIP_FRACTION * step:
+        continue
+      msg = (f"{skips} of {step} steps had a non-finite loss or gradient and were skipped "
+             f"(the limit is {MAX_SKIP_FRACTION:.0%}); the run failed. Lower the learning "
+             "rates, loss weights or the guidance scale, or check the guidance weights.")
+      if not isolate:
+        raise TooManySkipsError(msg)
+      failed[i], failure[i] = True, msg
+      logging.warning("scene %d failed: %s", i, msg)
   info = {"last_metrics": last, "interrupted": interrupted,
+          "signal": requests.get("signal") if interrupted else None,
           "steps_per_second": done / dt if dt > 0 else 0.0, "wall_time_s": dt,
+          "train_time_s": [p + dt for p in prior],
           "steps_run": done, "num_devices": compiled.num_devices,
           "failed": failed, "failure": failure}
-  return host_states(), info
+  return hosts, info
 
 
 # ----------------------------------------------------------------------------
 # Whole runs.
+
+
+def describe_checkpoint(workdir: str, state: step_lib.TrainState) -> str:
+  """One line for render / export / evaluate: which checkpoint step they use, and of how many."""
+  paths = run_io.RunPaths(pathlib.Path(workdir).absolute())
+  latest = ckpt_lib.latest_step(paths.checkpoints)
+  note = ("" if latest is None or latest == int(state.step) else
+          f" (step {latest} could not be restored; see the warning above)")
+  return f"Using checkpoint step {int(state.step)} of {paths.checkpoints}{note}."
 
 
 def preflight(config: config_lib.RunConfig | ml_collections.ConfigDict, workdir: str | None
@@ -399,6 +502,13 @@ def run(config: config_lib.RunConfig | ml_collections.ConfigDict, workdir: str, 
         progress: bool = True, final_outputs: bool = True) -> dict:
   """The whole stage-2 run of one scene; returns summary.json's content (or loop info).
 
+  The process holds the work directory's lock (``run_io.lock_run``) from
+  before anything loads until it returns. A directory with checkpoints is
+  resumed only under the config it was started with, up to
+  ``run_io.RESUMABLE_CHANGES`` (``run_io.check_resume_config``): checked, like
+  the lock, before anything loads or compiles and before config.json is
+  written.
+
   Args:
     config: the parsed config (a ``ConfigDict`` from configs/hoi.py is parsed by
       ``preflight``).
@@ -407,8 +517,30 @@ def run(config: config_lib.RunConfig | ml_collections.ConfigDict, workdir: str, 
     guidance: optional (GuidanceSpec, params, text table) override (tests).
     num_devices: local devices to use (default: all that divide the camera batch).
     stop_after: stop after this many steps without final outputs (tests).
+
+  Raises:
+    setup.TrainSetupError: the directory is locked by another process, holds
+      checkpoints of another config (or --noresume was given), or setup failed.
+    TooManySkipsError: see ``train_loop``.
   """
   config, paths = preflight(config, workdir)
+  try:
+    with run_io.lock_run(paths.root, " ".join(sys.argv)[:300] or "train"):
+      if ckpt_lib.latest_step(paths.checkpoints) is not None:
+        if resume is False:
+          raise setup_lib.TrainSetupError(
+              f"{paths.checkpoints} already holds checkpoints but --noresume was given; use "
+              "--resume (or drop the flag) to continue, or choose a new --workdir.")
+        run_io.check_resume_config(paths, config)
+      return _run_locked(config, paths, resume, guidance, num_devices, stop_after,
+                         progress, final_outputs)
+  except run_io.WorkdirError as e:
+    raise setup_lib.TrainSetupError(str(e)) from e
+
+
+def _run_locked(config, paths, resume, guidance, num_devices, stop_after, progress,
+                final_outputs) -> dict:
+  """``run`` once the directory is locked and checked."""
   scene = setup_lib.build_scene(config, paths, guidance=guidance)
   group = single_group(scene, config, paths)
   run_io.save_config(paths, config)
@@ -416,6 +548,7 @@ def run(config: config_lib.RunConfig | ml_collections.ConfigDict, workdir: str, 
   (state,), info = train_loop([state], group, num_devices=num_devices, stop_after=stop_after,
                               progress=progress)
   info["last_metrics"] = info["last_metrics"][0]
+  info["train_time_s"] = info["train_time_s"][0]
   info["state"] = state
   if info["interrupted"] or not final_outputs or int(state.step) < int(config.train.steps):
     return info
@@ -448,9 +581,10 @@ def train_scenes(configs: Sequence[config_lib.RunConfig], *, steps: int | None =
 
 
 def load_trained(workdir: str, guidance_spec: Any = None):
-  """(config, TrainSpec, host TrainState) of the latest checkpoint in a run directory.
+  """(config, TrainSpec, host TrainState) of the latest loadable checkpoint in a run directory.
 
-  The guidance is not loaded (it is not needed to render or export).
+  The guidance is not loaded (it is not needed to render or export). The
+  step used is the state's ``step`` (``describe_checkpoint`` says it in words).
   """
   config = run_io.load_config(workdir)
   paths = run_io.RunPaths(pathlib.Path(workdir).absolute())
@@ -459,7 +593,10 @@ def load_trained(workdir: str, guidance_spec: Any = None):
   spec = setup_lib.train_spec(config, gspec)
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
   target = step_lib.init_state(jax.random.PRNGKey(0), spec)
-  restored = ckpt_lib.restore_latest(manager, target, legacy=step_lib.legacy_targets(target))
+  try:   # a reader: a step that fails to restore is skipped (with a warning), not moved
+    restored = ckpt_lib.restore_latest(manager, target, legacy=step_lib.legacy_targets(target))
+  finally:
+    manager.close()
   if restored is None:
     raise FileNotFoundError(f"No loadable checkpoint in {paths.checkpoints}; train first.")
   return config, spec, restored[1]

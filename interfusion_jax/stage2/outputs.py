@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interfusion_jax import fileio
 from interfusion_jax.mesh import export as mesh_export
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.nerf import render as render_lib
@@ -193,18 +194,40 @@ def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
 
   The renders are ``config.train.final_resolution`` pixels square (0: the
   training render size).
+
+  The folder is written whole, as a temporary sibling renamed into place
+  (``fileio.atomic_directory``): an error or signal meanwhile leaves the
+  previous final/ as it was, never a half-written one.
+
+  summary.json's ``wall_time_s`` is the training time over every session of
+  the run (``info["train_time_s"]``, else this session's ``wall_time_s``) and
+  ``steps_per_second`` is ``step / wall_time_s``; ``session_wall_time_s`` is
+  the last session's loop time.
   """
   spec = scene.spec
-  outputs = write_renders(state, spec, paths.final, int(config.train.turntable_frames),
-                          int(config.train.final_resolution))
-  mesh_files, meshes = write_meshes(state, spec, paths.final, int(config.train.mesh_resolution))
-  outputs.update(mesh_files)
-  summary = {
+  with fileio.atomic_directory(paths.final) as tmp:
+    outputs = write_renders(state, spec, tmp, int(config.train.turntable_frames),
+                            int(config.train.final_resolution))
+    mesh_files, meshes = write_meshes(state, spec, tmp, int(config.train.mesh_resolution))
+    outputs.update(mesh_files)
+    outputs = {k: str(paths.final / pathlib.Path(v).name) for k, v in outputs.items()}
+    summary = _summary(state, scene, info, outputs, meshes)
+    outputs["report"] = str(paths.root / "report.html")
+    run_io.write_json(tmp / paths.summary.name, summary)
+  return summary
+
+
+def _summary(state, scene, info: dict, outputs: dict, meshes: dict) -> dict:
+  train_time = info.get("train_time_s", info.get("wall_time_s"))
+  train_time = float(train_time) if train_time is not None else None
+  return {
       "final_losses": {k: v for k, v in info.get("last_metrics", {}).items()
                        if k.startswith("loss") or k.startswith("lambda")},
       "step": int(state.step),
-      "wall_time_s": info.get("wall_time_s"),
-      "steps_per_second": info.get("steps_per_second"),
+      "wall_time_s": train_time,
+      "session_wall_time_s": info.get("wall_time_s"),
+      "steps_per_second": (int(state.step) / train_time if train_time else
+                           info.get("steps_per_second")),
       "total_skipped_steps": int(state.total_skips),
       "object_center": np.asarray(state.object_center).tolist(),
       "anchor_pose_id": setup_lib.anchor_id(scene.anchor_pose),
@@ -212,6 +235,3 @@ def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
       "mesh_vertices": {k: int(len(m.vertices)) for k, m in meshes.items()},
       "outputs": outputs,
   }
-  outputs["report"] = str(paths.root / "report.html")
-  run_io.write_json(paths.summary, summary)
-  return summary

@@ -3,7 +3,9 @@
 Layout (see docs/training.md)::
 
     <workdir>/
+      .lock                  held by the process writing the run (``lock_run``)
       config.json            resolved config (every key, after overrides)
+      train_time.json        cumulative training seconds at each checkpointed step
       anchor/anchor.npz      the anchor pose used (+ anchor.png preview)
       checkpoints/<step>/    Orbax checkpoints (checkpoint.py)
       metrics.jsonl          one JSON object per logged step
@@ -12,7 +14,8 @@ Layout (see docs/training.md)::
       final/                 turntables (.mp4 or .gif), multiview.png, meshes, summary.json
 
 Every file is written atomically: to a temporary file in the same directory,
-then ``os.replace``.
+then ``os.replace``; ``final/`` is written as a whole folder and renamed
+into place (``fileio.atomic_directory``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from interfusion_jax import fileio
 from interfusion_jax.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 (the run's writers)
 from interfusion_jax.stage2 import config as config_lib
 
@@ -75,6 +79,10 @@ class RunPaths:
   def summary(self) -> pathlib.Path:
     return self.final / "summary.json"
 
+  @property
+  def train_time(self) -> pathlib.Path:
+    return self.root / "train_time.json"
+
 
 def prepare_workdir(workdir: str | os.PathLike) -> RunPaths:
   """Creates the run directory tree and checks it is writable.
@@ -95,6 +103,29 @@ def prepare_workdir(workdir: str | os.PathLike) -> RunPaths:
         f"Cannot write to the work directory {paths.root}: {e.strerror or e}. "
         "Choose a writable --workdir.") from e
   return paths
+
+
+class WorkdirBusyError(WorkdirError):
+  """Another process is writing the work directory (it holds its lock)."""
+
+
+@contextlib.contextmanager
+def lock_run(directory: str | os.PathLike, what: str, name: str = fileio.LOCK_FILE
+             ) -> Iterator[pathlib.Path]:
+  """Holds the run (or sweep) directory's lock while inside (``fileio.hold_lock``).
+
+  Raises:
+    WorkdirBusyError: at once, naming the holder (pid, host, start time), when
+      another process holds it.
+  """
+  try:
+    with fileio.hold_lock(directory, what, name) as path:
+      yield path
+  except fileio.DirectoryLockedError as e:
+    raise WorkdirBusyError(str(e)) from None
+  except OSError as e:
+    raise WorkdirError(f"Cannot lock the work directory {directory}: {e.strerror or e}. "
+                       "Choose a writable --workdir.") from e
 
 
 def _jsonable(x: Any) -> Any:
@@ -133,6 +164,77 @@ def load_config(workdir: str | os.PathLike) -> config_lib.RunConfig:
         f"{path} not found: --workdir must be a directory written by "
         "`python -m interfusion_jax.train`.")
   return config_lib.parse(json.loads(path.read_text()))
+
+
+# Keys that may change between the sessions of one run: they only set how long
+# it trains and what it logs, keeps and writes at the end (docs/training.md).
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.val_every", "train.ckpt_every",
+                     "train.keep_checkpoints", "train.turntable_frames",
+                     "train.mesh_resolution", "train.final_resolution")
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_changes(old: config_lib.RunConfig, new: config_lib.RunConfig) -> list[str]:
+  """Dotted keys whose values differ between two configs, outside ``RESUMABLE_CHANGES``."""
+  a, b = (_flat(_jsonable(config_lib.to_dict(r))) for r in (old, new))
+  return sorted(k for k in a.keys() | b.keys()
+                if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def check_resume_config(paths: RunPaths, run: config_lib.RunConfig) -> None:
+  """Refuses to resume a run directory under a config other than the one it was started with.
+
+  Only the keys of ``RESUMABLE_CHANGES`` may differ from the stored
+  config.json. A directory without config.json is not checked.
+
+  Raises:
+    WorkdirError: one line listing the differing keys and the two ways out.
+  """
+  if not paths.config.is_file():
+    return
+  try:
+    old = config_lib.parse(json.loads(paths.config.read_text(encoding="utf-8")))
+  except (ValueError, UnicodeDecodeError) as e:   # ConfigError is a ValueError
+    raise WorkdirError(
+        f"{paths.config} cannot be read ({str(e).splitlines()[0][:200]}), so its checkpoints "
+        "cannot be resumed safely; choose a new --workdir.") from e
+  changed = config_changes(old, run)
+  if changed:
+    a, b = (_flat(_jsonable(config_lib.to_dict(r))) for r in (old, run))
+    shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed[:6])
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    raise WorkdirError(
+        f"{paths.root} was started with another config: {shown}{more} differ from its "
+        "config.json. Resume with the old values (see that config.json), or train the new "
+        "config in a new --workdir.")
+
+
+def read_train_time(paths: RunPaths, step: int) -> float:
+  """Training seconds spent up to the checkpointed ``step`` (0.0 when unknown or step 0)."""
+  try:
+    return float(json.loads(paths.train_time.read_text()).get(str(int(step)), 0.0))
+  except (OSError, ValueError, AttributeError):
+    return 0.0
+
+
+def record_train_time(paths: RunPaths, step: int, seconds: float) -> None:
+  """Adds {step: cumulative training seconds} to train_time.json (written with a checkpoint)."""
+  try:
+    times = json.loads(paths.train_time.read_text())
+    times = times if isinstance(times, dict) else {}
+  except (OSError, ValueError):
+    times = {}
+  times[str(int(step))] = float(seconds)
+  atomic_write_text(paths.train_time, json.dumps(times, sort_keys=True) + "\n")
 
 
 class MetricsWriter:

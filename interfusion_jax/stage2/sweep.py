@@ -21,9 +21,15 @@ interfusion_jax.sweep`` calls. In order:
 
 Re-running the same command resumes: finished (and failed) scenes are not
 trained again, the others continue from their newest checkpoints.
+
+Each process holds a lock on the sweep directory (``.lock``; ``.lock.p<i>``
+for process i of several) and on the run directory of every scene assigned to
+it, for its whole life (``run_io.lock_run``): a second sweep or a ``train``
+on one of them stops at once, naming the holder.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -31,6 +37,7 @@ import json
 import logging
 import math
 import pathlib
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -330,7 +337,8 @@ def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, ba
       if info["failed"][k]:
         st.update(status="failed", error=info["failure"][k])
       elif int(state.step) >= int(s.config.train.steps) and final_outputs:
-        scene_info = dict(info, last_metrics=info["last_metrics"][k])
+        scene_info = dict(info, last_metrics=info["last_metrics"][k],
+                          train_time_s=info["train_time_s"][k])
         outputs_lib.write_final_outputs(state, group.scenes[i], s.config, p, scene_info)
         st["status"] = "done"
       elif int(state.step) >= int(s.config.train.steps):
@@ -370,10 +378,30 @@ def run_sweep(base: config_lib.RunConfig | ml_collections.ConfigDict, prompts_fi
     prompt_file.SweepError, config.ConfigError: before anything loads or compiles, for bad
       input (``preflight``). Later errors mark the scenes of their group failed
       (the message is in the index) instead of ending the sweep.
+    setup.TrainSetupError: the sweep directory or one of this process's scene
+      directories is locked by another process (or cannot be written).
+    KeyboardInterrupt: after SIGINT / SIGTERM, once the group in training has
+      checkpointed every scene (``loop.train_loop``).
   """
   proc = processes or processes_lib.Processes()
   scenes, groups, root = preflight(config_lib.parse(base), prompts_file, workdir, proc.count)
-  root.mkdir(parents=True, exist_ok=True)
+  what = " ".join(sys.argv)[:300] or "sweep"
+  with contextlib.ExitStack() as locks:
+    try:
+      locks.enter_context(run_io.lock_run(
+          root, what, name=".lock" if proc.count == 1 else f".lock.p{proc.index}"))
+      for s in scenes:
+        if s.process == proc.index:
+          locks.enter_context(run_io.lock_run(root / s.name, what))
+    except run_io.WorkdirError as e:
+      raise setup_lib.TrainSetupError(str(e)) from e
+    return _run_sweep_locked(scenes, groups, root, prompts_file, proc, progress, num_devices,
+                             retry_failed, stop_after, final_outputs)
+
+
+def _run_sweep_locked(scenes, groups, root, prompts_file, proc, progress, num_devices,
+                      retry_failed, stop_after, final_outputs) -> list[dict]:
+  """``run_sweep`` once this process's directories are locked."""
   meta = {"prompts_file": str(pathlib.Path(prompts_file).absolute()),
           "num_processes": proc.count, "num_groups": len(groups),
           "groups": [[scenes[i].name for i in g] for g in groups]}
