@@ -113,7 +113,7 @@ def test_command_line_modules_only_parse_flags_and_call_the_library():
 
 
 # Tests of the code's shape as a whole, not of one module.
-CROSS_CUTTING = frozenset({"test_layout.py"})
+CROSS_CUTTING = frozenset({"test_layout.py", "test_drills.py"})
 # Script folders beside the package whose scripts have tests of their own.
 SCRIPT_DIRS = ("examples", "tools", "benchmarks")
 

@@ -118,14 +118,15 @@ def lock_run(directory: str | os.PathLike, what: str, name: str = fileio.LOCK_FI
     WorkdirBusyError: at once, naming the holder (pid, host, start time), when
       another process holds it.
   """
-  try:
-    with fileio.hold_lock(directory, what, name) as path:
-      yield path
-  except fileio.DirectoryLockedError as e:
-    raise WorkdirBusyError(str(e)) from None
-  except OSError as e:
-    raise WorkdirError(f"Cannot lock the work directory {directory}: {e.strerror or e}. "
-                       "Choose a writable --workdir.") from e
+  with contextlib.ExitStack() as stack:   # only acquiring is translated, not the block's errors
+    try:
+      path = stack.enter_context(fileio.hold_lock(directory, what, name))
+    except fileio.DirectoryLockedError as e:
+      raise WorkdirBusyError(str(e)) from None
+    except OSError as e:
+      raise WorkdirError(f"Cannot lock the work directory {directory}: {e.strerror or e}. "
+                         "Choose a writable --workdir.") from e
+    yield path
 
 
 def _jsonable(x: Any) -> Any:
