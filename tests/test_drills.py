@@ -135,6 +135,7 @@ def test_resume_under_another_config_is_refused(run_copy):
   assert set(run_io.RESUMABLE_CHANGES) >= {"train.steps", "train.log_every"}
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_moved_aside_and_written_again(run_copy, capsys):
   """Outcome 3 (+ item 8: cumulative training time, no Orbax "Event loop is closed"):
   the corrupt newest step goes to checkpoints/corrupt-12/, the run resumes from 8,
@@ -170,6 +171,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_written_again(run_copy, capsys)
   assert f"Using checkpoint step 12 of {run_copy / 'checkpoints'}." in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tmp_path):
   """Outcome 6: SIGTERM mid-run (no checkpoint due for 1000 steps) ends with a
   checkpoint at the step reached, one line, exit 130 and no final/ outputs.
