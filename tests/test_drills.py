@@ -135,7 +135,6 @@ def test_resume_under_another_config_is_refused(run_copy):
   assert set(run_io.RESUMABLE_CHANGES) >= {"train.steps", "train.log_every"}
 
 
-@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_moved_aside_and_written_again(run_copy, capsys):
   """Outcome 3 (+ item 8: cumulative training time, no Orbax "Event loop is closed"):
   the corrupt newest step goes to checkpoints/corrupt-12/, the run resumes from 8,
@@ -175,7 +174,8 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_written_again(run_copy, capsys)
 def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tmp_path):
   """Outcome 6: SIGTERM mid-run (no checkpoint due for 1000 steps) ends with a
   checkpoint at the step reached, one line, exit 130 and no final/ outputs.
-  (Same step program as test_train_kill.py: steps=40.)"""
+  (Same step program as test_train_kill.py, steps=40, so the two share one
+  compilation through the persistent cache; slow: that compilation.)"""
   work = tmp_path / "run"
   proc = subprocess.Popen([sys.executable, "-m", "interfusion_jax.train", f"--workdir={work}",
                            *SMOKE, "--config.train.steps=40", "--config.train.ckpt_every=1000"],
