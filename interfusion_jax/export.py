@@ -8,12 +8,27 @@ Marching cubes at the NeRF-occupancy 0.5 level by default
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import sys
 
-from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import loop
 from interfusion_jax.stage2 import outputs
+
+
+def check_args(args) -> None:
+  """The flags' values, before anything loads.
+
+  Raises:
+    ValueError: naming the flag: ``--resolution`` neither 0 (the config's) nor
+      >= 4; a ``--threshold`` that is not a finite positive density.
+  """
+  if args.resolution != 0 and args.resolution < 4:
+    raise ValueError(f"--resolution={args.resolution}: must be 0 (config.train.mesh_resolution) "
+                     "or an integer >= 4.")
+  if args.threshold is not None and not (math.isfinite(args.threshold) and args.threshold > 0):
+    raise ValueError(f"--threshold={args.threshold}: must be a finite density > 0 (default "
+                     "ln2 / config.loss.geo_delta).")
 
 
 def main(argv=None) -> int:
@@ -27,9 +42,10 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="", help="output directory (default <workdir>/final)")
   args = parser.parse_args(argv)
   try:
+    check_args(args)
     config, spec, state = loop.load_trained(args.workdir)
-  except (FileNotFoundError, config_lib.ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (OSError, ValueError) as e:   # ConfigError, a corrupt config.json or checkpoint
+    print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
     return 2
   print(loop.describe_checkpoint(args.workdir, state))
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "final")

@@ -102,14 +102,35 @@ def check_model_dir(root: PathLike, components: Iterable[str]) -> pathlib.Path:
   miss = missing_files(root, components)
   if miss:
     raise WeightsNotFoundError(
-        f"Diffusion weights directory {str(root)!r} is incomplete; missing:\n  "
-        + "\n  ".join(miss) + f"\n{HELP}")
+        f"Diffusion weights directory {str(root)!r} is incomplete; missing: "
+        + "; ".join(miss) + f". {HELP}")
   return root
 
 
+def _corrupt(path: PathLike, what: str, e: BaseException) -> ModelTypeError:
+  """The one-line error for a weights-directory file that exists but cannot be read."""
+  detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+  return ModelTypeError(f"{path} cannot be read as {what} ({type(e).__name__}: {detail}); "
+                        "the file is truncated or corrupt: download it again.")
+
+
 def _read_json(path: pathlib.Path) -> dict:
-  with open(path) as f:
-    return json.load(f)
+  """A JSON object file of a model directory.
+
+  Raises:
+    FileNotFoundError (or another OSError) when it cannot be opened;
+    ModelTypeError when it is not UTF-8 JSON holding an object.
+  """
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    out = json.loads(data.decode("utf-8"))
+  except ValueError as e:   # JSONDecodeError and UnicodeDecodeError
+    raise _corrupt(path, "a JSON file", e) from None
+  if not isinstance(out, dict):
+    raise ModelTypeError(f"{path} holds a JSON {type(out).__name__}, not an object; "
+                         "the file is corrupt: download it again.")
+  return out
 
 
 def _hashable_config(cfg: dict) -> dict:
@@ -137,9 +158,16 @@ def iter_safetensors(path: PathLike) -> Iterable[tuple[str, np.ndarray]]:
   """
   from safetensors import safe_open
   for shard in _shards(pathlib.Path(path)):
-    with safe_open(str(shard), framework="numpy") as f:
-      for name in f.keys():
-        yield name, f.get_tensor(name)
+    try:
+      with safe_open(str(shard), framework="numpy") as f:
+        names = list(f.keys())
+        for name in names:
+          tensor = f.get_tensor(name)
+          yield name, tensor
+    except (FileNotFoundError, ModelTypeError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # SafetensorError, truncation
+      raise _corrupt(shard, "safetensors", e) from None
 
 
 def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
@@ -153,7 +181,12 @@ def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
   from safetensors.numpy import load_file
   out = {}
   for shard in _shards(pathlib.Path(path)):
-    out.update(load_file(str(shard)))
+    try:
+      out.update(load_file(str(shard)))
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # SafetensorError, truncation
+      raise _corrupt(shard, "safetensors", e) from None
   return out
 
 
@@ -263,7 +296,12 @@ def host_params(folder: pathlib.Path, shapes: Any, rename, *, dtype: Any = np.fl
   """
   path, fmt = _weights_file(folder)
   if fmt == "flax":
-    params = serialization.msgpack_restore(path.read_bytes())
+    try:
+      params = serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # pylint: disable=broad-except  # msgpack's errors, truncation
+      raise _corrupt(path, "Flax msgpack", e) from None
+    if not isinstance(params, dict):
+      raise _corrupt(path, "Flax msgpack", TypeError(f"holds a {type(params).__name__}"))
     if "params" in params and "params" not in shapes:
       params = params["params"]
     _check_tree(params, shapes, str(folder))

@@ -4,7 +4,9 @@
         [--clip_dir DIR] [--codebook FILE] [--choose best|rank|clip_rerank|sample] \
         [--rank k] [--seed s] [--top_k 7] [--dedup] [--scene "a man ... riding a bike"]
 
-Writes ``anchor.npz`` (see pose/anchor.py) and ``anchor.png``, a contact sheet
+Writes ``anchor.npz`` (see pose/anchor.py; ``--out`` gets ``.npz`` appended when it
+lacks it, an existing directory gets ``anchor.npz`` inside; the path written is
+printed) and ``anchor.png``, a contact sheet
 of the k candidates (front view) with their rank and score, so a person can
 pick one and re-run with ``--choose rank --rank N``.
 """
@@ -46,7 +48,31 @@ def write_contact_sheet(path, body, cb: codebook_lib.Codebook,
   return path
 
 
+SEED_LIMIT = 2 ** 32
+
+
+def check_args(a: argparse.Namespace) -> None:
+  """The flags' values, before anything loads.
+
+  Raises:
+    ValueError: naming the flag, its value and what is allowed.
+  """
+  if not a.text.strip():
+    raise ValueError('--text is empty; give the interaction, e.g. --text "riding a bike".')
+  if a.top_k < 1:
+    raise ValueError(f"--top_k={a.top_k}: must be a positive integer.")
+  if a.rank < 0 or (a.choose in ("rank", "sample") and a.rank >= a.top_k):
+    raise ValueError(f"--rank={a.rank}: must be in [0, --top_k - 1 = {a.top_k - 1}].")
+  if not 0 <= a.seed < SEED_LIMIT:
+    raise ValueError(f"--seed={a.seed}: must be an integer in [0, 2^32 - 1 = {SEED_LIMIT - 1}].")
+  if "{interaction}" not in a.template:
+    raise ValueError(f"--template={a.template!r}: must contain {{interaction}}.")
+  if not a.out.strip():
+    raise ValueError("--out is empty; give the anchor file to write, e.g. --out anchor.npz.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Exit codes: 0 written, 2 bad input (one ``error: ...`` line on stderr)."""
   p = argparse.ArgumentParser(prog="python -m interfusion_jax.pose",
                               description="Stage 1: interaction text -> anchor pose.")
   p.add_argument("--text", required=True, help='interaction T_I, e.g. "riding a bike"')
@@ -63,17 +89,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--scene", default="", help="full scene prompt for clip_rerank")
   p.add_argument("--no_sheet", action="store_true", help="skip the contact sheet")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  cb = codebook_lib.load(a.codebook or None)
-  clip = None
-  if a.clip_dir:
-    clip = clip_lib.load_clip(a.clip_dir)
-  body = body_model.load_body_model(a.body) if (clip is not None or not a.no_sheet) else None
-  anchor, cands = anchor_lib.find_anchor(
-      cb, a.text, clip=clip, body=body, top_k=a.top_k, method=a.choose, rank=a.rank,
-      seed=a.seed, use_dedup=a.dedup, template=a.template, scene_prompt=a.scene,
-      codebook_name=a.codebook or "builtin")
-  out = anchor_lib.save_anchor(a.out, anchor)
+  try:
+    check_args(a)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cb = codebook_lib.load(a.codebook or None)
+    clip = None
+    if a.clip_dir:
+      clip = clip_lib.load_clip(a.clip_dir)
+    body = body_model.load_body_model(a.body) if (clip is not None or not a.no_sheet) else None
+    anchor, cands = anchor_lib.find_anchor(
+        cb, a.text, clip=clip, body=body, top_k=a.top_k, method=a.choose, rank=a.rank,
+        seed=a.seed, use_dedup=a.dedup, template=a.template, scene_prompt=a.scene,
+        codebook_name=a.codebook or "builtin")
+  except (OSError, ValueError) as e:   # missing / malformed inputs
+    print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+    return 2
+  try:   # an existing directory gets DIR/anchor.npz; save_anchor adds a missing .npz
+    out = anchor_lib.save_anchor(
+        pathlib.Path(a.out) / "anchor.npz" if pathlib.Path(a.out).is_dir() else a.out, anchor)
+  except OSError as e:
+    print(f"error: --out={a.out}: cannot be written ({e.strerror or e}).", file=sys.stderr)
+    return 2
   print(f"backend: {anchor.meta['backend']}; query: {anchor.meta['query']!r}")
   chosen = int(anchor.meta["position"])
   for i, (c, s, l) in enumerate(zip(cands.indices, cands.scores,
@@ -82,7 +118,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{mark} rank {i}: codebook {int(c):5d}  score {float(s):.4f}  {l}")
   print(f"chose: {anchor.meta['source']} -> {out}")
   if not a.no_sheet:
-    sheet = write_contact_sheet(out.with_suffix(".png"), body, cb, cands, chosen)
+    try:
+      sheet = write_contact_sheet(out.with_suffix(".png"), body, cb, cands, chosen)
+    except OSError as e:
+      print(f"error: contact sheet {out.with_suffix('.png')}: {e}", file=sys.stderr)
+      return 2
     print(f"contact sheet: {sheet}")
   return 0
 

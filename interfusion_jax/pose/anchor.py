@@ -35,6 +35,12 @@ class AnchorFileError(ValueError):
   """An anchor file is malformed."""
 
 
+# The largest rotation angle (axis-angle norm, radians) an anchor file may hold per
+# joint. A rotation needs at most pi; 4 pi leaves room for unwrapped angles and
+# refuses the absurd (1e30 rad: sin/cos of it are noise and the body degenerates).
+MAX_ROTATION_RAD = 4 * np.pi
+
+
 @dataclasses.dataclass(frozen=True)
 class AnchorPose:
   """body_pose [63], global_orient [3] (float32) and a JSON-able meta dict."""
@@ -44,8 +50,11 @@ class AnchorPose:
 
 
 def save_anchor(path: str | os.PathLike, anchor: AnchorPose) -> pathlib.Path:
-  """Writes the anchor .npz (see module docstring). Returns the path."""
+  """Writes the anchor .npz (see module docstring). Returns the path written: ``path``,
+  with ``.npz`` appended when it has another suffix or none (as ``np.savez`` does)."""
   path = pathlib.Path(path)
+  if path.suffix != ".npz":
+    path = path.with_name(path.name + ".npz")
   path.parent.mkdir(parents=True, exist_ok=True)
   arrays: dict[str, Any] = {}
   for key, val in anchor.meta.items():
@@ -59,7 +68,8 @@ def save_anchor(path: str | os.PathLike, anchor: AnchorPose) -> pathlib.Path:
 def load_anchor(path: str | os.PathLike) -> AnchorPose:
   """Reads an anchor .npz (from ``python -m interfusion_jax.pose`` or by hand).
 
-  Only ``body_pose`` [63] is required; ``global_orient`` defaults to zeros.
+  Only ``body_pose`` [63] is required; ``global_orient`` defaults to zeros. Every
+  value must be finite and every joint's rotation at most ``MAX_ROTATION_RAD``.
 
   Raises:
     FileNotFoundError, AnchorFileError.
@@ -84,6 +94,11 @@ def load_anchor(path: str | os.PathLike) -> AnchorPose:
                           f"{go.size}; expected 63 (21 SMPL-X body joints) and 3.")
   if not (np.all(np.isfinite(bp)) and np.all(np.isfinite(go))):
     raise AnchorFileError(f"{path}: body_pose/global_orient contain NaN or inf.")
+  angles = np.linalg.norm(np.concatenate([go.reshape(1, 3), bp.reshape(21, 3)]).astype(np.float64),
+                          axis=-1)
+  if angles.max() > MAX_ROTATION_RAD:
+    raise AnchorFileError(f"{path}: a joint rotates by {float(angles.max()):.3g} rad; axis-angle "
+                          f"rotations must be at most 4 pi = {MAX_ROTATION_RAD:.4g} rad.")
   meta = {k: (v.item() if v.ndim == 0 else v.tolist()) for k, v in data.items()}
   meta.setdefault("anchor_file", str(path))
   return AnchorPose(bp.reshape(63), go.reshape(3), meta)

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import numbers
+import pathlib
 import sys
 from typing import Any, Callable, Iterable, Mapping
 
@@ -72,7 +74,10 @@ def nonneg_int(v) -> bool:
 
 
 def _real(v) -> bool:
-  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+  """A finite real number (never inf, -inf or NaN: no float key accepts them)."""
+  if not isinstance(v, numbers.Real) or isinstance(v, bool):
+    return False
+  return isinstance(v, numbers.Integral) or math.isfinite(v)
 
 
 def positive(v) -> bool:
@@ -191,17 +196,25 @@ class PromptConfig(_Section):
   prefix: str = setting(_lib_default(_PS, "prefix"), *_TEXT)   # "" disables
   suffix: str = setting(_lib_default(_PS, "suffix"), *_TEXT)   # "" disables
   view_dependent: bool = setting(_lib_default(_PS, "view_dependent"), *_BOOL)
+  # view-dependent prompts: overhead above this elevation; |azimuth| < front: front,
+  # > back: back, else side (guidance.prompts.view_index; azimuths in [0, 180])
   overhead_elevation_deg: float = setting(_lib_default(_PS, "overhead_elevation_deg"),
-                                          _real, "must be a number")
-  front_azimuth_deg: float = setting(_lib_default(_PS, "front_azimuth_deg"), _real,
-                                     "must be a number")
-  back_azimuth_deg: float = setting(_lib_default(_PS, "back_azimuth_deg"), _real,
-                                    "must be a number")
+                                          lambda v: _real(v) and -90 <= v <= 90,
+                                          "must be in [-90, 90] (degrees)")
+  front_azimuth_deg: float = setting(_lib_default(_PS, "front_azimuth_deg"),
+                                     lambda v: _real(v) and 0 <= v <= 180,
+                                     "must be in [0, 180] (degrees)")
+  back_azimuth_deg: float = setting(_lib_default(_PS, "back_azimuth_deg"),
+                                    lambda v: _real(v) and 0 <= v <= 180,
+                                    "must be in [0, 180] (degrees)")
   head_template: str = setting(_lib_default(_PS, "head_template"),
                                lambda v: isinstance(v, str) and "{human}" in v,
                                "must be a string containing {human}")
 
   def check(self):
+    if self.front_azimuth_deg > self.back_azimuth_deg:
+      raise ConfigError(f"config.prompt.front_azimuth_deg = {self.front_azimuth_deg} must not "
+                        f"exceed config.prompt.back_azimuth_deg = {self.back_azimuth_deg}.")
     for name in ("human", "object", "interaction"):
       if not nonempty_text(getattr(self, name)):
         raise ConfigError(f"config.prompt.{name} is empty; give a prompt, e.g. "
@@ -382,7 +395,10 @@ class GuidanceConfig(_Section):
       _lib_default(_GO, "builtin_object_sharpness"), lambda v: _real(v) and (v == -1 or v >= 1),
       "must be -1 (the built-in prior's default) or a number >= 1")
   # < 0: the backend default (Stable Diffusion 100, pixel 20)
-  guidance_scale: float = setting(_lib_default(_GO, "guidance_scale"), _real, "must be a number (< 0: the backend default)")
+  # -1: the backend default (Stable Diffusion 100, pixel 20, IF 20); else a scale >= 0
+  guidance_scale: float = setting(_lib_default(_GO, "guidance_scale"),
+                                  lambda v: _real(v) and (v == -1 or v >= 0),
+                                  "must be -1 (the backend default) or a number >= 0")
   weighting: str = setting(_lib_default(_GO, "weighting"), choices=("", "uniform", "sds", "fantasia3d"))  # "" = backend default
   t_min: float = setting(_lib_default(guidance_core.GuidanceSpec, "t_min"),
                          lambda v: _real(v) and 0.0 < v < 1.0, "must be in the open interval (0, 1)")
@@ -506,7 +522,9 @@ SECTIONS: dict[str, type] = {
     "camera": CameraConfig, "guidance": GuidanceConfig, "body": BodyConfig,
     "pose": PoseConfig, "loss": LossConfig, "optim": OptimConfig, "train": TrainConfig,
 }
-SCALARS = {"seed": (nonneg_int, "must be a non-negative integer"),
+SEED_LIMIT = 2 ** 32   # seeds are PRNG keys of 32 bits: 0 <= seed < 2^32, none aliases
+SCALARS = {"seed": (lambda v: nonneg_int(v) and v < SEED_LIMIT,
+                    f"must be an integer in [0, 2^32 - 1 = {SEED_LIMIT - 1}]"),
            "variant": (text, "must be a string")}
 
 
@@ -643,11 +661,15 @@ def check_overrides(argv: Iterable[str], flag: str = "config") -> None:
   """Rejects unknown ``--config.a.b=...`` keys of a command line, before absl parses it.
 
   Reads ``--config.k=v``, ``--config.k v``, ``-config.k=v`` and ``--noconfig.k``
-  (absl's spellings), up to a bare ``--``.
+  (absl's spellings), up to a bare ``--``. The config file itself is checked
+  first (``check_config_file``).
 
   Raises:
-    ConfigError: naming the first unknown key and the nearest valid keys.
+    ConfigError: naming a bad config file or variant, or the first unknown key
+      and the nearest valid keys.
   """
+  argv = list(argv)
+  check_config_file(argv, flag)
   valid = set(valid_keys())
   prefixes = tuple(f"{dashes}{no}{flag}." for dashes in ("--", "-") for no in ("", "no"))
   for arg in argv:
@@ -659,6 +681,45 @@ def check_overrides(argv: Iterable[str], flag: str = "config") -> None:
     key = arg[len(prefix):].split("=", 1)[0]
     if key not in valid:
       raise unknown_key_error(key)
+
+
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+  """The values of ``--flag=V`` / ``--flag V`` (one or two dashes) in ``argv``, up to ``--``."""
+  out = []
+  for i, arg in enumerate(argv):
+    if arg == "--":
+      break
+    for dashes in ("--", "-"):
+      if arg.startswith(f"{dashes}{flag}="):
+        out.append(arg.split("=", 1)[1])
+      elif arg == f"{dashes}{flag}" and i + 1 < len(argv):
+        out.append(argv[i + 1])
+  return out
+
+
+def check_config_file(argv: Iterable[str], flag: str = "config") -> None:
+  """Loads the ``--config=FILE[:variant]`` of a command line as absl will, before it does.
+
+  A missing file, a file that fails to run or a variant that ``get_config``
+  rejects (``configs/hoi.py:smok``; its message lists the valid variants)
+  become one ``ConfigError`` line here instead of absl's traceback.
+
+  Raises:
+    ConfigError: naming the flag value and the file's own message.
+  """
+  for value in _flag_values(list(argv), flag):
+    path, _, variant = value.partition(":")
+    if not pathlib.Path(path).is_file():
+      raise ConfigError(f"--{flag}={value}: no config file {path!r}; give e.g. "
+                        f"--{flag}=configs/hoi.py:smoke.")
+    try:
+      spec = importlib.util.spec_from_file_location("_interfusion_config_check", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      module.get_config(*([variant] if variant else []))
+    except Exception as e:  # pylint: disable=broad-except
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ConfigError(f"--{flag}={value}: {first}") from None
 
 
 def exit_on_bad_overrides(argv: Iterable[str], flag: str = "config") -> None:

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import ml_collections
 
+from interfusion_jax.pose import anchor as pose_anchor
 from interfusion_jax.stage2 import config as config_lib
 
 
@@ -45,6 +46,10 @@ COLUMNS = {
 REQUIRED = ("human", "object", "interaction")
 EXAMPLES = {"human": "a man", "object": "a bike", "interaction": "riding a bike"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Files a sweep directory holds beside its scenes' directories (the index, the
+# reports, the evaluation); no scene may be named like one (any letter case).
+RESERVED_NAMES = ("sweep.json", "sweep.csv", "index.html", "report.html", "eval.json",
+                  "eval.csv", "sweep_status.json")
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -79,6 +84,10 @@ def read_prompt_file(path: str | pathlib.Path) -> list[Row]:
   except OSError as e:
     raise SweepError(f"--prompts={path}: cannot be read ({e.strerror or e}); give a .jsonl "
                      "or .csv file with one scene a row.") from e
+  except UnicodeDecodeError as e:
+    line = text_line_of(path.read_bytes(), e.start)
+    raise SweepError(f"--prompts={path}: line {line}, byte {e.start}: not UTF-8 text "
+                     f"({e.reason}); save the file as UTF-8.") from None
   suffix = path.suffix.lower()
   if suffix in (".jsonl", ".json"):
     rows = _jsonl_rows(path, text)
@@ -101,6 +110,11 @@ def read_prompt_file(path: str | pathlib.Path) -> list[Row]:
                        f"{seen[name]}); every scene needs its own name.")
     seen[name] = r.number
   return rows
+
+
+def text_line_of(data: bytes, offset: int) -> int:
+  """The 1-based line of byte ``offset`` in ``data``."""
+  return data.count(b"\n", 0, offset) + 1
 
 
 def _jsonl_rows(path, text: str) -> list[Row]:
@@ -217,8 +231,15 @@ def check_row(path, row: Row) -> Row:
       if col == "name":
         if not isinstance(v, str) or not NAME_RE.match(v.strip()):
           raise ValueError("must be a directory name of letters, digits, '.', '_' or '-'")
+        if v.strip().lower() in RESERVED_NAMES:
+          raise ValueError(f"is a file of the sweep directory ({', '.join(RESERVED_NAMES)}); "
+                           "give the scene another name")
         values[col] = v.strip()
-      elif col == "seed" or col == "pose_rank":
+      elif col == "seed":
+        values[col] = _as_int(v)
+        if values[col] >= config_lib.SEED_LIMIT:
+          raise ValueError(f"must be an integer in [0, 2^32 - 1 = {config_lib.SEED_LIMIT - 1}]")
+      elif col == "pose_rank":
         values[col] = _as_int(v)
       elif col in ("aug_rot", "aug_trans"):
         values[col] = _as_bool(v)
@@ -229,6 +250,10 @@ def check_row(path, row: Row) -> Row:
         p = p if p.is_absolute() else pathlib.Path(path).absolute().parent / p
         if not p.is_file():
           raise ValueError(f"{str(p)!r} does not exist")
+        try:   # its content too (shapes, finite and plausible angles): no group fails on it
+          pose_anchor.load_anchor(p)
+        except (OSError, ValueError) as e:
+          raise ValueError(f"is not a usable anchor file: {str(e).splitlines()[0]}") from None
         values[col] = str(p)
       elif col == "camera_distance":
         d = _as_numbers(v, (1, 2))

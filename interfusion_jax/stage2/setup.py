@@ -48,6 +48,110 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+# ----------------------------------------------------------------------------
+# Memory estimates (checked before compiling: an absurd render size is refused in
+# one line instead of failing after minutes of compiling on a huge allocation).
+
+# Bytes per ray sample, fitted to XLA's memory analysis of the step and of the eval
+# render compiled on CPU for the smoke and cpu variants (benchmarks/bench_memory.py,
+# benchmarks/results/memory.json): a part per sample of the ray (positions,
+# weights, compositing) plus a part per evaluated sample and field feature
+# (hash-grid features and MLP activations of both fields, finite-difference normals).
+STEP_BYTES_PER_SAMPLE = 250.0     # the four renders of a camera, forward and backward
+STEP_BYTES_PER_FEATURE = 180.0
+EVAL_BYTES_PER_SAMPLE = 250.0     # the three eval renders, forward only
+EVAL_BYTES_PER_FEATURE = 32.0
+# A size is refused only when its estimate exceeds this many times the memory: the
+# fit comes from CPU compiles, and a GPU or TPU compiler may fuse more.
+MEMORY_MARGIN = 2.0
+
+
+def _features(run: config_lib.RunConfig) -> int:
+  """Per-point activations of one field: hash-grid features plus MLP units."""
+  f = run.field
+  return f.n_levels * f.n_features_per_level + f.mlp_width * (f.mlp_hidden_layers + 1)
+
+
+def _evaluated(run: config_lib.RunConfig) -> int:
+  """Field evaluations per ray (config.render.sample_budget; 0: num_samples // 8)."""
+  r = run.render
+  return r.sample_budget or max(1, r.num_samples // 8)
+
+
+def step_memory_bytes(run: config_lib.RunConfig) -> int:
+  """An estimate of the training step's peak memory for the render size (bytes).
+
+  ``height x width x batch_size`` rays, ``num_samples`` samples each, the four
+  renders of a camera, forward and backward; the diffusion model is not
+  counted (its size does not depend on the render size).
+  """
+  r = run.render
+  rays = r.height * r.width * r.batch_size
+  per_ray = (r.num_samples * STEP_BYTES_PER_SAMPLE
+             + _evaluated(run) * _features(run) * STEP_BYTES_PER_FEATURE)
+  return int(rays * per_ray)
+
+
+def render_memory_bytes(run: config_lib.RunConfig, size: int) -> int:
+  """An estimate of one eval render's peak memory at ``size`` x ``size`` pixels (bytes);
+  the turntables and multiview of ``render`` / the final outputs render one view at a time."""
+  r = run.render
+  per_ray = (r.num_samples * EVAL_BYTES_PER_SAMPLE
+             + _evaluated(run) * _features(run) * EVAL_BYTES_PER_FEATURE)
+  return int(size * size * per_ray)
+
+
+def memory_limit_bytes() -> int | None:
+  """Memory of the first device (its allocator's limit), or the host's RAM on CPU;
+  None when neither is known."""
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+      return int(stats["bytes_limit"])
+  except Exception:  # pylint: disable=broad-except  # backends without memory_stats
+    pass
+  try:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _gb(n: float) -> str:
+  return f"{n / 1e9:.3g} GB"
+
+
+def check_memory(run: config_lib.RunConfig, final_size: int | None = None,
+                 limit: int | None = None) -> None:
+  """Refuses render sizes whose estimated memory exceeds ``MEMORY_MARGIN`` times the
+  device's, before compiling.
+
+  Args:
+    final_size: also check an eval render of this many pixels square
+      (``config.train.final_resolution``, 0 = the render size; None: not checked).
+    limit: bytes available (default ``memory_limit_bytes()``; None: nothing checked).
+
+  Raises:
+    TrainSetupError: naming the keys, the estimate and the memory available.
+  """
+  limit = memory_limit_bytes() if limit is None else limit
+  if not limit:
+    return
+  r = run.render
+  need = step_memory_bytes(run)
+  if need > MEMORY_MARGIN * limit:
+    raise TrainSetupError(
+        f"config.render.height x width = {r.height} x {r.width} (batch_size {r.batch_size}, "
+        f"num_samples {r.num_samples}): the training step needs about {_gb(need)}, more than "
+        f"twice the {_gb(limit)} this device has; lower the render size or num_samples.")
+  if final_size is not None:
+    size = final_size or max(r.height, r.width)
+    need = render_memory_bytes(run, size)
+    if need > MEMORY_MARGIN * limit:
+      raise TrainSetupError(
+          f"config.train.final_resolution = {size}: a render needs about {_gb(need)}, more "
+          f"than twice the {_gb(limit)} this device has; lower config.train.final_resolution.")
+
+
 def model_fns(run: config_lib.RunConfig) -> model_lib.ModelFns:
   """The hash-grid fields and backgrounds of ``run`` (shared by train, render, export)."""
   return model_lib.bind(config_lib.field_spec(run), config_lib.background_spec(run))
@@ -120,7 +224,9 @@ def load_guidance_and_text(config: config_lib.RunConfig):
   otherwise the local diffusers directory is loaded.
 
   Raises:
-    TrainSetupError: when the weights directory is incomplete.
+    TrainSetupError: when the weights directory is incomplete, holds another
+      model, or a file of it is corrupt (a config.json that is not JSON, a
+      truncated msgpack / safetensors file).
   """
   g, prompt = config_lib.guidance_options(config), config_lib.prompt_spec(config)
   root = str(g.weights_dir).strip()
@@ -130,7 +236,7 @@ def load_guidance_and_text(config: config_lib.RunConfig):
     return gspec, gparams, table
   try:
     return loading.load_scene_guidance(g, prompt, root)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, loading.ModelTypeError) as e:
     raise TrainSetupError(f"config.guidance.weights_dir: {e}") from e
 
 
@@ -145,7 +251,10 @@ def text_table(config: config_lib.RunConfig, guidance_kind: str) -> dict:
   if guidance_kind == "builtin":
     return prior_assets.builtin_text_table(prompt)
   g = config_lib.guidance_options(config)
-  return loading.load_scene_text(g, prompt, str(g.weights_dir).strip(), guidance_kind)
+  try:
+    return loading.load_scene_text(g, prompt, str(g.weights_dir).strip(), guidance_kind)
+  except (FileNotFoundError, loading.ModelTypeError) as e:
+    raise TrainSetupError(f"config.guidance.weights_dir: {e}") from e
 
 
 def load_anchor_pose(config: config_lib.RunConfig) -> pose_anchor.AnchorPose:
@@ -160,6 +269,18 @@ def load_anchor_pose(config: config_lib.RunConfig) -> pose_anchor.AnchorPose:
     return pose_anchor.retrieve_anchor(config_lib.anchor_query(config))
   except (FileNotFoundError, ValueError) as e:
     raise TrainSetupError(f"Anchor pose: {e}") from e
+
+
+def check_inputs(config: config_lib.RunConfig) -> None:
+  """What a scene's setup can check before loading anything: the render sizes against
+  the device's memory (``check_memory``) and the anchor file, if one is given.
+
+  Raises:
+    TrainSetupError: naming the key and the problem.
+  """
+  check_memory(config, final_size=int(config.train.final_resolution))
+  if str(config.pose.anchor_file).strip():
+    load_anchor_pose(config)
 
 
 def anchor_preview(anchor: Any, size: int = 256) -> np.ndarray:
@@ -221,7 +342,12 @@ def build_scene(config: config_lib.RunConfig, paths: run_io.RunPaths | None,
     shared: a scene already built with the same guidance (a sweep's first):
       its guidance spec and params are reused, only this scene's prompt table
       is encoded.
+
+  Raises:
+    TrainSetupError: first of all for what ``check_inputs`` checks, then for
+      bad weights or anchors.
   """
+  check_inputs(config)
   if shared is not None:
     gspec, gparams = shared.spec.guidance, shared.frozen["guidance"]
     table = text_table(config, gspec.kind)

@@ -198,12 +198,17 @@ def preflight(base: config_lib.RunConfig, prompts_file, workdir, num_processes: 
   """Everything checked before anything loads or compiles: (scenes, groups, root).
 
   A scene whose run directory already holds a different config.json is an
-  error (the prompt file or config changed since the sweep started).
+  error (the prompt file or config changed since the sweep started), and so
+  is a render size the device cannot hold (``setup.check_memory``, raising
+  ``setup.TrainSetupError``).
   """
   scenes, groups = plan(base, prompt_file.read_prompt_file(prompts_file), num_processes, prompts_file)
   if not str(workdir).strip():
     raise prompt_file.SweepError("--workdir is empty; give a directory, e.g. --workdir=runs/sweep.")
   root = pathlib.Path(workdir).expanduser().absolute()
+  for g in groups:   # the render sizes (static: one check per group)
+    setup_lib.check_memory(scenes[g[0]].config,
+                           final_size=int(scenes[g[0]].config.train.final_resolution))
   for s in scenes:
     saved = root / s.name / "config.json"
     if saved.is_file():
@@ -287,21 +292,23 @@ class SweepProgress:
     self._bar.close()
 
 
-def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, bar,
-                 num_devices, retry_failed: bool, stop_after, final_outputs: bool
-                 ) -> dict[str, dict]:
-  """Trains one process's scenes of one group; returns {name: status}."""
-  out, todo = {}, []
-  for s in members:
-    paths = run_io.prepare_workdir(root / s.name)
-    st = scene_status(paths, int(s.config.train.steps))
-    if st["status"] == "done" or (st["status"] == "failed" and not retry_failed):
-      out[s.name] = st
-      bar.update(0, None, n=int(s.config.train.steps))
-    else:
-      todo.append((s, paths))
-  if not todo:
-    return out
+def failure_message(e: BaseException) -> str:
+  """A failed scene's error for its status and the index: type and first line."""
+  first = (str(e).splitlines() or [""])[0][:300]
+  return f"{type(e).__name__}: {first}"
+
+
+def mark_failed(root: pathlib.Path, name: str, e: BaseException) -> dict:
+  """Writes ``<root>/<name>/sweep_status.json`` saying the scene failed with ``e``; returns it."""
+  st = {"status": "failed", "step": 0, "error": failure_message(e)}
+  run_io.write_json(root / name / STATUS_FILE, st)
+  return st
+
+
+def _set_up(todo: list, loaded: dict) -> tuple[list, loop.Group, list]:
+  """(configs, group, states) of the scenes ``todo`` ([(SceneEntry, RunPaths)]): the
+  guidance (loaded once per process and ``config.guidance``, cached in ``loaded``), each
+  scene's prompts and anchor, its config.json, and its state (fresh or restored)."""
   cfgs = [s.config for s, _ in todo]
   gkey = cfgs[0].guidance
   if loaded.get("key") == gkey:       # the weights of an earlier group: only the prompts
@@ -318,6 +325,45 @@ def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, ba
   common = None if len(set(latest)) == 1 else min(latest)
   states = [loop.restore_or_init(c, group.spec, p, None, sc.object_origin, max_step=common)
             for c, p, sc in zip(cfgs, group.paths, group.scenes)]
+  return cfgs, group, states
+
+
+def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, bar,
+                 num_devices, retry_failed: bool, stop_after, final_outputs: bool
+                 ) -> dict[str, dict]:
+  """Trains one process's scenes of one group; returns {name: status}."""
+  out, todo = {}, []
+  for s in members:
+    paths = run_io.prepare_workdir(root / s.name)
+    st = scene_status(paths, int(s.config.train.steps))
+    if st["status"] == "done" or (st["status"] == "failed" and not retry_failed):
+      out[s.name] = st
+      bar.update(0, None, n=int(s.config.train.steps))
+    else:
+      todo.append((s, paths))
+  if not todo:
+    return out
+  try:
+    cfgs, group, states = _set_up(todo, loaded)
+  except Exception as e:  # pylint: disable=broad-except
+    if len(todo) == 1:
+      raise
+    # One scene may break the setup of all: set them up one by one, so only the
+    # culprits fail (each with its own error) and the others train together.
+    logging.warning("setup of a group of %d scenes failed (%s); setting them up one by one",
+                    len(todo), failure_message(e))
+    healthy = []
+    for item in todo:
+      try:
+        _set_up([item], loaded)
+        healthy.append(item)
+      except Exception as e1:  # pylint: disable=broad-except
+        logging.warning("scene %s failed at setup: %s", item[0].name, failure_message(e1))
+        out[item[0].name] = mark_failed(root, item[0].name, e1)
+    if not healthy:
+      return out
+    todo = healthy
+    cfgs, group, states = _set_up(todo, loaded)
   by_step: dict[int, list[int]] = {}
   for i, st in enumerate(states):
     by_step.setdefault(int(st.step), []).append(i)
@@ -376,8 +422,11 @@ def run_sweep(base: config_lib.RunConfig | ml_collections.ConfigDict, prompts_fi
 
   Raises:
     prompt_file.SweepError, config.ConfigError: before anything loads or compiles, for bad
-      input (``preflight``). Later errors mark the scenes of their group failed
-      (the message is in the index) instead of ending the sweep.
+      input (``preflight``: every row's values, seeds, anchor files and names).
+      Later errors mark scenes failed (the message is in the index) instead of
+      ending the sweep: a group whose setup fails is set up again one scene at a
+      time, so only the scenes that fail alone are marked failed; an error while
+      a group trains marks that group's unfinished scenes failed.
     setup.TrainSetupError: the sweep directory or one of this process's scene
       directories is locked by another process (or cannot be written).
     KeyboardInterrupt: after SIGINT / SIGTERM, once the group in training has
@@ -425,9 +474,8 @@ def _run_sweep_locked(scenes, groups, root, prompts_file, proc, progress, num_de
         # this process goes on with its other groups and still reaches the barrier.
         logging.exception("group %d failed", g)
         for s in local:
-          statuses[s.name] = {"status": "failed", "step": 0,
-                              "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-          run_io.write_json(root / s.name / STATUS_FILE, statuses[s.name])
+          st = scene_status(run_io.RunPaths(root / s.name), int(s.config.train.steps))
+          statuses[s.name] = st if st["status"] == "done" else mark_failed(root, s.name, e)
     bar.wait_for_all(timeout_s=processes_lib.BARRIER_TIMEOUT_S)
   finally:
     bar.close()
