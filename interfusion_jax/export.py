@@ -3,7 +3,9 @@
     python -m interfusion_jax.export --workdir=runs/x [--resolution=128] [--threshold=T] [--out=DIR]
 
 Marching cubes at the NeRF-occupancy 0.5 level by default
-(``stage2.outputs.write_meshes``; the mesh library is ``mesh/export.py``).
+(``stage2.outputs.write_meshes``; the mesh library is ``mesh/export.py``). Bad
+flags and a run directory without a loadable config or checkpoint end in one
+``error: ...`` line and exit 2, before anything compiles.
 """
 from __future__ import annotations
 

@@ -48,9 +48,6 @@ def write_contact_sheet(path, body, cb: codebook_lib.Codebook,
   return path
 
 
-SEED_LIMIT = 2 ** 32
-
-
 def check_args(a: argparse.Namespace) -> None:
   """The flags' values, before anything loads.
 
@@ -63,8 +60,9 @@ def check_args(a: argparse.Namespace) -> None:
     raise ValueError(f"--top_k={a.top_k}: must be a positive integer.")
   if a.rank < 0 or (a.choose in ("rank", "sample") and a.rank >= a.top_k):
     raise ValueError(f"--rank={a.rank}: must be in [0, --top_k - 1 = {a.top_k - 1}].")
-  if not 0 <= a.seed < SEED_LIMIT:
-    raise ValueError(f"--seed={a.seed}: must be an integer in [0, 2^32 - 1 = {SEED_LIMIT - 1}].")
+  if not 0 <= a.seed < anchor_lib.SEED_LIMIT:
+    raise ValueError(f"--seed={a.seed}: must be an integer in [0, 2^32 - 1 = "
+                     f"{anchor_lib.SEED_LIMIT - 1}].")
   if "{interaction}" not in a.template:
     raise ValueError(f"--template={a.template!r}: must contain {{interaction}}.")
   if not a.out.strip():

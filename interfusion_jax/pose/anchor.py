@@ -35,6 +35,10 @@ class AnchorFileError(ValueError):
   """An anchor file is malformed."""
 
 
+# Seeds (stage 1's sampling, stage 2's PRNG keys) hold 32 bits: 0 <= seed < 2^32, so
+# no two seeds alias (jax.random.PRNGKey keeps the low 32 bits of larger ones).
+SEED_LIMIT = 2 ** 32
+
 # The largest rotation angle (axis-angle norm, radians) an anchor file may hold per
 # joint. A rotation needs at most pi; 4 pi leaves room for unwrapped angles and
 # refuses the absurd (1e30 rad: sin/cos of it are noise and the body degenerates).

@@ -522,7 +522,7 @@ SECTIONS: dict[str, type] = {
     "camera": CameraConfig, "guidance": GuidanceConfig, "body": BodyConfig,
     "pose": PoseConfig, "loss": LossConfig, "optim": OptimConfig, "train": TrainConfig,
 }
-SEED_LIMIT = 2 ** 32   # seeds are PRNG keys of 32 bits: 0 <= seed < 2^32, none aliases
+SEED_LIMIT = pose_anchor.SEED_LIMIT   # 0 <= seed < 2^32: no two seeds alias
 SCALARS = {"seed": (lambda v: nonneg_int(v) and v < SEED_LIMIT,
                     f"must be an integer in [0, 2^32 - 1 = {SEED_LIMIT - 1}]"),
            "variant": (text, "must be a string")}
