@@ -367,6 +367,11 @@ def test_sweep_row_values_are_checked_before_grouping(tmp_path):
       sweep_lib.preflight(config_lib.parse(hoi.get_config("smoke")), path, tmp_path / "w", 1)
     assert "row 2" in str(e.value) and column in str(e.value) and what in str(e.value), e.value
     assert "\n" not in str(e.value)
+  # An anchor file of the base config (--config.pose.anchor_file) is checked as well.
+  base = config_lib.override(config_lib.parse(hoi.get_config("smoke")),
+                             {"pose.anchor_file": str(bad)})
+  with pytest.raises(sweep_lib.prompt_file.SweepError, match="row 1 .*rotates by 1.73e"):
+    sweep_lib.preflight(base, _jsonl(tmp_path, [ROW]), tmp_path / "w", 1)
   assert not (tmp_path / "w").exists()
   # The command line: one line, exit 2 (here for a prompt file that is not UTF-8).
   path = tmp_path / "latin1.jsonl"

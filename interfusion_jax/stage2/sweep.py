@@ -199,16 +199,19 @@ def preflight(base: config_lib.RunConfig, prompts_file, workdir, num_processes: 
 
   A scene whose run directory already holds a different config.json is an
   error (the prompt file or config changed since the sweep started), and so
-  is a render size the device cannot hold (``setup.check_memory``, raising
-  ``setup.TrainSetupError``).
+  is what ``setup.check_inputs`` refuses for a scene: a render size the device
+  cannot hold, an anchor file (the row's or ``--config``'s) that is not an
+  anchor. Each error names the prompt file's row.
   """
   scenes, groups = plan(base, prompt_file.read_prompt_file(prompts_file), num_processes, prompts_file)
   if not str(workdir).strip():
     raise prompt_file.SweepError("--workdir is empty; give a directory, e.g. --workdir=runs/sweep.")
   root = pathlib.Path(workdir).expanduser().absolute()
-  for g in groups:   # the render sizes (static: one check per group)
-    setup_lib.check_memory(scenes[g[0]].config,
-                           final_size=int(scenes[g[0]].config.train.final_resolution))
+  for s in scenes:   # render sizes against memory, the anchor file (also one from --config)
+    try:
+      setup_lib.check_inputs(s.config)
+    except setup_lib.TrainSetupError as e:
+      raise prompt_file.SweepError(f"{prompt_file.where(prompts_file, s.row)}: {e}") from None
   for s in scenes:
     saved = root / s.name / "config.json"
     if saved.is_file():
