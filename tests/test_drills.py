@@ -570,6 +570,12 @@ def test_memory_estimate_refuses_only_what_does_not_fit():
   big = config_lib.override(run, {"render.height": 4096, "render.width": 4096})
   assert setup_lib.step_memory_bytes(big) == pytest.approx(
       setup_lib.step_memory_bytes(run) * (4096 * 4096) / (run.render.height * run.render.width))
+  # Cameras split over devices: 8 cameras on 4 devices need what 2 need on one.
+  eight = config_lib.override(run, {"render.batch_size": 8})
+  assert setup_lib.step_memory_bytes(eight, devices=4) == setup_lib.step_memory_bytes(
+      config_lib.override(run, {"render.batch_size": 2}))
+  assert setup_lib.step_memory_bytes(eight, devices=3) == setup_lib.step_memory_bytes(
+      config_lib.override(run, {"render.batch_size": 4}), devices=1)
   with pytest.raises(setup_lib.TrainSetupError, match="4096 x 4096 .* needs about"):
     setup_lib.check_memory(big, limit=128 * 10 ** 9)
   with pytest.raises(setup_lib.TrainSetupError, match="final_resolution = 20000"):

@@ -78,15 +78,18 @@ def _evaluated(run: config_lib.RunConfig) -> int:
   return r.sample_budget or max(1, r.num_samples // 8)
 
 
-def step_memory_bytes(run: config_lib.RunConfig) -> int:
-  """An estimate of the training step's peak memory for the render size (bytes).
+def step_memory_bytes(run: config_lib.RunConfig, devices: int = 1) -> int:
+  """An estimate of the training step's peak memory per device for the render size (bytes).
 
-  ``height x width x batch_size`` rays, ``num_samples`` samples each, the four
-  renders of a camera, forward and backward; the diffusion model is not
+  ``height x width`` rays for each of the cameras a device renders (the
+  ``batch_size`` cameras are split over the largest number of the ``devices``
+  that divides it, as the loop shards them), ``num_samples`` samples each, the
+  four renders of a camera, forward and backward; the diffusion model is not
   counted (its size does not depend on the render size).
   """
   r = run.render
-  rays = r.height * r.width * r.batch_size
+  shards = max(d for d in range(1, max(1, devices) + 1) if r.batch_size % d == 0)
+  rays = r.height * r.width * (r.batch_size // shards)
   per_ray = (r.num_samples * STEP_BYTES_PER_SAMPLE
              + _evaluated(run) * _features(run) * STEP_BYTES_PER_FEATURE)
   return int(rays * per_ray)
@@ -137,7 +140,7 @@ def check_memory(run: config_lib.RunConfig, final_size: int | None = None,
   if not limit:
     return
   r = run.render
-  need = step_memory_bytes(run)
+  need = step_memory_bytes(run, jax.local_device_count())
   if need > MEMORY_MARGIN * limit:
     raise TrainSetupError(
         f"config.render.height x width = {r.height} x {r.width} (batch_size {r.batch_size}, "
