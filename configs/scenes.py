@@ -13,6 +13,9 @@ generator can read it directly):
 * ``human``, ``object``, ``interaction``: T_H, T_O, T_I (config.prompt.*), the
   official prompts without the "a photo of" prefix and the ", 8K, HD" suffix
   that ``guidance.prompts`` adds back;
+* ``pose_query``: the text the anchor pose is retrieved with (config.pose.query;
+  "" = the interaction), where the release's pose path names another
+  interaction than its prompt;
 * ``pose_rank``: the rank N of the official anchor file ``top_N.npy`` among
   the top-k retrieved poses (config.pose.rank with config.pose.choose "rank");
 * ``aug_rot``, ``aug_trans``: config.body.aug_rot / aug_trans;
@@ -24,8 +27,10 @@ generator can read it directly):
 
 The preset name is the release file's name. One scene's name and its
 interaction prompt differ in the release: ``pushing_a_shopping_cart.yaml``
-prompts "carrying a shopping cart"; the table keeps the prompt the release
-trains with.
+prompts "carrying a shopping cart" (line 67) but poses with
+``PoseGen/exp/poses/pushing_a_shopping_cart/top_1.npy`` (line 17); the table
+keeps the prompt the release trains with and retrieves the pose with
+"pushing a shopping cart" (``pose_query``).
 """
 
 RELEASE = "github.com/sisidai/InterFusion@45fe45d"
@@ -36,11 +41,11 @@ _W_STRONG = (0.01, 0.1, 0.1)
 _NEAR = (2.5, 3.0)
 
 
-def _row(human, obj, interaction, pose_rank, *, aug_rot=False, aug_trans=False,
+def _row(human, obj, interaction, pose_rank, *, pose_query="", aug_rot=False, aug_trans=False,
          distance_range=_NEAR, shape_weights=_W_DEFAULT, lines):
   return dict(human=human, object=obj, interaction=interaction, pose_rank=pose_rank,
-              aug_rot=aug_rot, aug_trans=aug_trans, distance_range=distance_range,
-              shape_weights=shape_weights, lines=lines)
+              pose_query=pose_query, aug_rot=aug_rot, aug_trans=aug_trans,
+              distance_range=distance_range, shape_weights=shape_weights, lines=lines)
 
 
 def _lines(distance, pose, aug, first_prompt, shape_weights):
@@ -82,5 +87,6 @@ SCENES = {
         aug_trans=True, shape_weights=_W_STRONG, lines=_lines(10, 17, 20, 61, 92)),
     "pushing_a_shopping_cart": _row(
         "a man in a puffer jacket and wool beanie", "a shopping cart",
-        "carrying a shopping cart", 1, lines=_lines(10, 17, 0, 61, 92)),
+        "carrying a shopping cart", 1, pose_query="pushing a shopping cart",
+        lines=_lines(10, 17, 0, 61, 92)),
 }

@@ -37,8 +37,9 @@ def test_view_index_matches_threestudio_rule():
 def test_scene_prompts_and_decoration():
   spec = config_lib.prompt_spec(config_lib.parse(hoi.get_config()))
   base = prompts.scene_prompts(spec)
-  assert base["head"] == "head of a man wearing a WORLD lettered T-shirt"
-  assert base["interaction"] == "a man wearing a WORLD lettered T-shirt riding a bike"
+  # riding_a_bike.yaml:64-70 without "a photo of" and ", 8K, HD"
+  assert base["head"] == "head of a man with a full beard wearing a flannel shirt"
+  assert base["interaction"] == "a man with a full beard wearing a flannel shirt riding a bike"
   v = prompts.view_prompts(base["object"], spec)
   assert v == [f"a photo of a bike, 8K, HD, {d} view" for d in prompts.VIEWS]
   plain = prompts.PromptSpec(human="x", object="y", interaction="z", prefix="", suffix="",

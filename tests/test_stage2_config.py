@@ -292,6 +292,11 @@ def test_scene_preset_resolves_validates_and_equals_its_row(name):
   assert (run.prompt.human, run.prompt.object, run.prompt.interaction) == (
       row["human"], row["object"], row["interaction"])
   assert (run.pose.choose, run.pose.rank) == ("rank", row["pose_rank"])
+  # The release's pose files: .../<name>/top_N.npy; only the shopping cart's names
+  # another interaction than its prompt (pushing_a_shopping_cart.yaml:17 vs :67).
+  assert run.pose.query == ("pushing a shopping cart" if name == "pushing_a_shopping_cart"
+                            else "")
+  assert config_lib.anchor_query(run).query == run.pose.query
   assert run.pose.rank < run.pose.top_k
   assert (run.body.aug_rot, run.body.aug_trans) == (row["aug_rot"], row["aug_trans"])
   assert run.camera.distance_range == tuple(row["distance_range"])
@@ -300,7 +305,7 @@ def test_scene_preset_resolves_validates_and_equals_its_row(name):
   # Everything else is the paper variant's.
   paper = load_config("paper")
   set_by_row = {"prompt.human", "prompt.object", "prompt.interaction", "pose.choose", "pose.rank",
-                "body.aug_rot", "body.aug_trans", "camera.distance_range", "loss.shape_weights",
+                "pose.query", "body.aug_rot", "body.aug_trans", "camera.distance_range", "loss.shape_weights",
                 "variant"}
   for key in _flat_keys(paper) - set_by_row:
     section, _, k = key.rpartition(".")
@@ -314,3 +319,17 @@ def test_scene_presets_run_by_name_on_the_command_line():
                       "(0.01, 0.1, 0.1)"])
   with pytest.raises(ValueError, match="riding_a_bike"):
     load_config("riding_a_unicycle")
+
+
+def test_paper_follows_riding_a_bike_and_only_offline_variants_default_to_builtin():
+  """paper's T_H is riding_a_bike.yaml's (line 64: "a photo of a man with a full beard
+  wearing a flannel shirt, 8K, HD"); the offline variants keep the default run's prompt
+  and the built-in prior, paper and the presets have no guidance without weights."""
+  assert load_config("paper").prompt.human == "a man with a full beard wearing a flannel shirt"
+  for v in ("cpu", "quick", "smoke"):
+    c = load_config(v)
+    assert (c.guidance.backend, c.prompt.human) == ("builtin", "a man wearing a WORLD lettered T-shirt")
+  for v in ["paper"] + sorted(_OFFICIAL):
+    assert load_config(v).guidance.backend == "auto", v
+  run = config_lib.parse(load_config("paper"))
+  assert run.body.keep_root_orient is False and run.pose.query == ""

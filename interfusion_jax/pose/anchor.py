@@ -165,7 +165,9 @@ class AnchorQuery:
     interaction, human: T_I and T_H (T_I is retrieved; "T_H T_I" reranks).
     anchor_file: load this anchor ``.npz`` instead of retrieving ("" = retrieve).
     codebook: codebook ``.npz`` ("" = the built-in library codebook).
-    clip_dir: local FlaxCLIP directory ("" = built-in text retrieval).
+    clip_dir: local FlaxCLIP directory or hub model id ("" = built-in text retrieval).
+    query: the text the pose is retrieved with ("" = ``interaction``; the
+      release's shopping-cart scene trains on "carrying" but poses "pushing").
     top_k, choose, rank, dedup, query_template: the retrieval and choice
       (``find_anchor``).
     body_model, body_gender: the body of CLIP reranking renders.
@@ -176,6 +178,7 @@ class AnchorQuery:
   anchor_file: str = ""
   codebook: str = ""
   clip_dir: str = ""
+  query: str = ""
   top_k: int = 7
   choose: str = "best"
   rank: int = 0
@@ -203,9 +206,10 @@ def retrieve_anchor(query: AnchorQuery) -> AnchorPose:
     clip = clip_lib.load_clip(q.clip_dir)
   if clip is not None:
     body = body_model.load_body_model(q.body_model, q.body_gender)
-  scene = f"{q.human} {q.interaction}".strip()
+  text = q.query.strip() or q.interaction
+  scene = f"{q.human} {text}".strip()
   anchor, _ = find_anchor(
-      cb, q.interaction, clip=clip, body=body, top_k=q.top_k,
+      cb, text, clip=clip, body=body, top_k=q.top_k,
       method=q.choose, rank=q.rank, seed=int(q.seed), use_dedup=q.dedup,
       template=q.query_template, scene_prompt=scene,
       codebook_name=q.codebook or "builtin")

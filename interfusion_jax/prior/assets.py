@@ -277,8 +277,9 @@ NOTICE = (
     "Guidance: the BUILT-IN offline prior (a closed-form denoiser over {n} procedural "
     "32x32 renders of the default body with 14 primitive objects in 12 colours). It is "
     "LOW FIDELITY: it knows colours, the listed objects and coarse silhouettes, "
-    "nothing else. For paper quality set --config.guidance.weights_dir=/path/to/"
-    "a local diffusers model (see docs/prior.md).")
+    "nothing else. For the paper's guidance set --config.guidance.backend=auto "
+    "--config.guidance.weights_dir=DeepFloyd/IF-I-XL-v1.0 (a hub id) or a local diffusers "
+    "folder (see docs/prior.md).")
 
 
 def load_builtin_guidance(options: core.GuidanceOptions, prompt: prompts.PromptSpec,

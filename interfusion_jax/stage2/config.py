@@ -190,7 +190,9 @@ class _Section:
 class PromptConfig(_Section):
   """config.prompt: T_H, T_O, T_I and the prompt decoration (guidance.prompts)."""
   SECTION = "prompt"
-  human: str = setting("a man wearing a WORLD lettered T-shirt")   # checked in check()
+  # riding_a_bike.yaml's T_H, the scene ``paper`` follows (the offline variants keep
+  # the default run's "a man wearing a WORLD lettered T-shirt").
+  human: str = setting("a man with a full beard wearing a flannel shirt")   # checked in check()
   object: str = setting("a bike")
   interaction: str = setting("riding a bike")
   prefix: str = setting(_lib_default(_PS, "prefix"), *_TEXT)   # "" disables
@@ -384,11 +386,12 @@ class CameraConfig(_Section):
 class GuidanceConfig(_Section):
   """config.guidance: the diffusion model and SDS (guidance/)."""
   SECTION = "guidance"
-  # auto: from the weights directory (an IF stage-I dir -> deepfloyd_if; a UNet with
-  # 4 input channels -> stable_diffusion, 3 -> pixel); "" weights_dir -> builtin.
+  # auto: from the weights (an IF stage-I model -> deepfloyd_if; a UNet with 4 input
+  # channels -> stable_diffusion, 3 -> pixel); "builtin": the built-in offline prior, which
+  # only cpu / quick / smoke choose by default (an empty weights_dir stops any other run).
   backend: str = setting(_lib_default(_GO, "backend"), choices=("auto", "stable_diffusion", "pixel", "deepfloyd_if",
                                           "builtin"))
-  weights_dir: str = setting(_lib_default(_GO, "weights_dir"), *_TEXT)      # local diffusers directory ("" = built-in prior)
+  weights_dir: str = setting(_lib_default(_GO, "weights_dir"), *_TEXT)      # local diffusers folder or hub id (DeepFloyd/IF-I-XL-v1.0)
   # Built-in prior only: lambda of object / interaction captions
   # (guidance.builtin.PriorSpec.object_sharpness; -1 = its default).
   builtin_object_sharpness: float = setting(
@@ -437,6 +440,9 @@ class BodyConfig(_Section):
   grid_resolution: int = setting(_lib_default(_AS, "resolution"),
                                  lambda v: positive_int(v) and v >= 8, "must be an integer >= 8")
   cache_dir: str = setting(_lib_default(_AS, "cache_dir"), *_TEXT)   # "" = ~/.cache/interfusion_jax/anchors
+  # False: the anchor is posed with root orientation 0 (upright), as the release does
+  # with every pose; True keeps the retrieved / loaded pose's own global_orient.
+  keep_root_orient: bool = setting(False, *_BOOL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +451,8 @@ class PoseConfig(_Section):
   SECTION = "pose"
   anchor_file: str = setting(_lib_default(_AQ, "anchor_file"), *_TEXT)     # use this anchor .npz instead of retrieval
   codebook: str = setting(_lib_default(_AQ, "codebook"), *_TEXT)        # "" = built-in library codebook
-  clip_dir: str = setting(_lib_default(_AQ, "clip_dir"), *_TEXT)        # local FlaxCLIP directory ("" = built-in retrieval)
+  clip_dir: str = setting(_lib_default(_AQ, "clip_dir"), *_TEXT)        # local FlaxCLIP folder or hub id ("" = built-in retrieval)
+  query: str = setting(_lib_default(_AQ, "query"), *_TEXT)              # the pose's text ("" = prompt.interaction)
   top_k: int = setting(_lib_default(_AQ, "top_k"), *_POS_INT)
   choose: str = setting(_lib_default(_AQ, "choose"), choices=("best", "rank", "clip_rerank", "sample"))
   rank: int = setting(_lib_default(_AQ, "rank"), *_NONNEG_INT)

@@ -219,24 +219,43 @@ def object_origin(config: config_lib.RunConfig, anchor: Any) -> np.ndarray | Non
   return objects.bbox_center(placement.place_named(name, v, f, j).mesh).astype(np.float32)
 
 
+NO_WEIGHTS = (
+    "config.guidance.weights_dir is empty, so this run has no diffusion model (the paper "
+    "guides with DeepFloyd IF): set --config.guidance.weights_dir=DeepFloyd/IF-I-XL-v1.0 (a "
+    "hub id; accept its licence on huggingface.co and set HF_TOKEN) or a local diffusers "
+    "folder, or add --config.guidance.backend=builtin for the low-fidelity built-in offline "
+    "prior.")
+BOTH_GIVEN = (
+    "config.guidance.backend=builtin (the built-in offline prior; the cpu, quick and smoke "
+    "default) would ignore config.guidance.weights_dir={root!r}: add "
+    "--config.guidance.backend=auto to train with those weights, or drop weights_dir.")
+
+
 def load_guidance_and_text(config: config_lib.RunConfig):
   """(GuidanceSpec, guidance params, prompt embedding table) from config.guidance.
 
-  With ``config.guidance.weights_dir`` empty (or ``backend="builtin"``) the
-  built-in, low-fidelity offline prior is used and the log says so;
-  otherwise the local diffusers directory is loaded.
+  ``backend="builtin"`` (the cpu / quick / smoke default) uses the built-in,
+  low-fidelity offline prior and the log says so; any other backend loads
+  ``weights_dir`` (a local diffusers folder or a hub model id, see
+  ``guidance.loading.load_scene_guidance``). Nothing is ever substituted:
+  an empty ``weights_dir`` without ``backend="builtin"``, or both given, stop
+  here, before anything compiles.
 
   Raises:
-    TrainSetupError: when the weights directory is incomplete, holds another
-      model, or a file of it is corrupt (a config.json that is not JSON, a
-      truncated msgpack / safetensors file).
+    TrainSetupError: no weights, builtin with weights, or weights that cannot be
+      found, fetched or read (an incomplete directory, another model, a corrupt
+      file: a config.json that is not JSON, a truncated msgpack / safetensors file).
   """
   g, prompt = config_lib.guidance_options(config), config_lib.prompt_spec(config)
   root = str(g.weights_dir).strip()
-  if not root or g.backend == "builtin":
+  if g.backend == "builtin":
+    if root:
+      raise TrainSetupError(BOTH_GIVEN.format(root=root))
     gspec, gparams, table = prior_assets.load_builtin_guidance(g, prompt)
     logging.warning(prior_assets.NOTICE.format(n=int(gparams["bank"].shape[0])))
     return gspec, gparams, table
+  if not root:
+    raise TrainSetupError(NO_WEIGHTS)
   try:
     return loading.load_scene_guidance(g, prompt, root)
   except (FileNotFoundError, loading.ModelTypeError) as e:
@@ -299,11 +318,16 @@ def anchor_preview(anchor: Any, size: int = 256) -> np.ndarray:
 
 
 def prepare_anchor(config: config_lib.RunConfig, paths: run_io.RunPaths | None):
-  """(Anchor pytree, AnchorPose); writes anchor/anchor.npz and anchor.png into the run."""
+  """(Anchor pytree, AnchorPose); writes anchor/anchor.npz and anchor.png into the run.
+
+  The body is posed with root orientation 0, as the release poses every anchor,
+  unless ``config.body.keep_root_orient`` keeps the pose's own ``global_orient``;
+  anchor.npz keeps the pose as retrieved either way."""
   pose = load_anchor_pose(config)
   try:
     anchor = body_anchor.prepare_anchor_from_model(
-        str(config.body.model), str(config.body.gender), pose.body_pose, pose.global_orient,
+        str(config.body.model), str(config.body.gender), pose.body_pose,
+        pose.global_orient if config.body.keep_root_orient else None,   # None: upright
         config_lib.anchor_spec(config))
   except (FileNotFoundError, ValueError) as e:
     raise TrainSetupError(f"Anchor body (config.body.model={config.body.model!r}): {e}") from e
