@@ -11,7 +11,6 @@ local program's answers. Exit codes: 0 done, 2 bad input (one-line ``error: ...`
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
@@ -71,7 +70,6 @@ def compare_main() -> None:
 
 
 def main(argv) -> int:
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
   absl_logging.set_verbosity(absl_logging.WARNING)
   if len(argv) > 1 or not (FLAGS.workdir or FLAGS.compare or FLAGS.judge_cmd):
     print("error: give --workdir=RUN_OR_SWEEP, or --compare=NAME=DIR,... / --judge_cmd=... "

@@ -15,7 +15,6 @@ or SIGTERM (every scene in training checkpointed).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -48,7 +47,6 @@ flags.mark_flags_as_required(["config", "prompts", "workdir"])
 
 def main(argv) -> int:
   del argv
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
   try:
     processes = processes_lib.initialize_distributed(FLAGS.coordinator_address,
                                                      FLAGS.num_processes, FLAGS.process_id)

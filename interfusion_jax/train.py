@@ -12,7 +12,6 @@ checkpoint is written; run the same command to resume).
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
@@ -36,7 +35,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv) -> int:
   del argv
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
   setup_lib.enable_compilation_cache()
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/JAX INFO chatter off
   loop.sigterm_as_interrupt()

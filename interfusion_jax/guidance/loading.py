@@ -7,21 +7,21 @@ or PyTorch safetensors (``diffusion_pytorch_model.safetensors`` /
 ``model.safetensors``, optionally sharded with an ``.index.json``).
 Safetensors are parsed here with NumPy and renamed/transposed with the
 diffusers / transformers PyTorch->Flax key rules, so torch is never needed.
-Nothing here touches the network.
+A hub model id instead of a folder is fetched (only the files read) by
+``interfusion_jax.hub`` in ``load_scene_guidance`` / ``load_scene_text``;
+nothing else here touches the network.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import warnings
 from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interfusion_jax import hub
 from interfusion_jax.guidance import core, deepfloyd, prompts, schedule, t5
 
 from interfusion_jax.guidance.weights import (  # noqa: F401 (the file-level API, re-exported)
@@ -339,7 +339,8 @@ def load_scene_guidance(options: core.GuidanceOptions, prompt: prompts.PromptSpe
     options: the user's guidance settings (IF reads ``text_cache_dir``, see
       ``t5.default_cache_dir``).
     prompt: the scene's prompts.
-    root: directory (default ``options.weights_dir``).
+    root: directory or hub model id (default ``options.weights_dir``; an id is
+      fetched into the hub cache by ``hub.resolve``).
     sharding: target sharding of the UNet weights (default: first device).
 
   Returns:
@@ -347,8 +348,9 @@ def load_scene_guidance(options: core.GuidanceOptions, prompt: prompts.PromptSpe
     "interaction": [V, L, D], "uncond": [L, D]} (see prompts.embedding_table;
     IF: L = 77, D = the T5 width, 4096 for T5-XXL).
   """
-  root = check_model_dir(root if root is not None else options.weights_dir,
-                         ("unet", "scheduler"))
+  root = hub.resolve(root if root is not None else options.weights_dir, hub.DIFFUSERS,
+                     what="config.guidance.weights_dir")
+  root = check_model_dir(root, ("unet", "scheduler"))
   backend = options.backend if options.backend != "builtin" else "auto"
   kind, _ = _route(root, backend)
   if kind == "deepfloyd_if":
@@ -364,14 +366,14 @@ def load_scene_text(options: core.GuidanceOptions, prompt: prompts.PromptSpec, r
                     kind: str) -> dict:
   """The scene's prompt-embedding table from the text encoder of ``root`` only.
 
-  ``kind`` "deepfloyd_if": T5 (``t5.encode_prompts``: bf16, on-disk cache,
+  ``root``: a folder or hub model id (``hub.resolve``). ``kind`` "deepfloyd_if": T5 (``t5.encode_prompts``: bf16, on-disk cache,
   freed afterwards); otherwise the CLIP tokenizer and text encoder. The
   diffusion model is not loaded (a sweep's further scenes share the first's).
 
   Returns:
     {"human", "head", "object", "interaction": [V, L, D], "uncond": [L, D]}.
   """
-  root = pathlib.Path(root)
+  root = pathlib.Path(hub.resolve(root, hub.DIFFUSERS, what="config.guidance.weights_dir"))
   if kind == "deepfloyd_if":
     t5.check_t5_dir(root)
     return t5.encode_prompts(root, prompt, cache_dir=options.text_cache_dir or None)

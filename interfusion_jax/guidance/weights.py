@@ -14,8 +14,6 @@ import os
 import pathlib
 from typing import Any, Callable, Iterable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import jax
 import jax.numpy as jnp
 import numpy as np

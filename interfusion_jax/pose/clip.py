@@ -3,7 +3,8 @@
 Used by the codebook build (image embeddings of pose renders), the CLIP
 retrieval (text embedding of the query) and the CLIP re-rank. Everything is
 read from a local directory (``save_pretrained`` layout: config.json,
-flax_model.msgpack, tokenizer files); nothing is ever downloaded.
+flax_model.msgpack, tokenizer files); a hub model id (``openai/clip-vit-base-patch32``)
+is fetched once into the hub cache by ``interfusion_jax.hub`` (only those files).
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from interfusion_jax import hub
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -58,12 +58,13 @@ class ClipBundle:
 
 
 def load_clip(clip_dir: str | os.PathLike) -> ClipBundle:
-  """Loads FlaxCLIPModel + tokenizer from a local directory.
+  """Loads FlaxCLIPModel + tokenizer from a local directory or a hub model id.
 
   Raises:
     ClipDirError: the directory is missing, or lacks config/weights/tokenizer.
+    hub.HubError: an id that cannot be fetched (or is not cached when offline).
   """
-  d = pathlib.Path(clip_dir).expanduser()
+  d = pathlib.Path(hub.resolve(str(clip_dir), hub.CLIP, what="CLIP weights")).expanduser()
   if not d.is_dir():
     raise ClipDirError(
         f"CLIP directory {str(d)!r} does not exist. Point config.pose.clip_dir "
