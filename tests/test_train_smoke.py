@@ -43,7 +43,8 @@ def _run(args, timeout=900):
 def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   work = tmp_path / "run"
   proc = _run(["interfusion_jax.train", "--config=configs/hoi.py:smoke", f"--workdir={work}",
-               f"--config.guidance.weights_dir={guidance_dir}", "--noprogress",
+               "--config.guidance.backend=auto", f"--config.guidance.weights_dir={guidance_dir}",
+               "--noprogress",
                "--config.train.final_resolution=24"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   cfg = hoi.get_config("smoke")
@@ -89,25 +90,8 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   assert (tmp_path / "exp" / "mesh_combined.glb").read_bytes()[:4] == b"glTF"
 
 
-@pytest.mark.slow
-def test_smoke_cli_trains_with_a_tiny_deepfloyd_if_dir(tmp_path):
-  """An IF stage-I directory in guidance.weights_dir selects the paper's guidance by
-  itself: T5 prompt embeddings (cached on disk, each prompt encoded once) and the
-  Flax IF UNet, CFG 20, uniform w(t), through the train command line."""
-  pytest.importorskip("sentencepiece")
-  root = tiny_models.make_torch_if_dir(tmp_path / "if")
-  cache = tmp_path / "text_cache"
-  work = tmp_path / "run"
-  proc = _run(["interfusion_jax.train", "--config=configs/hoi.py:smoke", f"--workdir={work}",
-               f"--config.guidance.weights_dir={root}", f"--config.guidance.text_cache_dir={cache}",
-               "--config.train.steps=2", "--config.train.ckpt_every=2", "--noprogress"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
-  assert rows and all(np.isfinite(r["loss"]) and np.isfinite(r["loss_sds_interaction"])
-                      for r in rows)
-  assert json.loads((work / "final" / "summary.json").read_text())["step"] == 2
-  # 4 prompts x 4 views + the empty prompt, each cached once.
-  assert len(list(cache.rglob("*.npy")) + list(cache.rglob("*.npz"))) >= 1
+# The tiny DeepFloyd IF run through the train command line is in tests/test_hub.py
+# (test_train_smoke_by_id_then_offline_from_the_cache): by hub id, then offline.
 
 
 # --- Failures before compilation. ---------------------------------------------
@@ -127,9 +111,9 @@ def test_empty_prompt_fails_early(tmp_path, no_compile):
     loop.run(cfg, str(tmp_path / "w"))
 
 
-def test_empty_weights_dir_routes_to_builtin_prior(caplog):
+def test_smoke_routes_to_builtin_prior(caplog):
   cfg = hoi.get_config("smoke")
-  assert cfg.guidance.weights_dir == ""
+  assert cfg.guidance.weights_dir == "" and cfg.guidance.backend == "builtin"
   with caplog.at_level("WARNING"):
     gspec, gparams, table = setup_lib.load_guidance_and_text(config_lib.parse(cfg))
   assert gspec.kind == "builtin"
@@ -140,6 +124,7 @@ def test_empty_weights_dir_routes_to_builtin_prior(caplog):
 
 def test_missing_weights_fail_early(tmp_path, no_compile):
   cfg = hoi.get_config("smoke")
+  cfg.guidance.backend = "auto"
   cfg.guidance.weights_dir = str(tmp_path / "nowhere")
   with pytest.raises(setup_lib.TrainSetupError, match="weights_dir"):
     loop.run(cfg, str(tmp_path / "w"))
