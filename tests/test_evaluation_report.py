@@ -39,6 +39,8 @@ def test_prompts_are_escaped(tmp_path):
 def test_guidance_text_names_the_builtin_prior():
   text, builtin = report.guidance_text({"guidance": {"weights_dir": ""}})
   assert builtin and "built-in offline prior (LOW FIDELITY)" in text
+  assert "DeepFloyd IF" in text and "DeepFloyd/IF-I-XL-v1.0" in text
+  assert "Stable Diffusion" not in text
 
 
 def test_obj_round_trip_and_simplify(tmp_path):

@@ -35,10 +35,11 @@ from interfusion_jax.stage2 import run_io
 EMBED_MAX_BYTES = 32 << 20
 MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".jpg": "image/jpeg"}
 BUILTIN_NOTE = ("the built-in offline prior (LOW FIDELITY): a closed-form, camera-conditioned "
-                "denoiser over procedural renders, used because config.guidance.weights_dir is "
-                "empty. It knows a few object types, colours and coarse silhouettes, nothing "
-                "more; point weights_dir at a local Stable Diffusion directory for paper "
-                "quality.")
+                "denoiser over procedural renders (config.guidance.backend = builtin, no "
+                "diffusion weights). It knows a few object types, colours and coarse "
+                "silhouettes, nothing more. The paper guides with DeepFloyd IF: train with "
+                "--config.guidance.backend=auto --config.guidance.weights_dir="
+                "DeepFloyd/IF-I-XL-v1.0 (a hub id, licence accepted) or a local IF folder.")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
