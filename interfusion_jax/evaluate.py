@@ -21,8 +21,9 @@ from interfusion_jax.evaluation import clip_score, judge, protocol, report, rund
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory or sweep directory to evaluate.")
-flags.DEFINE_string("clip_dir", None, "Local FlaxCLIP directory (default: the run's "
-                    "config.pose.clip_dir; none: geometry metrics only).")
+flags.DEFINE_string("clip_dir", None, "Local FlaxCLIP directory or hub id, e.g. "
+                    "openai/clip-vit-base-patch32 (default: the run's config.pose.clip_dir; "
+                    "none: geometry metrics only).")
 flags.DEFINE_integer("views", 8, "CLIP score views (turntable azimuths 360 k / N).")
 flags.DEFINE_float("elevation", None, "CLIP view elevation, degrees (default: the run's "
                    "config.camera.eval_elevation_deg).")

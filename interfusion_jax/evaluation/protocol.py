@@ -28,8 +28,8 @@ PAPER_REFERENCE = (
     {"method": "InterFusion", "metric": "GPT-4V select %", "value": 65.57,
      "note": "reported in the paper (40 of 61 prompts); not measured here"},
 )
-NO_CLIP_NOTE = ("CLIP score not computed: no CLIP weights (give --clip_dir=DIR, a local "
-                "FlaxCLIP directory such as openai/clip-vit-base-patch32 saved with "
+NO_CLIP_NOTE = ("CLIP score not computed: no CLIP weights (give --clip_dir=openai/clip-vit-"
+                "base-patch32, a hub id fetched once, or a local FlaxCLIP directory saved with "
                 "save_pretrained, or set config.pose.clip_dir); geometry metrics only.")
 GEOMETRY_KEYS = ("human_iou", "object_volume_litres", "object_inside_fraction", "object_gap_m")
 CSV_COLUMNS = ("run", "scene_prompt", "step", "clip_interaction", "clip_human", "clip_object",

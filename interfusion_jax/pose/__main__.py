@@ -75,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               description="Stage 1: interaction text -> anchor pose.")
   p.add_argument("--text", required=True, help='interaction T_I, e.g. "riding a bike"')
   p.add_argument("--out", default="anchor.npz")
-  p.add_argument("--clip_dir", default="", help="local FlaxCLIPModel dir ('' = built-in)")
+  p.add_argument("--clip_dir", default="", help="local FlaxCLIPModel dir or hub id, e.g. "
+                 "openai/clip-vit-base-patch32 ('' = built-in)")
   p.add_argument("--codebook", default="", help="codebook .npz ('' = built-in)")
   p.add_argument("--body", default="default", help="body model for renders")
   p.add_argument("--choose", default="best", choices=choose_lib.METHODS)
