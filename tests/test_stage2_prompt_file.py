@@ -67,3 +67,12 @@ def test_scene_configs_sets_prompts_and_validates():
     prompt_file.scene_configs(_base(), [dict(PROMPTS[0], colour="red")])
   with pytest.raises(ValueError, match="column 'object'"):
     prompt_file.scene_configs(_base(), [dict(PROMPTS[0], object="  ")])
+
+
+def test_pose_query_column_sets_the_retrieval_text(tmp_path):
+  cfgs = prompt_file.scene_configs(_base(), [dict(PROMPTS[0], pose_query=" pushing a cart "),
+                                             PROMPTS[1]])
+  assert [c.pose.query for c in cfgs] == ["pushing a cart", ""]
+  assert cfgs[0].prompt.interaction == PROMPTS[0]["interaction"]
+  msg = _error(_jsonl(tmp_path, [dict(ROW, pose_query="  ")]))
+  assert "column 'pose_query'" in msg and "non-empty string" in msg

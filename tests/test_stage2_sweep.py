@@ -67,6 +67,9 @@ def test_official_sweep_file_holds_the_eleven_release_scenes():
   assert by["sitting_on_a_chair"].body.aug_rot and by["jumping_a_skateboard"].body.aug_trans
   assert by["carrying_a_backpack"].pose.rank == 4 and by["riding_a_bike"].pose.rank == 0
   assert by["pushing_a_shopping_cart"].prompt.interaction == "carrying a shopping cart"
+  # its pose path: PoseGen/exp/poses/pushing_a_shopping_cart/top_1.npy (line 17)
+  assert by["pushing_a_shopping_cart"].pose.query == "pushing a shopping cart"
+  assert by["riding_a_bike"].pose.query == ""
   lam = lambda c: (c.loss.lambda_object_geo, tuple(c.loss.shape_weights))
   assert lam(by["carrying_a_backpack"]) != lam(by["riding_a_bike"])
 

@@ -36,6 +36,7 @@ COLUMNS = {
     "interaction": "config.prompt.interaction (T_I), required",
     "seed": "config.seed",
     "pose_rank": "config.pose.choose='rank', config.pose.rank (stage-1 retrieval rank)",
+    "pose_query": "config.pose.query (the stage-1 retrieval text; default: the interaction)",
     "anchor_file": "config.pose.anchor_file (relative paths: to the prompt file)",
     "aug_rot": "config.body.aug_rot",
     "aug_trans": "config.body.aug_trans",
@@ -243,6 +244,10 @@ def check_row(path, row: Row) -> Row:
         values[col] = _as_int(v)
       elif col in ("aug_rot", "aug_trans"):
         values[col] = _as_bool(v)
+      elif col == "pose_query":
+        if not isinstance(v, str) or not v.strip():
+          raise ValueError("must be a non-empty string (leave the column out for the interaction)")
+        values[col] = v.strip()
       elif col == "anchor_file":
         if not isinstance(v, str) or not v.strip():
           raise ValueError("must be the path of an anchor .npz")
@@ -275,7 +280,8 @@ def check_row(path, row: Row) -> Row:
 
 _SETS = {"human": ("prompt.human",), "object": ("prompt.object",),
          "interaction": ("prompt.interaction",), "seed": ("seed",),
-         "pose_rank": ("pose.choose", "pose.rank"), "anchor_file": ("pose.anchor_file",),
+         "pose_rank": ("pose.choose", "pose.rank"), "pose_query": ("pose.query",),
+         "anchor_file": ("pose.anchor_file",),
          "aug_rot": ("body.aug_rot",), "aug_trans": ("body.aug_trans",),
          "camera_distance": ("camera.distance_range",),
          "shape_weights": ("loss.lambda_object_geo", "loss.shape_weights")}
@@ -299,6 +305,8 @@ def scene_config(base: config_lib.RunConfig, row: Row, path="prompts") -> config
     values["seed"] = int(v["seed"])
   if "pose_rank" in v:
     values.update({"pose.choose": "rank", "pose.rank": int(v["pose_rank"])})
+  if "pose_query" in v:
+    values["pose.query"] = v["pose_query"]
   if "anchor_file" in v:
     values["pose.anchor_file"] = v["anchor_file"]
   for col in ("aug_rot", "aug_trans"):
