@@ -127,6 +127,9 @@ def online(monkeypatch, tmp_path):
 def test_fetch_by_id_reads_only_the_loaded_files_then_offline_uses_the_cache(repos, online):
   with hub_server.HubServer(repos) as server:
     online(server.url)
+    # A folder never touches the network, even when it is laid out like the repo.
+    assert hub.resolve(str(repos[IF_ID]), hub.DIFFUSERS) == str(repos[IF_ID])
+    assert server.requests == []
     folder = pathlib.Path(hub.resolve(IF_ID, hub.DIFFUSERS))
     got = sorted(p for m, p in server.requests if m == "GET" and "/resolve/" in p)
   index = json.loads((repos[IF_ID] / "text_encoder" / "model.safetensors.index.fp16.json").read_text())
