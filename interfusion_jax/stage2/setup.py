@@ -231,6 +231,21 @@ BOTH_GIVEN = (
     "--config.guidance.backend=auto to train with those weights, or drop weights_dir.")
 
 
+def check_guidance_choice(config: config_lib.RunConfig) -> None:
+  """The guidance is chosen explicitly: ``backend="builtin"`` without weights, or
+  weights (a folder or hub id) with any other backend. Nothing is ever substituted.
+
+  Raises:
+    TrainSetupError: ``NO_WEIGHTS`` or ``BOTH_GIVEN``, one line.
+  """
+  root = str(config.guidance.weights_dir).strip()
+  if str(config.guidance.backend) == "builtin":
+    if root:
+      raise TrainSetupError(BOTH_GIVEN.format(root=root))
+  elif not root:
+    raise TrainSetupError(NO_WEIGHTS)
+
+
 def load_guidance_and_text(config: config_lib.RunConfig):
   """(GuidanceSpec, guidance params, prompt embedding table) from config.guidance.
 
@@ -246,16 +261,13 @@ def load_guidance_and_text(config: config_lib.RunConfig):
       found, fetched or read (an incomplete directory, another model, a corrupt
       file: a config.json that is not JSON, a truncated msgpack / safetensors file).
   """
+  check_guidance_choice(config)
   g, prompt = config_lib.guidance_options(config), config_lib.prompt_spec(config)
   root = str(g.weights_dir).strip()
   if g.backend == "builtin":
-    if root:
-      raise TrainSetupError(BOTH_GIVEN.format(root=root))
     gspec, gparams, table = prior_assets.load_builtin_guidance(g, prompt)
     logging.warning(prior_assets.NOTICE.format(n=int(gparams["bank"].shape[0])))
     return gspec, gparams, table
-  if not root:
-    raise TrainSetupError(NO_WEIGHTS)
   try:
     return loading.load_scene_guidance(g, prompt, root)
   except (FileNotFoundError, loading.ModelTypeError) as e:
@@ -294,12 +306,14 @@ def load_anchor_pose(config: config_lib.RunConfig) -> pose_anchor.AnchorPose:
 
 
 def check_inputs(config: config_lib.RunConfig) -> None:
-  """What a scene's setup can check before loading anything: the render sizes against
-  the device's memory (``check_memory``) and the anchor file, if one is given.
+  """What a scene's setup can check before loading anything: the guidance choice
+  (``check_guidance_choice``), the render sizes against the device's memory
+  (``check_memory``) and the anchor file, if one is given.
 
   Raises:
     TrainSetupError: naming the key and the problem.
   """
+  check_guidance_choice(config)
   check_memory(config, final_size=int(config.train.final_resolution))
   if str(config.pose.anchor_file).strip():
     load_anchor_pose(config)
