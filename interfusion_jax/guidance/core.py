@@ -7,7 +7,8 @@ A backend ``kind`` is two pure functions, looked up in ``BACKENDS``:
 * ``predict_eps(spec, params, x_t [N,h,w,c], t [N], emb [N,L,D]) -> [N,h,w,c]``.
 
 ``guidance_apply`` adds noise, runs conditional and unconditional
-predictions in ONE batched ``predict_eps`` call and returns the SDS loss
+predictions (and Perp-Neg's view negatives, when given) in ONE batched
+``predict_eps`` call and returns the SDS loss
 whose gradient with respect to ``images`` is the SDS gradient
 (PAPER.md "Score distillation").
 """
@@ -240,6 +241,28 @@ def predict_cfg_pair(spec: GuidanceSpec, params: Any, x_t: jax.Array, t: jax.Arr
   return eps[:b], eps[b:]
 
 
+def predict_perp_neg_batch(spec: GuidanceSpec, params: Any, x_t: jax.Array, t: jax.Array,
+                           cond_emb: jax.Array, uncond_emb: jax.Array, neg_emb: jax.Array
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Positive, unconditional and K negative eps from ONE batched ``predict_eps``
+  call of (2 + K) B inputs (Perp-Neg; threestudio's 4B batch for K = 2).
+
+  Args:
+    x_t: [B, h, w, c]; t: [B]; cond_emb: [B, L, D]; uncond_emb: [L, D] or
+      [B, L, D]; neg_emb: [B, K, L, D].
+
+  Returns:
+    (eps_pos [B, h, w, c], eps_uncond [B, h, w, c], eps_neg [B, K, h, w, c]).
+  """
+  b, k = neg_emb.shape[:2]
+  uncond = jnp.broadcast_to(uncond_emb, (b,) + cond_emb.shape[1:]).astype(cond_emb.dtype)
+  negs = jnp.swapaxes(neg_emb, 0, 1).reshape((k * b,) + neg_emb.shape[2:]).astype(cond_emb.dtype)
+  eps = predict_eps(spec, params, jnp.concatenate([x_t] * (2 + k)),
+                    jnp.concatenate([t] * (2 + k)), jnp.concatenate([cond_emb, uncond, negs]))
+  eps_neg = jnp.swapaxes(eps[2 * b:].reshape((k, b) + eps.shape[1:]), 0, 1)
+  return eps[:b], eps[b:2 * b], eps_neg
+
+
 def with_camera(cond_emb: jax.Array, uncond_emb: jax.Array, camera: jax.Array
                 ) -> tuple[jax.Array, jax.Array]:
   """Appends the camera direction to both CFG embeddings (camera-conditioned backends).
@@ -259,7 +282,9 @@ def with_camera(cond_emb: jax.Array, uncond_emb: jax.Array, camera: jax.Array
 def guidance_apply(spec: GuidanceSpec, params: Any, images: jax.Array,
                    cond_emb: jax.Array, uncond_emb: jax.Array, key: jax.Array, *,
                    t_max: float | jax.Array | None = None,
-                   camera: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                   camera: jax.Array | None = None,
+                   neg_emb: jax.Array | None = None,
+                   neg_weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """SDS loss for a batch of renders (PAPER.md "Score distillation").
 
   Args:
@@ -268,13 +293,18 @@ def guidance_apply(spec: GuidanceSpec, params: Any, images: jax.Array,
       (``unet``, ``vae`` / ``mean``, ``std`` / ``targets``).
     images: [B, H, W, 3] renders in [0, 1].
     cond_emb: [B, L, D] prompt embeddings (per render, e.g. view-dependent).
-    uncond_emb: [L, D] or [B, L, D] empty-prompt embedding.
+    uncond_emb: [L, D] or [B, L, D] unconditional (negative-prompt, "" by
+      default) embedding.
     key: PRNG key (timesteps, noise, VAE posterior sample).
     t_max: optional (traced) max-timestep fraction overriding ``spec.t_max``
       (annealing).
     camera: optional [B, 3] unit directions from each render's look-at
       target to its camera; used only when ``spec.camera_conditioning``
       (``with_camera``), ignored otherwise.
+    neg_emb, neg_weights: Perp-Neg (``prompts.perp_neg_embeddings``): [B, K,
+      L, D] view-negative embeddings and their [B, K] weights. Given, the
+      denoiser runs once on (2 + K) B inputs and ``sds.perp_neg_guidance``
+      replaces CFG; None (the default): plain CFG on 2 B inputs.
 
   Returns:
     (loss, aux): scalar loss with d loss / d images = the SDS gradient pulled
@@ -285,6 +315,11 @@ def guidance_apply(spec: GuidanceSpec, params: Any, images: jax.Array,
     if camera is None:
       raise ValueError(f"guidance kind {spec.kind!r} is camera-conditioned: pass camera= "
                        "(unit directions [B, 3]) to guidance_apply.")
+    if neg_emb is not None:
+      k, l = neg_emb.shape[1:3]
+      cam = jnp.broadcast_to(jnp.asarray(camera, neg_emb.dtype)[:, None, None, :],
+                             (camera.shape[0], k, l, camera.shape[-1]))
+      neg_emb = jnp.concatenate([neg_emb, cam], -1)
     cond_emb, uncond_emb = with_camera(cond_emb, uncond_emb, camera)
   k_enc, k_t, k_noise = jax.random.split(key, 3)
   x = encode(spec, params, images, k_enc)
@@ -294,10 +329,17 @@ def guidance_apply(spec: GuidanceSpec, params: Any, images: jax.Array,
   noise = jax.random.normal(k_noise, x.shape, jnp.float32)
   abar = params["alphas_cumprod"]
   x_t = sds.add_noise(jax.lax.stop_gradient(x), noise, t, abar)
-  eps_c, eps_u = predict_cfg_pair(spec, jax.lax.stop_gradient(params), x_t, t, cond_emb,
-                                  uncond_emb)
-  grad = sds.sds_gradient(eps_c, eps_u, noise, t, abar, guidance_scale=spec.guidance_scale,
-                          weighting=spec.weighting, clip=spec.grad_clip or None)
+  if neg_emb is None:
+    eps_c, eps_u = predict_cfg_pair(spec, jax.lax.stop_gradient(params), x_t, t, cond_emb,
+                                    uncond_emb)
+    grad = sds.sds_gradient(eps_c, eps_u, noise, t, abar, guidance_scale=spec.guidance_scale,
+                            weighting=spec.weighting, clip=spec.grad_clip or None)
+  else:
+    eps_c, eps_u, eps_n = predict_perp_neg_batch(spec, jax.lax.stop_gradient(params), x_t, t,
+                                                 cond_emb, uncond_emb, neg_emb)
+    eps_hat = sds.perp_neg_guidance(eps_c, eps_u, eps_n, neg_weights, spec.guidance_scale)
+    grad = sds.guided_sds_gradient(eps_hat, noise, t, abar, weighting=spec.weighting,
+                                   clip=spec.grad_clip or None)
   loss = sds.sds_loss(x, grad)
   aux = {"t": t,
          "grad_norm": jnp.mean(jnp.sqrt(jnp.sum(jnp.square(grad.reshape(b, -1)), -1))),

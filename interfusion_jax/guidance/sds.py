@@ -74,6 +74,24 @@ def sds_gradient(eps_cond: jax.Array, eps_uncond: jax.Array, noise: jax.Array,
   """
   eps_hat = classifier_free_guidance(eps_cond.astype(jnp.float32),
                                      eps_uncond.astype(jnp.float32), guidance_scale)
+  return guided_sds_gradient(eps_hat, noise, t, alphas_cumprod, weighting=weighting, clip=clip)
+
+
+def guided_sds_gradient(eps_hat: jax.Array, noise: jax.Array, t: jax.Array,
+                        alphas_cumprod: jax.Array, *, weighting: str,
+                        clip: float | None = None) -> jax.Array:
+  """``sds_gradient`` from an already guided prediction (CFG or ``perp_neg_guidance``).
+
+  grad = nan_to_num(w(t) * (eps_hat - noise)), clipped to [-clip, clip]
+  when ``clip`` > 0.
+
+  Args:
+    eps_hat: [B, H, W, C] float32 guided prediction.
+    noise, t, alphas_cumprod, weighting, clip: as ``sds_gradient``.
+
+  Returns:
+    [B, H, W, C] float32 gradient with respect to the diffused image x.
+  """
   w = sds_weight(t, alphas_cumprod, weighting)
   w = w.reshape(w.shape + (1,) * (eps_hat.ndim - 1))
   grad = w * (eps_hat - noise.astype(jnp.float32))
@@ -81,6 +99,54 @@ def sds_gradient(eps_cond: jax.Array, eps_uncond: jax.Array, noise: jax.Array,
   if clip is not None and clip > 0:
     grad = jnp.clip(grad, -clip, clip)
   return grad
+
+
+def perpendicular_component(x: jax.Array, y: jax.Array) -> jax.Array:
+  """The part of each sample of ``x`` perpendicular to the same sample of ``y``
+  (threestudio ``perpendicular_component``).
+
+  x - (<x, y> / max(<y, y>, 1e-6)) y, inner products over all but the first axis.
+
+  Args:
+    x, y: [B, ...].
+
+  Returns:
+    [B, ...].
+  """
+  axes = tuple(range(1, x.ndim))
+  coef = jnp.sum(x * y, axis=axes) / jnp.maximum(jnp.sum(y * y, axis=axes), 1e-6)
+  return x - coef.reshape(coef.shape + (1,) * (x.ndim - 1)) * y
+
+
+def perp_neg_guidance(eps_pos: jax.Array, eps_uncond: jax.Array, eps_neg: jax.Array,
+                      neg_weights: jax.Array, guidance_scale: float | jax.Array) -> jax.Array:
+  """Perp-Neg's guided prediction (threestudio's perp-neg branch; not in the release).
+
+  eps_hat = eps_u + s (e_pos + sum_k w_k perp(eps_neg_k - eps_u, e_pos)),
+  e_pos = eps_pos - eps_u, ``perp`` = ``perpendicular_component``. With no
+  negatives (all w_k = 0) it is eps_u + s (eps_pos - eps_u): threestudio's
+  form, which differs from ``classifier_free_guidance`` by one e_pos.
+
+  Args:
+    eps_pos: [B, ...] prediction for the (interpolated) positive prompt.
+    eps_uncond: [B, ...] prediction for the negative prompt ("" by default).
+    eps_neg: [B, K, ...] predictions for the K view negatives.
+    neg_weights: [B, K] their weights (<= 0 pushes away from them).
+    guidance_scale: scalar s.
+
+  Returns:
+    [B, ...] float32 guided prediction.
+  """
+  eps_pos, eps_uncond, eps_neg = (jnp.asarray(e, jnp.float32)
+                                  for e in (eps_pos, eps_uncond, eps_neg))
+  e_pos = eps_pos - eps_uncond
+  k = eps_neg.shape[1]
+  acc = jnp.zeros_like(e_pos)
+  for i in range(k):
+    w = jnp.asarray(neg_weights, jnp.float32)[:, i]
+    acc = acc + w.reshape(w.shape + (1,) * (e_pos.ndim - 1)) * perpendicular_component(
+        eps_neg[:, i] - eps_uncond, e_pos)
+  return eps_uncond + guidance_scale * (e_pos + acc)
 
 
 def sds_loss(x: jax.Array, grad: jax.Array) -> jax.Array:

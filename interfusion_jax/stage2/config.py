@@ -148,6 +148,7 @@ _PS = prompts_lib.PromptSpec
 _AS = anchor_lib.AnchorSpec
 _GO = guidance_core.GuidanceOptions
 _AQ = pose_anchor.AnchorQuery
+_PN = prompts_lib.PerpNegSpec
 
 _POS_INT = (positive_int, "must be a positive integer")
 _NONNEG_INT = (nonneg_int, "must be a non-negative integer")
@@ -212,6 +213,8 @@ class PromptConfig(_Section):
   head_template: str = setting(_lib_default(_PS, "head_template"),
                                lambda v: isinstance(v, str) and "{human}" in v,
                                "must be a string containing {human}")
+  # the CFG unconditional prompt of all four SDS terms ("" = the release's empty prompt)
+  negative: str = setting(_lib_default(_PS, "negative"), *_TEXT)
 
   def check(self):
     if self.front_azimuth_deg > self.back_azimuth_deg:
@@ -421,6 +424,13 @@ class GuidanceConfig(_Section):
   # or ~/.cache/interfusion_jax/text_embeddings); each prompt is encoded once.
   text_cache_dir: str = setting(_lib_default(_GO, "text_cache_dir"), *_TEXT)
   sd_resolution: int = setting(_lib_default(_GO, "sd_resolution"), *_POS_INT)
+  # Perp-Neg (threestudio; not in the release): view negatives with the
+  # azimuth-interpolated weights f(r) = a exp(-b r) + c, (a, b, c) per curve.
+  perp_neg: bool = setting(False, *_BOOL)
+  perp_neg_f_sb: tuple = setting(_lib_default(_PN, "f_sb"), triple, "must be three numbers (a, b, c)")
+  perp_neg_f_fsb: tuple = setting(_lib_default(_PN, "f_fsb"), triple, "must be three numbers (a, b, c)")
+  perp_neg_f_fs: tuple = setting(_lib_default(_PN, "f_fs"), triple, "must be three numbers (a, b, c)")
+  perp_neg_f_sf: tuple = setting(_lib_default(_PN, "f_sf"), triple, "must be three numbers (a, b, c)")
 
   def check(self):
     if self.t_min >= self.t_max:
@@ -553,6 +563,11 @@ class RunConfig:
   loss: LossConfig
   optim: OptimConfig
   train: TrainConfig
+
+  def __post_init__(self):
+    if self.guidance.perp_neg and not self.prompt.view_dependent:
+      raise ConfigError("config.guidance.perp_neg = True needs config.prompt.view_dependent = "
+                        "True (its negatives are the other views' prompts).")
 
 
 def valid_keys() -> list[str]:
@@ -831,6 +846,16 @@ def schedule_spec(run: RunConfig) -> schedules.ScheduleSpec:
 
 def prompt_spec(run: RunConfig) -> prompts_lib.PromptSpec:
   return prompts_lib.PromptSpec(**dataclasses.asdict(run.prompt))
+
+
+def perp_neg_spec(run: RunConfig) -> prompts_lib.PerpNegSpec | None:
+  """Perp-Neg's weight curves when config.guidance.perp_neg is on, else None (plain CFG)."""
+  g = run.guidance
+  if not g.perp_neg:
+    return None
+  return prompts_lib.PerpNegSpec(
+      f_sb=tuple(map(float, g.perp_neg_f_sb)), f_fsb=tuple(map(float, g.perp_neg_f_fsb)),
+      f_fs=tuple(map(float, g.perp_neg_f_fs)), f_sf=tuple(map(float, g.perp_neg_f_sf)))
 
 
 def anchor_spec(run: RunConfig) -> anchor_lib.AnchorSpec:

@@ -182,7 +182,8 @@ def train_spec(run: config_lib.RunConfig, guidance_spec: Any,
           eval_shading=c.eval_shading, random_white_prob=run.background.random_white_prob,
           object_blob=run.field.object_blob),
       views=(float(p.overhead_elevation_deg), float(p.front_azimuth_deg),
-             float(p.back_azimuth_deg)))
+             float(p.back_azimuth_deg)),
+      perp_neg=config_lib.perp_neg_spec(run))
 
 
 def spec_key(spec: step_lib.TrainSpec) -> Any:

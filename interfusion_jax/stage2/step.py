@@ -107,6 +107,8 @@ class TrainSpec:
     camera_sharding: optional ``NamedSharding`` of the camera batch axis (the
       loop sets it to shard a single run's cameras over devices; None = let
       XLA choose).
+    perp_neg: Perp-Neg's weight curves (guidance.prompts.PerpNegSpec) when
+      config.guidance.perp_neg is on; None (the release) = plain CFG.
   """
   model: model_lib.ModelFns
   guidance: Any
@@ -120,6 +122,7 @@ class TrainSpec:
   settings: StepSettings
   views: tuple[float, float, float] = (60.0, 45.0, 135.0)
   camera_sharding: Any = None
+  perp_neg: prompts_lib.PerpNegSpec | None = None
 
   @property
   def height(self) -> int:
@@ -337,29 +340,50 @@ def sample_shadings(key: jax.Array, ambient_only: jax.Array, spec: TrainSpec) ->
 
 
 def sds_terms(outs: dict, frozen: dict, view: jax.Array, key: jax.Array, t_max: jax.Array,
-              spec: TrainSpec, direction: jax.Array | None = None) -> tuple[dict, dict]:
+              spec: TrainSpec, direction: jax.Array | None = None,
+              azimuth_deg: jax.Array | None = None) -> tuple[dict, dict]:
   """The four SDS losses of one camera, one per render, in one batched guidance call.
 
   human / head use the human and head prompts; interaction / object the
-  interaction and object prompts; the empty prompt is the CFG negative. The
-  four ``guidance_apply`` calls are one ``vmap`` (the denoiser is traced once
-  and runs as one batch of 4 x 2 CFG inputs). ``direction`` [3] (the unit
-  vector from each render's look-at target to its camera, the same for all
-  four) reaches camera-conditioned backends.
+  interaction and object prompts; ``text["uncond"]`` (the negative prompt,
+  "" by default) is the CFG unconditional branch of all four. The four
+  ``guidance_apply`` calls are one ``vmap`` (the denoiser is traced once and
+  runs as one batch of 4 x 2 CFG inputs). ``direction`` [3] (the unit vector
+  from each render's look-at target to its camera, the same for all four)
+  reaches camera-conditioned backends.
+
+  With ``spec.perp_neg`` each render's positive embedding, two view negatives
+  and their weights come from ``prompts.perp_neg_embeddings`` at the camera's
+  ``azimuth_deg`` (required then), and the one batch grows to 4 x 4 inputs.
 
   Returns:
     ({name: scalar SDS loss}, {"sds_<name>_t", "sds_<name>_grad_norm": scalars}).
   """
   text = frozen["text"]
   images = jnp.stack([outs[n].rgb.reshape(1, spec.height, spec.width, 3) for n in RENDERS])
-  embs = jnp.stack([prompt_embedding(text, n, view)[None] for n in RENDERS])  # [4, 1, L, D]
   camera = None if direction is None else jnp.reshape(direction, (1, 3))
+  keys = jax.random.split(key, len(RENDERS))
+  if spec.perp_neg is None:
+    embs = jnp.stack([prompt_embedding(text, n, view)[None] for n in RENDERS])  # [4, 1, L, D]
 
-  def one(img, emb, k):
-    return guidance_core.guidance_apply(spec.guidance, frozen["guidance"], img, emb,
-                                        text["uncond"], k, t_max=t_max, camera=camera)
+    def one(img, emb, k):
+      return guidance_core.guidance_apply(spec.guidance, frozen["guidance"], img, emb,
+                                          text["uncond"], k, t_max=t_max, camera=camera)
 
-  loss, aux = jax.vmap(one)(images, embs, jax.random.split(key, len(RENDERS)))
+    loss, aux = jax.vmap(one)(images, embs, keys)
+  else:
+    if azimuth_deg is None:
+      raise ValueError("sds_terms: Perp-Neg (spec.perp_neg) needs the camera's azimuth_deg.")
+    pos, negs, weights = (jnp.stack(x) for x in zip(*[
+        prompts_lib.perp_neg_embeddings(text[n], text["uncond"], view, azimuth_deg,
+                                        spec.perp_neg) for n in RENDERS]))
+
+    def one_pn(img, emb, neg, w, k):
+      return guidance_core.guidance_apply(spec.guidance, frozen["guidance"], img, emb[None],
+                                          text["uncond"], k, t_max=t_max, camera=camera,
+                                          neg_emb=neg[None], neg_weights=w[None])
+
+    loss, aux = jax.vmap(one_pn)(images, pos, negs, weights, keys)
   terms = {n: loss[i] for i, n in enumerate(RENDERS)}
   metrics = {}
   for i, n in enumerate(RENDERS):
@@ -512,7 +536,8 @@ def camera_losses(params: Params, state: TrainState, frozen: dict, key: jax.Arra
   view = camera_view_index(cam.elevation, cam.azimuth, spec)
   t_max = schedules.max_timestep_fraction(state.step, spec.schedule, spec.guidance.t_max)
   direction = cam.position / jnp.linalg.norm(cam.position)
-  sds, sds_aux = sds_terms(outs, frozen, view, k_sds, t_max, spec, direction)
+  sds, sds_aux = sds_terms(outs, frozen, view, k_sds, t_max, spec, direction,
+                           jnp.rad2deg(cam.azimuth))
   terms = {f"sds_{k}": v for k, v in sds.items()}
   geo, geo_counts = geometry_terms(params, outs, frozen["anchor"], k_geo, spec)
   terms.update(geo)
