@@ -62,6 +62,52 @@ def test_apply_gradient_equals_sds_gradient(toy_backend):
                              np.mean(np.sqrt(np.sum(want.reshape(4, -1) ** 2, -1))), rtol=1e-4)
 
 
+def test_apply_perp_neg_is_one_batched_call_of_the_perp_neg_formula(toy_backend):
+  """Perp-Neg: ONE denoiser call on (2 + K) B inputs; the gradient is w(t) times
+  threestudio's eps_u + s (e_pos + sum_k w_k perp(eps_k - eps_u, e_pos)) - eps."""
+  rng = np.random.default_rng(1)
+  spec = core.GuidanceSpec(kind="toy", guidance_scale=20.0, weighting="uniform")
+  params = {"alphas_cumprod": _abar(), "w": jnp.float32(0.3)}
+  imgs = jnp.asarray(rng.uniform(size=(2, 6, 6, 3)), jnp.float32)
+  cond = jnp.asarray(rng.standard_normal((2, 5, 8)), jnp.float32)
+  uncond = jnp.asarray(rng.standard_normal((5, 8)), jnp.float32)
+  negs = jnp.asarray(rng.standard_normal((2, 2, 5, 8)), jnp.float32)
+  weights = jnp.asarray([[-0.5, -1.5], [0.0, -2.0]], jnp.float32)
+  key = jax.random.PRNGKey(4)
+  g, aux = jax.grad(lambda im: core.guidance_apply(spec, params, im, cond, uncond, key,
+                                                   neg_emb=negs, neg_weights=weights),
+                    has_aux=True)(imgs)
+  assert toy_backend == [(8, 6, 6, 3)]   # (2 + K) B = 8 inputs, one call
+  _, k_t, k_n = jax.random.split(key, 3)
+  t = np.asarray(sds.sample_timesteps(k_t, 2, 0.02, 0.98, 1000))
+  np.testing.assert_array_equal(aux["t"], t)
+  noise = np.asarray(jax.random.normal(k_n, imgs.shape))
+  abar = np.asarray(_abar())[t][:, None, None, None]
+  x_t = np.sqrt(abar) * np.asarray(imgs) + np.sqrt(1 - abar) * noise
+  eps = lambda e: 0.3 * x_t + np.asarray(e).mean(axis=(-2, -1)).reshape(-1, 1, 1, 1) + \
+      1e-3 * t[:, None, None, None]
+  ep, eu = eps(cond), eps(np.broadcast_to(uncond, cond.shape))
+  e_pos = ep - eu
+  acc = 0.0
+  for i in range(2):
+    d = eps(negs[:, i]) - eu
+    coef = np.sum(d * e_pos, (1, 2, 3)) / np.maximum(np.sum(e_pos ** 2, (1, 2, 3)), 1e-6)
+    acc = acc + np.asarray(weights)[:, i, None, None, None] * (d - coef[:, None, None, None] * e_pos)
+  want = eu + 20.0 * (e_pos + acc) - noise
+  np.testing.assert_allclose(g * 2, want, rtol=2e-4, atol=2e-4)
+  # Camera-conditioned backends: the direction reaches the negatives too.
+  cam = jnp.asarray([[0.0, 0.6, 0.8], [1.0, 0.0, 0.0]], jnp.float32)
+  spec_cam = core.GuidanceSpec(kind="toy", guidance_scale=20.0, weighting="uniform",
+                               camera_conditioning=True)
+  app = lambda x: jnp.concatenate([x, jnp.broadcast_to(
+      cam.reshape((2,) + (1,) * (x.ndim - 2) + (3,)), x.shape[:-1] + (3,))], -1)
+  got = core.guidance_apply(spec_cam, params, imgs, cond, uncond, key, camera=cam,
+                            neg_emb=negs, neg_weights=weights)[0]
+  ref = core.guidance_apply(spec, params, imgs, app(cond), app(jnp.broadcast_to(uncond, cond.shape)),
+                            key, neg_emb=app(negs), neg_weights=weights)[0]
+  np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
 def test_apply_t_max_override_and_clip(toy_backend):
   spec = core.GuidanceSpec(kind="toy", guidance_scale=100.0, weighting="uniform", grad_clip=0.01)
   params = {"alphas_cumprod": _abar(), "w": jnp.float32(1.0)}

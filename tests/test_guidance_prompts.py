@@ -182,3 +182,67 @@ def test_builtin_prior_reads_every_bank_caption_in_the_new_wording():
     seen[cap] = new
   assert len(seen) > 1000 and any(c.startswith(("a photo of the head of", "a photo of head of"))
                                   for c in seen)
+
+
+# ----------------------------------------------------------------------------
+# Negative prompt and Perp-Neg (threestudio's prompt processor, transcribed).
+# ----------------------------------------------------------------------------
+
+
+def test_negative_prompt_is_encoded_as_written_into_the_uncond_row():
+  seen = []
+
+  def fake_encode(texts):
+    seen.extend(texts)
+    return jnp.asarray([[[float(len(t)), float(i)]] for i, t in enumerate(texts)])
+
+  spec = prompts.PromptSpec(human="a man", object="a bike", interaction="riding a bike",
+                            negative="blurry, low quality")
+  table = prompts.embedding_table(fake_encode, spec)
+  assert seen[-1] == "blurry, low quality" and len(seen) == 17   # undecorated, one call
+  np.testing.assert_array_equal(table["uncond"], [[len("blurry, low quality"), 16]])
+  assert prompts.PromptSpec(human="a", object="b", interaction="c").negative == ""
+
+
+# threestudio's defaults, as written in prompt_processors/base.py.
+TS_F = {"sb": (1, 0.5, -0.606), "fsb": (1, 0.5, +0.967), "fs": (4, 0.5, -2.426),
+        "sf": (4, 0.5, -2.426)}
+
+
+def _ts_perp_neg(vd, uncond, elev, azim):
+  """NumPy transcription of threestudio ``get_text_embeddings_perp_neg`` for one
+  camera; ``vd`` rows in threestudio's order (side, front, back, overhead)."""
+  f = lambda abc, r: abc[0] * np.exp(-abc[1] * r) + abc[2]
+  idx = _ref_view(elev, azim)
+  idx = {0: 1, 1: 0, 2: 2, 3: 3}[idx]            # ours (front, side, ...) -> threestudio's
+  side, front, back, overhead = vd
+  azi = (azim + 180) % 360 - 180
+  if idx == 3:
+    return overhead, [uncond, uncond], [0.0, 0.0]
+  if abs(azi) < 90:
+    r = 1 - abs(azi) / 90
+    return (r * front + (1 - r) * side, [front, side],
+            [-f(TS_F["fs"], r), -f(TS_F["sf"], 1 - r)])
+  r = 2.0 - abs(azi) / 90
+  return r * side + (1 - r) * back, [side, front], [-f(TS_F["sb"], r), -f(TS_F["fsb"], r)]
+
+
+def test_perp_neg_embeddings_match_threestudio():
+  rng = np.random.default_rng(0)
+  table = rng.standard_normal((4, 3, 5)).astype(np.float32)   # ours: front, side, back, overhead
+  uncond = rng.standard_normal((3, 5)).astype(np.float32)
+  ts_rows = table[[1, 0, 2, 3]]
+  fn = jax.jit(jax.vmap(lambda v, a: prompts.perp_neg_embeddings(
+      jnp.asarray(table), jnp.asarray(uncond), v, a, prompts.PerpNegSpec()), (0, 0)))
+  elev = np.array([0.0, 20.0, 59.0, 61.0, -20.0] * 11, np.float32)
+  azim = np.repeat(np.array([-180, -135, -100, -90, -45, 0, 30, 89.9, 90, 170, 359],
+                            np.float32), 5)
+  pos, negs, w = fn(prompts.view_index(elev, azim), azim)
+  assert pos.shape == (55, 3, 5) and negs.shape == (55, 2, 3, 5) and w.shape == (55, 2)
+  for i, (e, a) in enumerate(zip(elev, azim)):
+    p_ref, n_ref, w_ref = _ts_perp_neg(ts_rows, uncond, float(e), float(a))
+    np.testing.assert_allclose(pos[i], p_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(negs[i], np.stack(n_ref), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(w[i], w_ref, rtol=1e-5, atol=1e-6)
+  # The curves vanish where the negative is the positive itself (threestudio's f(1) = 0).
+  np.testing.assert_allclose(w[elev.tolist().index(0.0) + 5 * 5], [0.0, -1.574], atol=1e-3)

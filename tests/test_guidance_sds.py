@@ -120,6 +120,60 @@ def test_schedule_matches_diffusers(name):
   np.testing.assert_allclose(got, ref.numpy(), rtol=2e-5, atol=1e-7)
 
 
+def _ts_perpendicular(x, y):
+  """threestudio ``perpendicular_component`` in NumPy ([B, C, H, W] there, any layout here)."""
+  axes = tuple(range(1, x.ndim))
+  eps = np.ones(x.shape[0]) * 1e-6
+  coef = np.sum(x * y, axis=axes) / np.maximum(np.sum(y * y, axis=axes), eps)
+  return x - coef.reshape((-1,) + (1,) * (x.ndim - 1)) * y
+
+
+def _ts_perp_neg(pred_text, pred_uncond, pred_neg, weights, scale):
+  """threestudio's perp-neg branch (deep_floyd_guidance.py) in NumPy: the UNet
+  output is [text (B); uncond (B); negatives interleaved (B K)], ``weights`` [B, K]."""
+  e_pos = pred_text - pred_uncond
+  accum = 0
+  k = weights.shape[-1]
+  for i in range(k):
+    e_i_neg = pred_neg[i::k] - pred_uncond
+    accum += weights[:, i].reshape(-1, 1, 1, 1) * _ts_perpendicular(e_i_neg, e_pos)
+  return pred_uncond + scale * (e_pos + accum)
+
+
+def _perp_neg_inputs(seed=0, b=3, k=2):
+  rng = np.random.default_rng(seed)
+  ep, eu = (rng.standard_normal((b, 4, 5, 3)).astype(np.float32) for _ in range(2))
+  en = rng.standard_normal((b, k, 4, 5, 3)).astype(np.float32)
+  w = -np.abs(rng.standard_normal((b, k))).astype(np.float32)
+  return ep, eu, en, w
+
+
+def test_perp_neg_guidance_matches_threestudio():
+  ep, eu, en, w = _perp_neg_inputs()
+  interleaved = en.reshape((-1,) + en.shape[2:])     # threestudio's row b K + i
+  for scale in (7.5, 20.0):
+    got = sds.perp_neg_guidance(ep, eu, en, w, scale)
+    np.testing.assert_allclose(got, _ts_perp_neg(ep, eu, interleaved, w, scale),
+                               rtol=1e-4, atol=1e-4)
+  # Zero weights: threestudio's eps_u + s (eps_pos - eps_u), not CFG's eps_c + s (...).
+  got = sds.perp_neg_guidance(ep, eu, en, np.zeros_like(w), 20.0)
+  np.testing.assert_allclose(got, eu + 20.0 * (ep - eu), rtol=1e-5, atol=1e-5)
+  # A negative parallel to e_pos has no perpendicular part; zero e_pos is guarded.
+  par = eu[:, None] + 3.0 * (ep - eu)[:, None]
+  np.testing.assert_allclose(sds.perp_neg_guidance(ep, eu, np.repeat(par, 2, 1), w, 5.0),
+                             eu + 5.0 * (ep - eu), rtol=1e-4, atol=1e-4)
+  assert np.all(np.isfinite(sds.perp_neg_guidance(eu, eu, en, w, 5.0)))
+
+
+def test_guided_sds_gradient_is_sds_gradient_from_cfg():
+  rng = np.random.default_rng(5)
+  ec, eu, n = (rng.standard_normal((3, 4, 5, 2)).astype(np.float32) for _ in range(3))
+  t, abar = np.array([20, 500, 979]), _abar()
+  want = sds.sds_gradient(ec, eu, n, t, abar, guidance_scale=7.5, weighting="sds", clip=0.3)
+  got = sds.guided_sds_gradient(8.5 * ec - 7.5 * eu, n, t, abar, weighting="sds", clip=0.3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # The same closed forms under chex.variants (jitted, eager, device-placed,
 # pmapped over the 4 forced host devices). String and static arguments are
@@ -197,3 +251,18 @@ class SdsVariantsTest(chex.TestCase):
     t = sample(jax.random.PRNGKey(1), jnp.float32(0.5))
     chex.assert_shape(t, (4096,))
     assert int(t.min()) >= 20 and int(t.max()) == 500
+
+
+class PerpNegVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_perp_neg_combination(self):
+    ep, eu, en, w = _perp_neg_inputs(seed=1, b=2, k=2)
+    got = self.variant(functools.partial(sds.perp_neg_guidance, guidance_scale=20.0))(
+        ep, eu, en, w)
+    chex.assert_shape(got, ep.shape)
+    chex.assert_tree_all_finite(got)
+    want = _ts_perp_neg(ep, eu, en.reshape((-1,) + en.shape[2:]), w, 20.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    perp = self.variant(sds.perpendicular_component)(en[:, 0] - eu, ep - eu)
+    np.testing.assert_allclose(np.sum(perp * (ep - eu), axis=(1, 2, 3)), 0.0, atol=1e-3)

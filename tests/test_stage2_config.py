@@ -68,6 +68,7 @@ def test_paper_defaults_match_paper_md():
     ("camera.up_perturb", -1.0, "config.camera.up_perturb = -1.0: must be >= 0"),
     ("shading.light_strategy", "sun", "config.shading.light_strategy = 'sun': unknown value"),
     ("train.steps", 0, "config.train.steps"),
+    ("guidance.perp_neg_f_sb", (1.0, 0.5), "config.guidance.perp_neg_f_sb = (1.0, 0.5): must be three"),
 ])
 def test_bad_values_name_the_key(key, value, needle):
   cfg = load_config("smoke")
@@ -83,6 +84,29 @@ def test_t_range_order():
   cfg.guidance.t_min, cfg.guidance.t_max = 0.6, 0.5
   with pytest.raises(config_lib.ConfigError, match="t_min"):
     config_lib.parse(cfg)
+
+
+def test_perp_neg_needs_view_dependent_prompts():
+  cfg = load_config("smoke")
+  cfg.guidance.perp_neg, cfg.prompt.view_dependent = True, False
+  with pytest.raises(config_lib.ConfigError, match="config.guidance.perp_neg = True needs "
+                     "config.prompt.view_dependent = True"):
+    config_lib.parse(cfg)
+
+
+@pytest.mark.parametrize("variant", ["paper", "cpu", "quick", "smoke", "riding_a_bike",
+                                     "riding_a_horse"])
+def test_negative_prompt_and_perp_neg_are_off_as_in_the_release(variant):
+  """The release: the empty unconditional prompt and no Perp-Neg; switched on, the
+  curves are threestudio's defaults (prompt_processors/base.py)."""
+  c = load_config(variant)
+  run = config_lib.parse(c)
+  assert run.prompt.negative == "" and config_lib.prompt_spec(run).negative == ""
+  assert run.guidance.perp_neg is False and config_lib.perp_neg_spec(run) is None
+  c.guidance.perp_neg = True
+  pn = config_lib.perp_neg_spec(config_lib.parse(c))
+  assert (pn.f_sb, pn.f_fsb, pn.f_fs, pn.f_sf) == (
+      (1, 0.5, -0.606), (1, 0.5, 0.967), (4, 0.5, -2.426), (4, 0.5, -2.426))
 
 
 def test_unknown_variant():

@@ -201,12 +201,81 @@ def test_sds_terms_hand_the_camera_direction_to_every_guidance_call(monkeypatch)
   outs = {n: types.SimpleNamespace(rgb=jnp.zeros((4 * 4, 3))) for n in step_lib.RENDERS}
   text = {n: jnp.zeros((4, 1, 5)) for n in step_lib.RENDERS}
   text["uncond"] = jnp.zeros((1, 5))
-  spec = types.SimpleNamespace(height=4, width=4, guidance=None)
+  spec = types.SimpleNamespace(height=4, width=4, guidance=None, perp_neg=None)
   terms, _ = step_lib.sds_terms(outs, {"text": text, "guidance": {}}, jnp.int32(1),
                              jax.random.PRNGKey(0), jnp.float32(0.98), spec,
                              jnp.array([0.0, 0.6, 0.8]))
   for n in step_lib.RENDERS:
     np.testing.assert_allclose(float(terms[n]), 86.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("perp_neg", [False, True])
+def test_the_negative_prompt_is_the_unconditional_branch_of_all_four_sds_calls(
+    monkeypatch, perp_neg):
+  """config.prompt.negative -> the scene's text table (here the built-in prior's
+  caption encoder) -> the ``uncond`` of every SDS call, with and without Perp-Neg
+  (whose overhead negatives, weight 0, are the negative prompt too)."""
+  import types
+  from configs import hoi
+  from interfusion_jax.guidance import builtin
+
+  def fake_apply(spec, params, img, emb, uncond, key, *, t_max=None, camera=None,
+                 neg_emb=None, neg_weights=None):
+    del spec, params, img, key, t_max, camera
+    code = jnp.sum(uncond)
+    if neg_emb is not None:
+      code = code + 10.0 * jnp.sum(neg_emb) + 100.0 * jnp.sum(jnp.abs(neg_weights) + 1.0)
+    return code, {"t": jnp.zeros((1,), jnp.int32), "grad_norm": jnp.float32(0.0)}
+
+  monkeypatch.setattr(step_lib.guidance_core, "guidance_apply", fake_apply)
+  cfg = hoi.get_config("smoke")
+  cfg.prompt.negative = "a horse"
+  cfg.guidance.perp_neg = perp_neg
+  run = config_lib.parse(cfg)
+  text = setup_lib.text_table(run, "builtin")
+  want = float(np.sum(builtin.embed_captions(["a horse"])[0]))
+  assert want != float(np.sum(builtin.embed_captions([""])[0]))
+  outs = {n: types.SimpleNamespace(rgb=jnp.zeros((4 * 4, 3))) for n in step_lib.RENDERS}
+  spec = types.SimpleNamespace(height=4, width=4, guidance=None,
+                               perp_neg=config_lib.perp_neg_spec(run))
+  assert (spec.perp_neg is not None) == perp_neg
+  terms, _ = step_lib.sds_terms(outs, {"text": text, "guidance": {}}, jnp.int32(3),
+                                jax.random.PRNGKey(0), jnp.float32(0.98), spec,
+                                azimuth_deg=jnp.float32(30.0))   # view 3: overhead
+  expect = want + (10.0 * 2 * want + 100.0 * 2 if perp_neg else 0.0)
+  for n in step_lib.RENDERS:
+    np.testing.assert_allclose(float(terms[n]), expect, rtol=1e-5)
+
+
+def test_perp_neg_sds_terms_with_a_prompt_blind_denoiser_are_the_cfg_terms():
+  """The blob scene's Gaussian denoiser ignores the prompt, so eps_pos = eps_u =
+  eps_neg: Perp-Neg's eps_u + s (e_pos + sum_k w_k perp(...)) and CFG's eps_c +
+  s (eps_c - eps_u) are both that eps. The config switch, setup and the vmapped
+  4 x 4 batch must then give CFG's four losses and image gradients."""
+  import types
+  from blob_scene import BLOB, H, _guidance
+  cfg = _config()
+  cfg.guidance.perp_neg = True
+  spec_pn = setup_lib.train_spec(config_lib.parse(cfg), _guidance()[0], model=BLOB)
+  assert spec_pn.perp_neg is not None and _spec().perp_neg is None
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, H * H, 3))
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def terms(spec, imgs, az):
+    def f(x):
+      outs = {n: types.SimpleNamespace(rgb=x[i]) for i, n in enumerate(step_lib.RENDERS)}
+      t, _ = step_lib.sds_terms(outs, _frozen(), jnp.int32(0), jax.random.PRNGKey(2),
+                                jnp.float32(0.98), spec, azimuth_deg=az)
+      return sum(t.values()), t
+    return jax.value_and_grad(f, has_aux=True)(imgs)
+
+  for az in (20.0, 150.0):
+    (l_pn, t_pn), g_pn = terms(spec_pn, images, jnp.float32(az))
+    (l_cfg, t_cfg), g_cfg = terms(_spec(), images, jnp.float32(az))
+    assert float(l_cfg) > 0.0
+    for n in step_lib.RENDERS:
+      np.testing.assert_allclose(float(t_pn[n]), float(t_cfg[n]), rtol=1e-5, err_msg=n)
+    np.testing.assert_allclose(g_pn, g_cfg, rtol=1e-5, atol=1e-6)   # float32 rounding
 
 
 def test_placement_blob_starts_at_the_origin_given_and_is_never_trained():
