@@ -1,4 +1,5 @@
 """T5 text encoding for DeepFloyd IF (issue 14) against transformers' PyTorch T5."""
+import dataclasses
 import json
 import shutil
 
@@ -108,6 +109,15 @@ def test_each_prompt_is_encoded_once_per_cache(t5_root, tmp_path):
   for k in a:
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
   assert t5.fingerprint(root) != t5.fingerprint(root, dtype="float32")
+  # A negative prompt is one more cached text, and it is the "uncond" row.
+  s3, s4 = {}, {}
+  neg = t5.encode_prompts(root, dataclasses.replace(spec, negative="blurry"),
+                          cache_dir=tmp_path, stats=s3)
+  assert s3 == {"encoded": 1, "cached": 16}
+  np.testing.assert_array_equal(np.asarray(neg["uncond"]),
+                                t5.encode_texts(root, ["blurry"], cache_dir=tmp_path, stats=s4)[0])
+  assert s4 == {"encoded": 0, "cached": 1}
+  assert not np.allclose(np.asarray(neg["uncond"]), np.asarray(a["uncond"]))
 
 
 def _t5_dir(tmp_path, files, cfg=None):
