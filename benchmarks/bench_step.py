@@ -9,10 +9,13 @@ depend on the host):
     calls (forward + backward to the images);
   * step time vs render resolution (32 / 64 / 128) and vs samples per ray
     (128 / 256 / 512);
-  * full step with empty-space skipping vs dense sampling (naive reference).
+  * full step with empty-space skipping vs dense sampling (naive reference);
+  * full step and the four guidance calls with Perp-Neg (config.guidance.
+    perp_neg: 4 x 4 denoiser inputs per camera) against without (4 x 2).
 
-Usage: PYTHONPATH=. python benchmarks/bench_step.py [--quick]
-Writes benchmarks/results/step.json.
+Usage: PYTHONPATH=. python benchmarks/bench_step.py [--quick] [--perp_neg_only]
+Writes benchmarks/results/step.json (``--perp_neg_only``: only the base step and
+the Perp-Neg rows, to benchmarks/results/step_perp_neg.json).
 """
 from __future__ import annotations
 
@@ -91,7 +94,8 @@ def breakdown(spec, frozen, state, repeats):
   def guidance(imgs):
     def f(x):
       outs = {n: type("O", (), {"rgb": x[i].reshape(-1, 3)})() for i, n in enumerate(train.RENDERS)}
-      terms, _ = train.sds_terms(outs, frozen, jnp.int32(0), key, jnp.float32(0.98), spec)
+      terms, _ = train.sds_terms(outs, frozen, jnp.int32(0), key, jnp.float32(0.98), spec,
+                                 azimuth_deg=jnp.float32(30.0))
       return sum(terms.values())
     return jax.grad(f)(imgs)
 
@@ -108,8 +112,12 @@ def main():
   parser.add_argument("--field_chunks", type=int, default=0,
                       help="config.render.field_chunks (0 = the variant's value); 8 cuts "
                            "render memory ~6x, which the paper variant needs on a 24 GB CPU host")
-  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step.json"))
+  parser.add_argument("--perp_neg_only", action="store_true",
+                      help="only the base step and the Perp-Neg rows")
+  parser.add_argument("--out", default="")
   args = parser.parse_args()
+  args.out = args.out or str(ROOT / "benchmarks" / "results" /
+                             ("step_perp_neg.json" if args.perp_neg_only else "step.json"))
   jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser("~/.cache/interfusion_jax/jax_cache"))
   import tiny_models
   from interfusion_jax.guidance import loading, prompts
@@ -149,6 +157,16 @@ def main():
   results["breakdown_s"] = {"renders_fwd_bwd": t_r, "guidance_fwd_bwd": t_g,
                             "renders_over_guidance": t_r / t_g}
   _dump(args.out, results)
+  t_pn, spec_pn, frozen_pn, state_pn = step_time(variant(guidance__perp_neg=True), guidance,
+                                                 repeats)
+  t_g_pn = breakdown(spec_pn, frozen_pn, state_pn, repeats)[1]
+  results["perp_neg"] = {"step_s": t_pn, "step_over_base": t_pn / t_default,
+                         "guidance_fwd_bwd_s": t_g_pn, "guidance_over_base": t_g_pn / t_g,
+                         "unet_batch_per_camera": {"base": 8, "perp_neg": 16}}
+  _dump(args.out, results)
+  if args.perp_neg_only:
+    print(json.dumps(results, indent=2))
+    return
   t_dense = step_time(variant(render__skip_empty=False), guidance, repeats)[0]
   results["dense_step_s"] = t_dense
   results["skip_over_dense"] = t_default / t_dense
