@@ -14,8 +14,8 @@ depend on the host):
     perp_neg: 4 x 4 denoiser inputs per camera) against without (4 x 2).
 
 Usage: PYTHONPATH=. python benchmarks/bench_step.py [--quick] [--perp_neg_only]
-Writes benchmarks/results/step.json (``--perp_neg_only``: only the base step and
-the Perp-Neg rows, to benchmarks/results/step_perp_neg.json).
+Writes benchmarks/results/step.json (``--perp_neg_only``: only the Perp-Neg rows,
+to benchmarks/results/step_perp_neg.json).
 """
 from __future__ import annotations
 
@@ -50,6 +50,53 @@ def _time(fn, *args, repeats=3):
     out = fn(*args)
   jax.block_until_ready(out)
   return (time.perf_counter() - t0) / repeats
+
+
+def _time_pair(fa, fb, repeats):
+  """Median seconds of ``fa()`` and ``fb()``, compiled first, then timed interleaved
+  (a, b, a, b, ...) so the machine's other load hits both alike."""
+  jax.block_until_ready(fa())
+  jax.block_until_ready(fb())
+  ta, tb = [], []
+  for _ in range(repeats):
+    for f, out in ((fa, ta), (fb, tb)):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f())
+      out.append(time.perf_counter() - t0)
+  return float(np.median(ta)), float(np.median(tb))
+
+
+def perp_neg_rows(base_cfg, pn_cfg, guidance, repeats):
+  """Step and guidance-call (fwd + bwd of the four SDS terms) times without and
+  with Perp-Neg, each pair timed interleaved in this run."""
+  out = {}
+  steps, guides = [], []
+  for cfg in (base_cfg, pn_cfg):
+    spec, frozen = _scene(cfg, guidance)
+    state = train.init_state(jax.random.PRNGKey(0), spec)
+    step = jax.jit(train.make_train_step(spec))
+    steps.append(lambda step=step, state=state, frozen=frozen:
+                 step(state, frozen, jax.random.PRNGKey(1))[0])
+    key = jax.random.PRNGKey(2)
+    images = jax.random.uniform(key, (4, spec.height, spec.width, 3))
+
+    @jax.jit
+    def guide(imgs, spec=spec, frozen=frozen):
+      def f(x):
+        outs = {n: type("O", (), {"rgb": x[i].reshape(-1, 3)})()
+                for i, n in enumerate(train.RENDERS)}
+        terms, _ = train.sds_terms(outs, frozen, jnp.int32(0), key, jnp.float32(0.98), spec,
+                                   azimuth_deg=jnp.float32(30.0))
+        return sum(terms.values())
+      return jax.grad(f)(imgs)
+    guides.append(lambda guide=guide, images=images: guide(images))
+  t_s, t_s_pn = _time_pair(*steps, repeats)
+  t_g, t_g_pn = _time_pair(*guides, repeats)
+  out.update(step_s=t_s, perp_neg_step_s=t_s_pn, step_ratio=t_s_pn / t_s,
+             guidance_fwd_bwd_s=t_g, perp_neg_guidance_fwd_bwd_s=t_g_pn,
+             guidance_ratio=t_g_pn / t_g, repeats_interleaved=repeats,
+             unet_batch_per_camera={"without": 8, "with_perp_neg": 16})
+  return out
 
 
 def _scene(cfg, guidance):
@@ -150,6 +197,12 @@ def main():
   results["field_chunks"] = int(base_cfg.render.field_chunks)
   results["base_resolution"] = base_cfg.render.height
   results["base_samples_per_ray"] = base_cfg.render.num_samples
+  if args.perp_neg_only:
+    results["perp_neg"] = perp_neg_rows(base_cfg, variant(guidance__perp_neg=True), guidance,
+                                        max(5, repeats))
+    _dump(args.out, results)
+    print(json.dumps(results, indent=2))
+    return
   t_default, spec, frozen, state = step_time(base_cfg, guidance, repeats)
   results["base_step_s"] = t_default
   _dump(args.out, results)
@@ -157,16 +210,9 @@ def main():
   results["breakdown_s"] = {"renders_fwd_bwd": t_r, "guidance_fwd_bwd": t_g,
                             "renders_over_guidance": t_r / t_g}
   _dump(args.out, results)
-  t_pn, spec_pn, frozen_pn, state_pn = step_time(variant(guidance__perp_neg=True), guidance,
-                                                 repeats)
-  t_g_pn = breakdown(spec_pn, frozen_pn, state_pn, repeats)[1]
-  results["perp_neg"] = {"step_s": t_pn, "step_over_base": t_pn / t_default,
-                         "guidance_fwd_bwd_s": t_g_pn, "guidance_over_base": t_g_pn / t_g,
-                         "unet_batch_per_camera": {"base": 8, "perp_neg": 16}}
+  results["perp_neg"] = perp_neg_rows(base_cfg, variant(guidance__perp_neg=True), guidance,
+                                      max(5, repeats))
   _dump(args.out, results)
-  if args.perp_neg_only:
-    print(json.dumps(results, indent=2))
-    return
   t_dense = step_time(variant(render__skip_empty=False), guidance, repeats)[0]
   results["dense_step_s"] = t_dense
   results["skip_over_dense"] = t_default / t_dense
