@@ -26,6 +26,9 @@ CORE = [
     "imageio",
     "imageio-ffmpeg",
     "PyMCubes",  # marching cubes for mesh export (export.py)
+    "xatlas",  # UV atlas of the textured meshes (mesh/texture.py)
+    "trimesh",  # writes the textured OBJ + MTL + PNG and GLB (mesh/texture.py)
+    "Pillow",  # the PNG texture
     "tqdm",
     "sentencepiece",  # T5 tokenizer of DeepFloyd IF (spiece.model)
 ]
@@ -34,7 +37,7 @@ CORE = [
 TORCH = ["torch==2.13.0"]  # this CPU wheel is on disk on the project machines
 
 EXTRAS = {
-    "test": ["pytest>=8"] + TORCH + ["smplx", "trimesh"],  # trimesh: independent GLB reader
+    "test": ["pytest>=8"] + TORCH + ["smplx"],
     "tools": TORCH + ["smplx", "anny"],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["test"] + EXTRAS["tools"]))

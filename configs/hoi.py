@@ -172,6 +172,7 @@ def _smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.ckpt_every = 4
   c.train.turntable_frames = 4
   c.train.mesh_resolution = 24
+  c.train.texture_size = 64
   return c
 
 

@@ -12,7 +12,9 @@ top-k candidates of stage 1, the turntables, the multi-view grid, the newest
 validation grid, loss and lambda curves from ``metrics.jsonl``, the metrics
 (``eval.json`` when ``python -m interfusion_jax.evaluate`` has run, else the
 final losses), timings, the meshes (links, and a drag-to-rotate canvas view
-of the combined mesh, simplified to at most MESH_MAX_FACES faces) and the
+of the combined mesh, simplified to at most MESH_MAX_FACES faces: the
+UV-textured GLB when the run wrote one, its texture looked up at the
+vertices, else the vertex-colour OBJ) and the
 resolved config. Every part is optional: a missing file is reported as
 missing, not an error.
 """
@@ -30,6 +32,7 @@ import numpy as np
 
 from interfusion_jax import fileio
 from interfusion_jax.evaluation import rundirs
+from interfusion_jax.mesh import texture as mesh_texture
 from interfusion_jax.stage2 import run_io
 
 EMBED_MAX_BYTES = 32 << 20
@@ -390,12 +393,40 @@ def simplify(vertices: np.ndarray, colors: np.ndarray, faces: np.ndarray,
     cells = int(cells * 0.7)
 
 
+def read_textured_glb(path: pathlib.Path) -> tuple:
+  """(vertices [V, 3], colours [V, 3] in [0, 1], faces [F, 3]) of a UV-textured GLB written
+  by ``mesh.texture.write_textured_mesh``: every mesh of the file, in its buffer's
+  (scene, z-up) coordinates, coloured by a bilinear lookup of its base colour
+  texture at each vertex's UV (``mesh.texture.sample``); untextured meshes are grey."""
+  import trimesh  # heavy import, only for a textured mesh
+  loaded = trimesh.load(path, process=False)
+  geoms = list(loaded.geometry.values()) if hasattr(loaded, "geometry") else [loaded]
+  verts, cols, faces, n = [], [], [], 0
+  for g in geoms:
+    v = np.asarray(g.vertices, np.float64)
+    image = getattr(getattr(g.visual, "material", None), "baseColorTexture", None)
+    uv = getattr(g.visual, "uv", None)
+    if image is not None and uv is not None:
+      c = mesh_texture.sample(np.asarray(image.convert("RGB")), np.asarray(uv))
+    else:
+      c = np.full_like(v, 0.5)
+    verts.append(v)
+    cols.append(c)
+    faces.append(np.asarray(g.faces, np.int64) + n)
+    n += len(v)
+  if not verts:
+    return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+  return np.concatenate(verts), np.concatenate(cols), np.concatenate(faces)
+
+
 def mesh_viewer_html(obj_path: pathlib.Path) -> str:
-  """A drag-to-rotate canvas view of an OBJ mesh (embedded as JSON; canvas 2D, no WebGL)."""
+  """A drag-to-rotate canvas view of a mesh (embedded as JSON; canvas 2D, no WebGL): an OBJ
+  with vertex colours (``read_obj``) or a UV-textured GLB, its texture looked up at the
+  vertices (``read_textured_glb``)."""
   if not obj_path.is_file():
     return f'<p class="muted">{esc(obj_path.name)} is missing.</p>'
   try:
-    v, c, f = read_obj(obj_path)
+    v, c, f = (read_textured_glb if obj_path.suffix == ".glb" else read_obj)(obj_path)
   except (OSError, ValueError) as e:
     return f'<p class="muted">{esc(obj_path.name)} unreadable: {esc(e)}</p>'
   if len(f) == 0:
@@ -468,8 +499,10 @@ def run_report_html(workdir) -> str:
   body += ["<h2>Timings</h2>", table_html(["what", "value"], timing)]
   if meshes:
     links = " · ".join(f'<a href="final/{esc(p.name)}">{esc(p.name)}</a>' for p in meshes)
+    textured = wd / "final" / "mesh_combined_textured.glb"
     body += ["<h2>Meshes</h2>", f"<p>{links}</p>",
-             mesh_viewer_html(wd / "final" / "mesh_combined.obj")]
+             mesh_viewer_html(textured if textured.is_file()
+                              else wd / "final" / "mesh_combined.obj")]
   body += ["<h2>Resolved config</h2>",
            f"<details><summary>config.json</summary><pre>"
            f"{esc(json.dumps(config, indent=2, sort_keys=True))}</pre></details>"]

@@ -528,6 +528,9 @@ class TrainConfig(_Section):
   turntable_frames: int = setting(180, *_POS_INT)
   mesh_resolution: int = setting(128, lambda v: positive_int(v) and v >= 4,
                                  "must be an integer >= 4")
+  # side of the baked albedo texture of the UV-textured meshes (mesh/texture.py); 0 = no
+  # textured meshes (the vertex-colour ones are always written)
+  texture_size: int = setting(1024, nonneg_int, "must be a non-negative integer (0 = off)")
   # size of the final turntables / multiview (0 = render size); official 512
   final_resolution: int = setting(512, nonneg_int,
                                   "must be a non-negative integer (0 = the render size)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from interfusion_jax import fileio
 from interfusion_jax.mesh import export as mesh_export
+from interfusion_jax.mesh import texture as mesh_texture
 from interfusion_jax.nerf import camera as camera_lib
 from interfusion_jax.nerf import render as render_lib
 from interfusion_jax.stage2 import config as config_lib
@@ -136,16 +137,23 @@ def extract_meshes(params: Params, spec: step_lib.TrainSpec, resolution: int,
   delta = spec.loss.geo_delta
   level = math.log(2.0) / delta if threshold is None else threshold
   density = jax.jit(spec.model.density)
-  albedo = jax.jit(lambda p, x: spec.model.field(p, x)[1])
+  albedo = albedo_fns(params, spec)
   meshes = {}
   for name in ("human", "object"):
     p = params[name]
     meshes[name] = mesh_export.extract_mesh(
-        lambda x, p=p: np.asarray(density(p, jnp.asarray(x))),
-        lambda x, p=p: np.asarray(albedo(p, jnp.asarray(x))),
+        lambda x, p=p: np.asarray(density(p, jnp.asarray(x))), albedo[name],
         resolution, spec.render.radius, level)
   meshes["combined"] = mesh_export.merge_meshes([meshes["human"], meshes["object"]])
   return meshes
+
+
+def albedo_fns(params: Params, spec: step_lib.TrainSpec) -> dict:
+  """{"human", "object"}: host points [N, 3] -> albedo [N, 3] of that field (one jitted
+  field for both)."""
+  albedo = jax.jit(lambda p, x: spec.model.field(p, x)[1])
+  return {name: (lambda x, p=params[name]: np.asarray(albedo(p, jnp.asarray(x))))
+          for name in ("human", "object")}
 
 
 def write_renders(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: pathlib.Path,
@@ -174,13 +182,18 @@ def write_renders(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir:
 
 
 def write_meshes(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: pathlib.Path,
-                 resolution: int, threshold: float | None = None) -> tuple[dict, dict]:
-  """mesh_{human,object,combined}.{glb,obj}; returns ({file: path}, {name: Mesh})."""
+                 resolution: int, threshold: float | None = None,
+                 texture_size: int = 0) -> tuple[dict, dict]:
+  """mesh_{human,object,combined}.{glb,obj} (vertex colours) and, when ``texture_size``,
+  the UV-textured mesh_{human,object,combined}_textured.{obj,mtl,png,glb}
+  (``mesh.texture.write_textured_meshes``); returns ({file: path}, {name: Mesh})."""
   meshes = extract_meshes(state.params, spec, resolution, threshold)
   outputs = {}
   for name, mesh in meshes.items():
     for p in mesh_export.write_mesh(out_dir / f"mesh_{name}", mesh):
       outputs[p.name] = str(p)
+  outputs.update(mesh_texture.write_textured_meshes(
+      out_dir, meshes, albedo_fns(state.params, spec), texture_size))
   return outputs, meshes
 
 
@@ -208,7 +221,8 @@ def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
   with fileio.atomic_directory(paths.final) as tmp:
     outputs = write_renders(state, spec, tmp, int(config.train.turntable_frames),
                             int(config.train.final_resolution))
-    mesh_files, meshes = write_meshes(state, spec, tmp, int(config.train.mesh_resolution))
+    mesh_files, meshes = write_meshes(state, spec, tmp, int(config.train.mesh_resolution),
+                                      texture_size=int(config.train.texture_size))
     outputs.update(mesh_files)
     outputs = {k: str(paths.final / pathlib.Path(v).name) for k, v in outputs.items()}
     summary = _summary(state, scene, info, outputs, meshes)
