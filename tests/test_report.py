@@ -131,9 +131,10 @@ def test_run_report_written_by_the_run_opens_in_chromium(chromium, smoke_run, ar
   assert "steps per second" in body
   for link in state["links"]:
     assert (smoke_run / link).is_file(), link
-  (canvas,) = state["canvases"]                 # the 3D view of mesh_combined.obj
-  faces = sum(1 for l in (smoke_run / "final" / "mesh_combined.obj").read_text().splitlines()
-              if l.startswith("f "))
+  (canvas,) = state["canvases"]                 # the 3D view of mesh_combined_textured.glb
+  import trimesh
+  glb = trimesh.load(smoke_run / "final" / "mesh_combined_textured.glb", process=False)
+  faces = sum(len(g.faces) for g in glb.geometry.values())
   assert int(canvas["faces"]) == faces and canvas["ink"] > 100
 
 

@@ -70,6 +70,8 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   for name in ("human", "object", "combined"):
     for ext in (".glb", ".obj"):
       assert (final / f"mesh_{name}{ext}").exists()
+    for ext in (".obj", ".mtl", ".png", ".glb"):     # UV-textured, train.texture_size 64
+      assert (final / f"mesh_{name}_textured{ext}").exists()
   # 3 rows (interaction, human, object) x 4 views of final_resolution = 24
   # pixels (the smoke renders are 16x16), 2-pixel padding.
   import imageio.v2 as imageio
@@ -85,9 +87,12 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   # 2 views per row).
   assert imageio.imread(work / "renders" / "multiview.png").shape[:2] == (3 * 24 + 4 * 2,
                                                                          2 * 24 + 3 * 2)
-  proc = _run(["interfusion_jax.export", f"--workdir={work}", f"--out={tmp_path / 'exp'}"])
+  proc = _run(["interfusion_jax.export", f"--workdir={work}", f"--out={tmp_path / 'exp'}",
+               "--texture_size=32"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (tmp_path / "exp" / "mesh_combined.glb").read_bytes()[:4] == b"glTF"
+  from PIL import Image
+  assert Image.open(tmp_path / "exp" / "mesh_combined_textured.png").size == (64, 32)
 
 
 # The tiny DeepFloyd IF run through the train command line is in tests/test_hub.py
