@@ -61,8 +61,8 @@ def unwrap(mesh: Mesh, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
   Vertices on chart seams are split (``vmapping``); faces keep their order, less the
   slivers xatlas leaves unmapped (near-zero area: it returns them with three equal
-  UVs; marching cubes makes a few, about 1e-4 of the surface's faces and far less
-  of its area), which are dropped.
+  UVs), which are dropped: on a 128^3 marching-cubes surface 344 of 54.6k faces,
+  4e-6 of its area, each under 0.002 of the median face.
 
   Returns:
     (vmapping [V'] int64 index of each new vertex in ``mesh.vertices``,
