@@ -69,6 +69,7 @@ def test_paper_defaults_match_paper_md():
     ("shading.light_strategy", "sun", "config.shading.light_strategy = 'sun': unknown value"),
     ("train.steps", 0, "config.train.steps"),
     ("guidance.perp_neg_f_sb", (1.0, 0.5), "config.guidance.perp_neg_f_sb = (1.0, 0.5): must be three"),
+    ("train.texture_size", 4, "config.train.texture_size = 4: must be 0 (off) or an integer >= 8"),
 ])
 def test_bad_values_name_the_key(key, value, needle):
   cfg = load_config("smoke")

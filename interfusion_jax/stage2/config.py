@@ -530,7 +530,8 @@ class TrainConfig(_Section):
                                  "must be an integer >= 4")
   # side of the baked albedo texture of the UV-textured meshes (mesh/texture.py); 0 = no
   # textured meshes (the vertex-colour ones are always written)
-  texture_size: int = setting(1024, nonneg_int, "must be a non-negative integer (0 = off)")
+  texture_size: int = setting(1024, lambda v: nonneg_int(v) and (v == 0 or v >= 8),
+                              "must be 0 (off) or an integer >= 8")
   # size of the final turntables / multiview (0 = render size); official 512
   final_resolution: int = setting(512, nonneg_int,
                                   "must be a non-negative integer (0 = the render size)")
