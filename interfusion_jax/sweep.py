@@ -7,7 +7,10 @@ On several hosts run the same command on every host; on Cloud TPU
 ``jax.distributed`` finds the others itself, elsewhere pass
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or let
 SLURM's environment supply them). Re-running the command resumes. The sweep
-itself is ``stage2.sweep.run_sweep`` (docs/sweeps.md). Exit codes: 0 every
+itself is ``stage2.sweep.run_sweep`` (docs/sweeps.md). With ``--seeds=N`` (or a
+``seeds`` column) every scene trains N seeds, ranked afterwards by
+``evaluation.ranking.rank_sweep`` (CLIP with ``--clip_dir``, else geometry) and
+linked as ``<workdir>/<scene>/best``. Exit codes: 0 every
 scene done, 1 some scene failed or is unfinished, 2 bad input or a directory
 in use by another process (one line ``error: ...``), 130 interrupted by SIGINT
 or SIGTERM (every scene in training checkpointed).
@@ -21,6 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from interfusion_jax.evaluation import ranking
 from interfusion_jax.evaluation import report
 from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import loop
@@ -42,6 +46,11 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (jax.distribute
 flags.DEFINE_integer("process_id", None, "This process's index (jax.distributed).")
 flags.DEFINE_bool("retry_failed", False, "Train scenes marked failed again.")
 flags.DEFINE_bool("progress", True, "Show the progress bar (process 0).")
+flags.DEFINE_integer("seeds", 1, "Best-of-N: seeds per scene (rows may set their own "
+                     "'seeds'); each seed is a run <workdir>/<scene>/seed-<seed>/, the best "
+                     "is linked as <workdir>/<scene>/best.")
+flags.DEFINE_string("clip_dir", None, "FlaxCLIP directory that ranks the seeds by CLIP score "
+                    "(default: config.pose.clip_dir; none: ranked by the geometry score).")
 flags.mark_flags_as_required(["config", "prompts", "workdir"])
 
 
@@ -60,9 +69,13 @@ def main(argv) -> int:
     logging.getLogger().setLevel(logging.ERROR)
   try:
     base = config_lib.parse(FLAGS.config)   # the one translation into typed specs
+    clip_dir = str(FLAGS.clip_dir if FLAGS.clip_dir is not None else base.pose.clip_dir or "")
+    if clip_dir.strip() and not os.path.isdir(os.path.expanduser(clip_dir)):
+      raise prompt_file.SweepError(f"--clip_dir={clip_dir}: not a directory; give a local "
+                                   "FlaxCLIP directory, or none to rank seeds by geometry.")
     entries = sweep_lib.run_sweep(base, FLAGS.prompts, FLAGS.workdir,
                                   processes=processes, progress=FLAGS.progress,
-                                  retry_failed=FLAGS.retry_failed)
+                                  retry_failed=FLAGS.retry_failed, seeds=FLAGS.seeds)
   except (prompt_file.SweepError, setup_lib.TrainSetupError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -71,6 +84,9 @@ def main(argv) -> int:
           "to resume.", file=sys.stderr)
     return 130
   if processes.index == 0:
+    for scene, r in ranking.refresh_ranking(FLAGS.workdir, clip_dir).items():
+      print(f"{scene}: best of {len(r['order'])} seeds by {r['by']}: {r['best']} "
+            f"(linked as {FLAGS.workdir}/{scene}/{ranking.BEST_LINK}).")
     report.refresh_reports(FLAGS.workdir)
     counts = {}
     for e in entries:

@@ -56,6 +56,44 @@ def test_groups_split_on_static_settings_only(tmp_path):
   assert sweep.assign([[0, 1, 2], [3]], 3) == {0: 0, 1: 1, 2: 2, 3: 0}
 
 
+def test_seeds_expand_a_row_into_one_run_per_seed_in_one_group(tmp_path):
+  rows = prompt_file.read_prompt_file(_jsonl(tmp_path, [
+      dict(ROW, name="bike", seed=7),
+      dict(ROW, name="once", seeds=1, human="a woman"),
+      dict(ROW, name="chair", seeds=3, camera_distance=[2.0, 2.7])]))
+  scenes, groups = sweep.plan(config_lib.parse(_smoke()), rows, seeds=2)
+  assert [s.name for s in scenes] == ["bike/seed-7", "bike/seed-8", "once", "chair/seed-0",
+                                      "chair/seed-1", "chair/seed-2"]
+  assert [s.scene for s in scenes] == ["bike"] * 2 + ["once"] + ["chair"] * 3
+  assert [s.config.seed for s in scenes] == [7, 8, 0, 0, 1, 2]
+  # Seeds differ only in config.seed: one group each (the camera splits chair off).
+  assert [[scenes[i].name for i in g] for g in groups] == [
+      ["bike/seed-7", "bike/seed-8", "once"], ["chair/seed-0", "chair/seed-1", "chair/seed-2"]]
+  for a, b in ((0, 1), (3, 5)):
+    assert scenes[a].config == config_lib.override(scenes[b].config,
+                                                   {"seed": scenes[a].config.seed})
+  # Distinct PRNG streams: the seeds' keys all differ.
+  keys = {tuple(np.asarray(jax.random.key_data(jax.random.PRNGKey(s.config.seed))).tolist())
+          for s in scenes if s.scene == "chair"}
+  assert len(keys) == 3
+  # The index knows each run's scene; the run directories nest under it.
+  entry = sweep.index_entry(scenes[1], {"status": "pending"})
+  assert (entry["name"], entry["scene"], entry["workdir"], entry["seed"]) == (
+      "bike/seed-8", "bike", "bike/seed-8", 8)
+
+
+@pytest.mark.parametrize("row, seeds, match", [
+    (dict(ROW, seeds=0), 1, "column 'seeds': 0 must be a number of seeds from 1 to 64"),
+    (dict(ROW, seeds="two"), 1, "column 'seeds': 'two' must be a number of seeds"),
+    (dict(ROW), 65, r"row 1 \(line 1\): 65 seeds; give 1 to 64 \(--seeds"),
+    (dict(ROW, seed=2 ** 32 - 2), 3, "column 'seed': seeds 4294967294..4294967296 reach 2"),
+])
+def test_bad_seeds_name_the_row_before_anything_runs(tmp_path, row, seeds, match):
+  with pytest.raises(prompt_file.SweepError, match=match):
+    sweep.plan(config_lib.parse(_smoke()),
+               prompt_file.read_prompt_file(_jsonl(tmp_path, [row])), seeds=seeds)
+
+
 def test_official_sweep_file_holds_the_eleven_release_scenes():
   rows = prompt_file.read_prompt_file(ROOT / "configs" / "sweeps" / "official.jsonl")
   scenes, groups = sweep.plan(config_lib.parse(hoi.get_config("paper")), rows)

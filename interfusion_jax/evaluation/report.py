@@ -548,11 +548,18 @@ def sweep_index_html(sweep_dir, runs: Sequence[pathlib.Path]) -> str:
   root = pathlib.Path(sweep_dir).absolute()
   sweep_eval = _read_json(root / "eval.json") or {}
   listed = _read_json(root / "sweep.json") or {}
-  sweep_status = {}
+  sweep_status, seed_rank = {}, {}
+  ranking = (listed.get("ranking") or {}) if isinstance(listed, dict) else {}
   for e in (listed.get("scenes") or []) if isinstance(listed, dict) else []:
     if isinstance(e, dict) and isinstance(e.get("workdir"), str) and e.get("status"):
       sweep_status[(root / e["workdir"]).absolute()] = str(e["status"]) + (
           f": {e['error']}" if e.get("error") else "")
+    if isinstance(e, dict) and isinstance(e.get("rank"), int) and e.get("scene") in ranking:
+      r = ranking[e["scene"]]
+      n = len(r.get("order") or [])
+      seed_rank[(root / e["workdir"]).absolute()] = (
+          f"best of {n} seeds (by {r.get('by')})" if e.get("best")
+          else f"seed rank {e['rank']} of {n}")
   cards, table = [], []
   for run in runs:
     run = pathlib.Path(run).absolute()
@@ -566,6 +573,9 @@ def sweep_index_html(sweep_dir, runs: Sequence[pathlib.Path]) -> str:
     status = run_status(run, config)
     if run in sweep_status and not status.startswith("finished"):
       status = f"{sweep_status[run]} ({status})"      # the sweep's own record (e.g. failed)
+    rank = seed_rank.get(run, "")
+    if rank.startswith("best"):
+      title = "\u2605 " + title                          # the best seed of its scene
     vals = [_dig(ev, keys) for _, keys in INDEX_METRICS]
     loss = (summary.get("final_losses") or {}).get("loss")
     thumb = run / "final" / "multiview.png"
@@ -574,10 +584,12 @@ def sweep_index_html(sweep_dir, runs: Sequence[pathlib.Path]) -> str:
     cards.append(f'<div class="card"><a href="{esc(href)}">'
                  f'{_img(thumb, "thumbnail " + title) if thumb.is_file() else ""}</a>'
                  f'<p><a href="{esc(href)}"><b>{esc(title)}</b></a><br>object: '
-                 f'{esc(p.get("object", ""))}<br>status: {esc(status)}{metrics}'
+                 f'{esc(p.get("object", ""))}<br>status: {esc(status)}'
+                 f'{"<br>" + esc(rank) if rank else ""}{metrics}'
                  f'<br>final loss: <b>{esc(fmt(loss))}</b></p></div>')
-    table.append([f'<a href="{esc(href)}">{esc(run.name)}</a>', title, status, *vals, loss])
-  header = ["run", "scene prompt", "status"] + [n for n, _ in INDEX_METRICS] + ["final loss"]
+    table.append([f'<a href="{esc(href)}">{esc(rel)}</a>', title, status, rank, *vals, loss])
+  header = (["run", "scene prompt", "status", "seed rank"] + [n for n, _ in INDEX_METRICS]
+            + ["final loss"])
   body = [f"<h1>Sweep: {esc(root.name)}</h1>",
           f'<p class="muted">{esc(root)} · {len(runs)} scenes</p>']
   if sweep_eval.get("r_precision") is not None:

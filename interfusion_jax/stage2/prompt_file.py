@@ -34,7 +34,9 @@ COLUMNS = {
     "human": "config.prompt.human (T_H), required",
     "object": "config.prompt.object (T_O), required",
     "interaction": "config.prompt.interaction (T_I), required",
-    "seed": "config.seed",
+    "seed": "config.seed (with seeds > 1: the first of the scene's seeds)",
+    "seeds": "N seeds of the scene (best-of-N; default: the sweep's --seeds, 1): seeds "
+             "seed, seed+1, ..., seed+N-1, each its own run <name>/seed-<seed>/",
     "pose_rank": "config.pose.choose='rank', config.pose.rank (stage-1 retrieval rank)",
     "pose_query": "config.pose.query (the stage-1 retrieval text; default: the interaction)",
     "anchor_file": "config.pose.anchor_file (relative paths: to the prompt file)",
@@ -51,6 +53,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # reports, the evaluation); no scene may be named like one (any letter case).
 RESERVED_NAMES = ("sweep.json", "sweep.csv", "index.html", "report.html", "eval.json",
                   "eval.csv", "sweep_status.json")
+MAX_SEEDS = 64      # seeds of one scene (a sweep's ``--seeds`` or a row's ``seeds``)
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -242,6 +245,13 @@ def check_row(path, row: Row) -> Row:
           raise ValueError(f"must be an integer in [0, 2^32 - 1 = {config_lib.SEED_LIMIT - 1}]")
       elif col == "pose_rank":
         values[col] = _as_int(v)
+      elif col == "seeds":
+        try:
+          values[col] = _as_int(v)
+        except ValueError:
+          values[col] = 0
+        if not 1 <= values[col] <= MAX_SEEDS:
+          raise ValueError(f"must be a number of seeds from 1 to {MAX_SEEDS}")
       elif col in ("aug_rot", "aug_trans"):
         values[col] = _as_bool(v)
       elif col == "pose_query":
@@ -279,7 +289,7 @@ def check_row(path, row: Row) -> Row:
 # A row's config.
 
 _SETS = {"human": ("prompt.human",), "object": ("prompt.object",),
-         "interaction": ("prompt.interaction",), "seed": ("seed",),
+         "interaction": ("prompt.interaction",), "seed": ("seed",), "seeds": (),
          "pose_rank": ("pose.choose", "pose.rank"), "pose_query": ("pose.query",),
          "anchor_file": ("pose.anchor_file",),
          "aug_rot": ("body.aug_rot",), "aug_trans": ("body.aug_trans",),
@@ -291,6 +301,30 @@ def default_name(row: Row) -> str:
   """``<row number>_<interaction>`` as a directory name (e.g. ``003_riding_a_bike``)."""
   slug = re.sub(r"[^A-Za-z0-9]+", "_", row.values["interaction"]).strip("_").lower()[:40]
   return f"{row.number:03d}_{slug or 'scene'}"
+
+
+def seed_list(config: config_lib.RunConfig, row: Row, seeds: int = 1, path="prompts"
+              ) -> list[int]:
+  """The seeds of a row's scene: ``config.seed`` (the row's ``seed`` or the base's) and
+  the next ``n - 1`` integers, ``n`` the row's ``seeds`` or else ``seeds``.
+
+  Consecutive integers below 2^32 are distinct PRNG streams (``PRNGKey(seed)``
+  keeps 32 bits, so larger seeds would alias).
+
+  Raises:
+    SweepError: naming the row when ``n`` is out of range or a seed reaches 2^32.
+  """
+  n = int(row.values.get("seeds", seeds))
+  col = "seeds" if "seeds" in row.values else None
+  if not 1 <= n <= MAX_SEEDS:
+    raise SweepError(f"{where(path, row, col)}: {n} seeds; give 1 to {MAX_SEEDS} "
+                     "(--seeds or the seeds column).")
+  first = int(config.seed)
+  if first + n > config_lib.SEED_LIMIT:
+    raise SweepError(f"{where(path, row, 'seed' if 'seed' in row.values else col)}: seeds "
+                     f"{first}..{first + n - 1} reach 2^32 = {config_lib.SEED_LIMIT}, where seeds alias "
+                     "(PRNG keys hold 32 bits); give a smaller seed.")
+  return [first + k for k in range(n)]
 
 
 def scene_config(base: config_lib.RunConfig, row: Row, path="prompts") -> config_lib.RunConfig:

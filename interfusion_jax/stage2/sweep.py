@@ -7,7 +7,11 @@ interfusion_jax.sweep`` calls. In order:
    row), one scene a row. Every error names the file, the row and the column
    and is raised before anything is loaded or compiled.
 2. ``prompt_file.scene_config``: the base config with the row's columns applied
-   (``prompt_file.COLUMNS`` lists them and the config keys they set).
+   (``prompt_file.COLUMNS`` lists them and the config keys they set). A row
+   with N > 1 seeds (``--seeds`` or its ``seeds`` column) is N scenes
+   ``<name>/seed-<seed>/`` that differ only in the seed, so they train in
+   the same vmapped group; ranking them (best-of-N) reads finished runs and
+   lives in ``evaluation/ranking.py``.
 3. ``plan``: scenes whose static settings (``static_key``: everything but
    prompts, seed, stage-1 pose choice and anchor augmentation) agree form a
    group, compiled once and trained together by ``loop.train_loop``; scenes
@@ -58,12 +62,20 @@ STATUS_FILE = "sweep_status.json"
 
 @dataclasses.dataclass
 class SceneEntry:
-  """One scene of a sweep: its row, run directory name, config, group and process."""
+  """One scene of a sweep: its row, run directory name, config, group and process.
+
+  ``scene`` is the row's scene name: ``name`` itself, or for one of a row's N > 1
+  seeds the folder above ``name = <scene>/seed-<seed>``.
+  """
   row: prompt_file.Row
   name: str
   config: config_lib.RunConfig
   group: int = 0
   process: int = 0
+  scene: str = ""
+
+  def __post_init__(self):
+    self.scene = self.scene or self.name
 
 
 
@@ -102,22 +114,36 @@ def assign(groups: Sequence[Sequence[int]], num_processes: int) -> dict[int, int
   return out
 
 
-def plan(base: config_lib.RunConfig, rows: Sequence[prompt_file.Row], num_processes: int = 1,
-         path="prompts") -> tuple[list[SceneEntry], list[list[int]]]:
-  """(scenes, groups): one ``SceneEntry`` per row and the scene indices of each group.
+def seed_dir(seed: int) -> str:
+  """The run directory of one seed of a best-of-N scene, under the scene's folder."""
+  return f"seed-{int(seed)}"
 
-  Groups are numbered in the order of their first row.
+
+def plan(base: config_lib.RunConfig, rows: Sequence[prompt_file.Row], num_processes: int = 1,
+         path="prompts", seeds: int = 1) -> tuple[list[SceneEntry], list[list[int]]]:
+  """(scenes, groups): one ``SceneEntry`` per row and seed, and the scene indices of each
+  group.
+
+  A row with one seed is the scene ``<name>``; with N > 1 seeds
+  (``prompt_file.seed_list``: the row's ``seeds`` or else ``seeds``) it is N
+  scenes ``<name>/seed-<seed>`` whose configs differ only in ``seed``, so
+  they share a group. Groups are numbered in the order of their first row.
   """
   scenes, keys, groups = [], {}, []
   for r in rows:
     cfg = prompt_file.scene_config(base, r, path)
-    key = static_key(cfg)
-    if key not in keys:
-      keys[key] = len(groups)
-      groups.append([])
-    g = keys[key]
-    groups[g].append(len(scenes))
-    scenes.append(SceneEntry(r, r.values.get("name") or prompt_file.default_name(r), cfg, g))
+    name = r.values.get("name") or prompt_file.default_name(r)
+    seed_values = prompt_file.seed_list(cfg, r, seeds, path)
+    for seed in seed_values:
+      one = cfg if len(seed_values) == 1 else config_lib.override(cfg, {"seed": seed})
+      key = static_key(one)
+      if key not in keys:
+        keys[key] = len(groups)
+        groups.append([])
+      g = keys[key]
+      groups[g].append(len(scenes))
+      run_name = name if len(seed_values) == 1 else f"{name}/{seed_dir(seed)}"
+      scenes.append(SceneEntry(r, run_name, one, g, scene=name))
   names = {}
   for s in scenes:
     if s.name in names:
@@ -163,13 +189,15 @@ def scene_status(paths: run_io.RunPaths, steps: int) -> dict:
 
 
 INDEX_COLUMNS = ("name", "status", "step", "steps", "loss", "wall_time_s", "workdir", "group",
-                 "process", "seed", "human", "object", "interaction", "error")
+                 "process", "seed", "human", "object", "interaction", "error", "scene", "rank",
+                 "rank_score", "best")
 
 
 def index_entry(s: SceneEntry, status: dict) -> dict:
   """One scene's row of the sweep index."""
   c = s.config
-  return {"name": s.name, "row": s.row.number, "workdir": s.name, "group": s.group,
+  return {"name": s.name, "scene": s.scene, "row": s.row.number, "workdir": s.name,
+          "group": s.group,
           "process": s.process, "seed": int(c.seed), "steps": int(c.train.steps),
           "human": str(c.prompt.human), "object": str(c.prompt.object),
           "interaction": str(c.prompt.interaction),
@@ -194,7 +222,8 @@ def write_index(workdir: pathlib.Path, entries: Sequence[dict], meta: dict) -> N
 # The sweep.
 
 
-def preflight(base: config_lib.RunConfig, prompts_file, workdir, num_processes: int):
+def preflight(base: config_lib.RunConfig, prompts_file, workdir, num_processes: int,
+              seeds: int = 1):
   """Everything checked before anything loads or compiles: (scenes, groups, root).
 
   A scene whose run directory already holds a different config.json is an
@@ -203,7 +232,8 @@ def preflight(base: config_lib.RunConfig, prompts_file, workdir, num_processes: 
   cannot hold, an anchor file (the row's or ``--config``'s) that is not an
   anchor. Each error names the prompt file's row.
   """
-  scenes, groups = plan(base, prompt_file.read_prompt_file(prompts_file), num_processes, prompts_file)
+  scenes, groups = plan(base, prompt_file.read_prompt_file(prompts_file), num_processes,
+                        prompts_file, seeds)
   if not str(workdir).strip():
     raise prompt_file.SweepError("--workdir is empty; give a directory, e.g. --workdir=runs/sweep.")
   root = pathlib.Path(workdir).expanduser().absolute()
@@ -404,7 +434,8 @@ def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, ba
 def run_sweep(base: config_lib.RunConfig | ml_collections.ConfigDict, prompts_file, workdir, *,
               processes: processes_lib.Processes | None = None, progress: bool = True,
               num_devices: int | None = None, retry_failed: bool = False,
-              stop_after: int | None = None, final_outputs: bool = True) -> list[dict]:
+              stop_after: int | None = None, final_outputs: bool = True,
+              seeds: int = 1) -> list[dict]:
   """Trains this process's scenes of the sweep and (process 0) writes the index
   (sweep.json, sweep.csv; the command line then writes index.html and the reports).
 
@@ -419,6 +450,8 @@ def run_sweep(base: config_lib.RunConfig | ml_collections.ConfigDict, prompts_fi
     retry_failed: train scenes marked failed again.
     stop_after: each group stops after this many steps without final
       outputs (tests: a sweep "killed" mid-run).
+    seeds: seeds of every row without its own ``seeds`` column (best-of-N:
+      ``<name>/seed-<seed>/`` each; ``plan``).
 
   Returns:
     The index entries of every scene (on every process, after the barrier).
@@ -436,7 +469,8 @@ def run_sweep(base: config_lib.RunConfig | ml_collections.ConfigDict, prompts_fi
       checkpointed every scene (``loop.train_loop``).
   """
   proc = processes or processes_lib.Processes()
-  scenes, groups, root = preflight(config_lib.parse(base), prompts_file, workdir, proc.count)
+  scenes, groups, root = preflight(config_lib.parse(base), prompts_file, workdir, proc.count,
+                                   seeds)
   what = " ".join(sys.argv)[:300] or "sweep"
   with contextlib.ExitStack() as locks:
     try:
@@ -456,7 +490,9 @@ def _run_sweep_locked(scenes, groups, root, prompts_file, proc, progress, num_de
   """``run_sweep`` once this process's directories are locked."""
   meta = {"prompts_file": str(pathlib.Path(prompts_file).absolute()),
           "num_processes": proc.count, "num_groups": len(groups),
-          "groups": [[scenes[i].name for i in g] for g in groups]}
+          "groups": [[scenes[i].name for i in g] for g in groups],
+          "seeds": {s.scene: [e.name for e in scenes if e.scene == s.scene]
+                    for s in scenes if s.scene != s.name}}
   if proc.index == 0:
     write_index(root, [index_entry(s, scene_status(run_io.RunPaths(root / s.name),
                                                    int(s.config.train.steps)))
