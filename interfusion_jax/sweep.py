@@ -18,12 +18,14 @@ or SIGTERM (every scene in training checkpointed).
 from __future__ import annotations
 
 import logging
+import pathlib
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from interfusion_jax import hub
 from interfusion_jax.evaluation import ranking
 from interfusion_jax.evaluation import report
 from interfusion_jax.stage2 import config as config_lib
@@ -49,7 +51,7 @@ flags.DEFINE_bool("progress", True, "Show the progress bar (process 0).")
 flags.DEFINE_integer("seeds", 1, "Best-of-N: seeds per scene (rows may set their own "
                      "'seeds'); each seed is a run <workdir>/<scene>/seed-<seed>/, the best "
                      "is linked as <workdir>/<scene>/best.")
-flags.DEFINE_string("clip_dir", None, "FlaxCLIP directory that ranks the seeds by CLIP score "
+flags.DEFINE_string("clip_dir", None, "FlaxCLIP folder or hub id that ranks the seeds by CLIP score "
                     "(default: config.pose.clip_dir; none: ranked by the geometry score).")
 flags.mark_flags_as_required(["config", "prompts", "workdir"])
 
@@ -70,9 +72,12 @@ def main(argv) -> int:
   try:
     base = config_lib.parse(FLAGS.config)   # the one translation into typed specs
     clip_dir = str(FLAGS.clip_dir if FLAGS.clip_dir is not None else base.pose.clip_dir or "")
-    if clip_dir.strip() and not os.path.isdir(os.path.expanduser(clip_dir)):
-      raise prompt_file.SweepError(f"--clip_dir={clip_dir}: not a directory; give a local "
-                                   "FlaxCLIP directory, or none to rank seeds by geometry.")
+    if clip_dir.strip() and not (pathlib.Path(clip_dir).expanduser().is_dir()
+                                 or hub.is_hub_id(clip_dir)):
+      raise prompt_file.SweepError(f"--clip_dir={clip_dir}: neither a directory nor a hub "
+                                   "model id; give a FlaxCLIP folder or id (e.g. "
+                                   "openai/clip-vit-base-patch32), or none to rank seeds by "
+                                   "geometry.")
     entries = sweep_lib.run_sweep(base, FLAGS.prompts, FLAGS.workdir,
                                   processes=processes, progress=FLAGS.progress,
                                   retry_failed=FLAGS.retry_failed, seeds=FLAGS.seeds)
