@@ -147,6 +147,8 @@ def _quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # (docs/evaluation.md); early steps lose up to a few percent of the occupied
   # samples to it, the cpu variant's 16 loses none.
   c.render.sample_budget = 0
+  # ... and kept fixed, as when they were measured (the default grows the budget)
+  c.render.budget_growth = "fixed"
   c.loss.lambda_geo_human *= 6.0
   c.loss.lambda_object_geo_scale *= 4.0
   return c
@@ -159,6 +161,9 @@ def _smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.field.mlp_width = 16
   c.render.num_samples = 32
   c.render.height = c.render.width = 16
+  # One compile per test run: its 4 samples per ray overflow in most steps,
+  # and growing would re-jit the tests' steps (samples_dropped is logged)
+  c.render.budget_growth = "fixed"
   c.body.grid_resolution = 32
   c.occupancy.resolution = 16
   c.occupancy.warmup_steps = 4

@@ -284,6 +284,22 @@ def metrics_rows(evaluation: dict | None, summary: dict | None) -> list[tuple]:
   return rows
 
 
+def sampling_rows(summary: dict | None) -> list[tuple]:
+  """(what, value) rows of summary.json's sample budget (stage2/budget.py): the
+  per-ray budget used and its growths, and the peak of ``samples_dropped``."""
+  b = (summary or {}).get("sample_budget")
+  if not b:
+    return []
+  grew = ", ".join(f"{g['from']} -> {g['to']} after step {g['step']}"
+                   for g in b.get("growths") or []) or "none"
+  return [("sample budget mode (config.render.budget_growth)", b.get("mode")),
+          ("sample budget per ray: start / final / max",
+           f"{b.get('start')} / {b.get('final')} / {b.get('max')}"),
+          ("budget growths", grew),
+          ("samples_dropped, peak of a step", b.get("samples_dropped_peak")),
+          ("steps that dropped samples", b.get("steps_with_drops"))]
+
+
 MESH_MAX_FACES = 20000
 
 VIEWER_JS = """
@@ -496,6 +512,23 @@ def run_report_html(workdir) -> str:
                 + table_html(["method", "metric", "value", "note"],
                              [(r["method"], r["metric"], r["value"], r.get("note", ""))
                               for r in evaluation["reference"]]))
+  sampling = sampling_rows(summary)
+  if sampling:
+    b = summary["sample_budget"]
+    steps = b.get("steps_with_drops") or 0
+    if not steps:
+      note = "Every occupied ray sample was evaluated at every step."
+    elif b.get("mode") == "grow":
+      note = (f"{steps} step(s) dropped occupied samples that did not fit the sample budget; "
+              f"each made the budget grow (now {b.get('final')} per ray, at most "
+              f"{b.get('max')}). The release evaluates every occupied sample.")
+    else:
+      note = (f"{steps} step(s) dropped occupied samples that did not fit the fixed sample "
+              "budget (config.render.budget_growth = fixed); the release evaluates every "
+              "occupied sample.")
+    body += ["<h2>Ray samples</h2>",
+             f'<p class="{"warn" if steps else "ok"}" id="samples">{esc(note)}</p>',
+             table_html(["what", "value"], sampling)]
   body += ["<h2>Timings</h2>", table_html(["what", "value"], timing)]
   if meshes:
     links = " · ".join(f'<a href="final/{esc(p.name)}">{esc(p.name)}</a>' for p in meshes)

@@ -328,6 +328,35 @@ def compact_indices(mask, budget_total: int):
   return flat.astype(jnp.int32), valid, jnp.maximum(total - budget_total, 0)
 
 
+def grown_sample_budget(budget: int, dropped: int, num_rays: int, maximum: int) -> int:
+  """The next per-ray budget after a render of ``num_rays`` rays overflowed ``budget``.
+
+  A render that dropped ``dropped`` occupied samples had R * budget + dropped
+  of them, so every one fits from a per-ray budget of
+  budget + ceil(dropped / R). The next budget is the smallest budget * 2^k
+  (k >= 1: at least doubled, so a few growths reach any size and the set of
+  compiled sizes stays small) that fits, capped at ``maximum``.
+
+  Args:
+    budget: the current per-ray budget (``RenderSpec.sample_budget``).
+    dropped: occupied samples the render dropped (``RenderOutput.num_dropped``;
+      the largest over the renders that share the budget); 0 keeps ``budget``.
+    num_rays: R, rays of that render.
+    maximum: the cap (at most ``num_samples``; at ``num_samples`` nothing can
+      be dropped).
+
+  Returns:
+    The new per-ray budget, in [budget, max(budget, maximum)].
+  """
+  if dropped <= 0 or budget >= maximum:
+    return budget
+  needed = budget + -(-int(dropped) // int(num_rays))
+  grown = 2 * budget
+  while grown < needed:
+    grown *= 2
+  return min(grown, maximum)
+
+
 def _scatter(values, flat, valid, total: int):
   """Scatters [M, ...] values to [total, ...] (zeros elsewhere); invalid slots are dropped.
 

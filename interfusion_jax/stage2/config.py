@@ -50,6 +50,7 @@ from interfusion_jax.nerf import hashgrid
 from interfusion_jax.nerf import occupancy as occ_lib
 from interfusion_jax.nerf import render as render_lib
 from interfusion_jax.pose import anchor as pose_anchor
+from interfusion_jax.stage2 import budget as budget_lib
 from interfusion_jax.stage2 import schedules
 
 
@@ -299,10 +300,25 @@ class RenderConfig(_Section):
   early_stop_eps: float = setting(_lib_default(_RS, "early_stop_eps"),
                                   lambda v: _real(v) and 0 <= v < 1, "must be in [0, 1)")
 
+  # grow: a step that drops occupied samples grows the budget (re-jit, logged) up to
+  # max_sample_budget, so every occupied sample is evaluated as in the release;
+  # fixed: one compile, overflow dropped and counted (samples_dropped)
+  budget_growth: str = setting("grow", choices=budget_lib.MODES)
+  # per-ray cap of a grown budget; 0 = num_samples (then nothing can be dropped)
+  max_sample_budget: int = setting(0, nonneg_int,
+                                   "must be a non-negative integer (0 = num_samples)")
+
   def check(self):
     if self.sample_budget > self.num_samples:
       raise ConfigError(f"config.render.sample_budget = {self.sample_budget} exceeds "
                         f"config.render.num_samples = {self.num_samples}.")
+    if self.max_sample_budget > self.num_samples:
+      raise ConfigError(f"config.render.max_sample_budget = {self.max_sample_budget} exceeds "
+                        f"config.render.num_samples = {self.num_samples}; 0 means num_samples.")
+    if 0 < self.max_sample_budget < start_budget(self):
+      raise ConfigError(f"config.render.max_sample_budget = {self.max_sample_budget} is below "
+                        f"the starting budget {start_budget(self)} (config.render.sample_budget"
+                        "; 0 = num_samples // 8); raise it or set it to 0 (= num_samples).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -793,15 +809,27 @@ def background_spec(run: RunConfig) -> bg_lib.BackgroundSpec:
                                solid_color=tuple(float(c) for c in b.solid_color))
 
 
+def start_budget(render: RenderConfig) -> int:
+  """The starting per-ray sample budget: render.sample_budget, 0 -> num_samples // 8."""
+  return render.sample_budget or max(1, render.num_samples // 8)
+
+
 def render_spec(run: RunConfig) -> render_lib.RenderSpec:
-  """The renderer's spec; sample_budget 0 -> num_samples // 8."""
+  """The renderer's spec at the starting budget (``start_budget``)."""
   r = run.render
   return render_lib.RenderSpec(
       radius=float(run.field.radius), num_samples=r.num_samples,
-      sample_budget=r.sample_budget or max(1, r.num_samples // 8), skip_empty=r.skip_empty,
+      sample_budget=start_budget(r), skip_empty=r.skip_empty,
       alpha_mode=r.alpha_mode, stop_human_grad=r.stop_human_grad,
       composite_eps=float(r.composite_eps), field_chunks=r.field_chunks,
       alpha_threshold=float(r.alpha_threshold), early_stop_eps=float(r.early_stop_eps))
+
+
+def budget_policy(run: RunConfig) -> budget_lib.BudgetPolicy:
+  """How the loop treats a full sample budget (render.budget_growth, max_sample_budget)."""
+  r = run.render
+  return budget_lib.BudgetPolicy(mode=r.budget_growth,
+                                 maximum=r.max_sample_budget or r.num_samples)
 
 
 def shading_spec(run: RunConfig) -> render_lib.ShadingSpec:

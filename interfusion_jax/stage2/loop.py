@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from interfusion_jax.guidance import core as guidance_core
+from interfusion_jax.stage2 import budget as budget_lib
 from interfusion_jax.stage2 import checkpoint as ckpt_lib
 from interfusion_jax.stage2 import config as config_lib
 from interfusion_jax.stage2 import outputs as outputs_lib
@@ -300,6 +301,31 @@ def restore_or_init(config: config_lib.RunConfig, spec: step_lib.TrainSpec,
   return jax.tree_util.tree_map(jnp.asarray, host)
 
 
+def start_budget(group: Group, start: int) -> budget_lib.SampleBudget:
+  """The group's sample budget record at step ``start``: the configured budget, or the
+  one its run directories' records had reached by then (a resumed run); the group's
+  and its scenes' specs are set to it."""
+  spec = group.spec
+  budget = budget_lib.SampleBudget(config_lib.budget_policy(group.configs[0]),
+                                   spec.render.sample_budget, spec.height * spec.width,
+                                   len(group.scenes))
+  budget.resume([p.root if p else None for p in group.paths], start)
+  set_budget(group, budget.current)
+  return budget
+
+
+def set_budget(group: Group, sample_budget: int) -> step_lib.TrainSpec:
+  """Sets the per-ray sample budget of the group's spec (and its scenes', which their
+  final outputs render with); returns the spec."""
+  if group.spec.render.sample_budget != sample_budget:
+    spec = dataclasses.replace(group.spec, render=dataclasses.replace(
+        group.spec.render, sample_budget=sample_budget))
+    group.spec = spec
+    for s in group.scenes:
+      s.spec = spec
+  return group.spec
+
+
 def train_loop(states: list, group: Group, *, total_steps: int | None = None,
                num_devices: int | None = None, stop_after: int | None = None,
                progress: bool = True, isolate_failures: bool | None = None,
@@ -313,7 +339,9 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
   (``run_io.record_train_time``). Metrics rows already
   there for steps after the start step (a run killed after its last save, or
   before its first) are dropped first, so every step is logged once. ``stop_after`` (tests)
-  returns after that many steps, like a killed run.
+  returns after that many steps, like a killed run. A step that drops occupied
+  samples grows the group's sample budget (``render.budget_growth``, ``start_budget``,
+  ``budget.SampleBudget``): the next step runs at the new size, compiled once per size.
 
   Args:
     states: one host ``TrainState`` per scene, all at the same step.
@@ -333,7 +361,8 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
      "signal" (the stop signal's name or None), "steps_per_second",
      "wall_time_s" (this call), "steps_run", "num_devices",
      "train_time_s" [per scene: training seconds over every session, from
-     train_time.json], "failed" [bool per scene], "failure" [message or None]).
+     train_time.json], "failed" [bool per scene], "failure" [message or None],
+     "sample_budget" [per scene: budget.SampleBudget.summary]).
 
   Raises:
     TooManySkipsError: after ``train.max_consecutive_skips`` non-finite steps in
@@ -348,6 +377,8 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
         f"scenes trained together must start at the same step; got steps {sorted(starts)}.")
   start = starts.pop()
   total = int(tc.steps if total_steps is None else total_steps)
+  budget = start_budget(group, start)
+  spec = group.spec
   compiled = cached_compile(spec, n, num_devices)
   frozen = place_frozen(group.frozen, compiled)
   dstate = jax.device_put(stack(states), compiled.scene_sharding)
@@ -376,6 +407,7 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
       if m is not None and at > 0 and not failed[i]:
         ckpt_lib.save(m, at, h)
         run_io.record_train_time(group.paths[i], at, prior[i] + elapsed)
+        budget.save(group.paths[i].root, i)
 
   t0 = time.perf_counter()
   stop = contextlib.ExitStack()
@@ -405,6 +437,11 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
             raise TooManySkipsError(msg)
           failed[i], failure[i] = True, msg
           logging.warning("scene %d failed: %s", i, msg)
+      grown = budget.observe(step - 1, np.asarray(metrics["samples_dropped"]),
+                             np.asarray(metrics["samples_dropped_max"]))
+      if grown is not None:   # the whole group: one compiled step
+        spec = set_budget(group, grown)
+        compiled = cached_compile(spec, n, num_devices)
       if step % tc.log_every == 0 or step == total:
         host = jax.device_get(metrics)
         fresh = [{k: float(v[i]) for k, v in host.items()} for i in range(n)]
@@ -463,7 +500,8 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
           "steps_per_second": done / dt if dt > 0 else 0.0, "wall_time_s": dt,
           "train_time_s": [p + dt for p in prior],
           "steps_run": done, "num_devices": compiled.num_devices,
-          "failed": failed, "failure": failure}
+          "failed": failed, "failure": failure,
+          "sample_budget": [budget.summary(i) for i in range(n)]}
   return hosts, info
 
 
@@ -549,6 +587,7 @@ def _run_locked(config, paths, resume, guidance, num_devices, stop_after, progre
                               progress=progress)
   info["last_metrics"] = info["last_metrics"][0]
   info["train_time_s"] = info["train_time_s"][0]
+  info["sample_budget"] = info["sample_budget"][0]
   info["state"] = state
   if info["interrupted"] or not final_outputs or int(state.step) < int(config.train.steps):
     return info

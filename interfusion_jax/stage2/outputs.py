@@ -246,6 +246,9 @@ def _summary(state, scene, info: dict, outputs: dict, meshes: dict) -> dict:
       "object_center": np.asarray(state.object_center).tolist(),
       "anchor_pose_id": setup_lib.anchor_id(scene.anchor_pose),
       "num_devices": info.get("num_devices", 1),
+      # the largest samples_dropped of a step, and the per-ray budget used (budget.py)
+      "samples_dropped_peak": (info.get("sample_budget") or {}).get("samples_dropped_peak"),
+      "sample_budget": info.get("sample_budget"),
       "mesh_vertices": {k: int(len(m.vertices)) for k, m in meshes.items()},
       "outputs": outputs,
   }

@@ -553,23 +553,33 @@ def camera_losses(params: Params, state: TrainState, frozen: dict, key: jax.Arra
   for i, mode in enumerate(("albedo", "textureless", "diffuse")):
     metrics[f"shading_{mode}"] = jnp.mean((modes == i).astype(jnp.float32))
   metrics["samples_dropped"] = sum(o.num_dropped for o in outs.values()).astype(jnp.float32)
+  # the worst render (each has its own R * budget slots): what a grown budget must fit
+  metrics["samples_dropped_max"] = jnp.max(jnp.stack(
+      [o.num_dropped for o in outs.values()])).astype(jnp.float32)
+  metrics["sample_budget"] = jnp.float32(spec.render.sample_budget)
   metrics["samples_pruned"] = sum(o.num_pruned for o in outs.values()).astype(jnp.float32)
   for name in RENDERS:
     metrics[f"opacity_{name}"] = jnp.mean(outs[name].opacity)
   return loss, metrics
 
 
+# Metrics reduced by max (not mean) over cameras and devices.
+MAX_METRICS = ("samples_dropped_max",)
+
+
 def batch_losses(params: Params, state: TrainState, frozen: dict, key: jax.Array,
                  first_camera: jax.Array, num_cameras: int,
                  spec: TrainSpec) -> tuple[jax.Array, dict]:
-  """Mean of ``camera_losses`` over cameras first_camera .. first_camera + num_cameras - 1."""
+  """Mean of ``camera_losses`` over cameras first_camera .. first_camera + num_cameras - 1
+  (the ``MAX_METRICS`` by max)."""
   idx = first_camera + jnp.arange(num_cameras)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
   if spec.camera_sharding is not None:
     keys = jax.lax.with_sharding_constraint(keys, spec.camera_sharding)
   loss, metrics = jax.vmap(lambda k, i: camera_losses(params, state, frozen, k, spec, i))(
       keys, idx)
-  return jnp.mean(loss), jax.tree_util.tree_map(jnp.mean, metrics)
+  return jnp.mean(loss), {k: jnp.max(v) if k in MAX_METRICS else jnp.mean(v)
+                          for k, v in metrics.items()}
 
 
 def grid_density(params: Params, name: str, spec: TrainSpec):
@@ -625,7 +635,9 @@ def train_step(state: TrainState, frozen: dict, key: jax.Array, *, spec: TrainSp
   (loss, metrics), grads = jax.value_and_grad(batch_losses, has_aux=True)(
       state.params, state, frozen, k_loss, first, per_shard, spec)
   if axis_name:
+    worst = {k: jax.lax.pmax(metrics[k], axis_name) for k in MAX_METRICS}
     loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), axis_name)
+    metrics = dict(metrics, **worst)
   finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
       [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
   safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)

@@ -417,7 +417,8 @@ def _train_group(members: list[SceneEntry], root: pathlib.Path, loaded: dict, ba
         st.update(status="failed", error=info["failure"][k])
       elif int(state.step) >= int(s.config.train.steps) and final_outputs:
         scene_info = dict(info, last_metrics=info["last_metrics"][k],
-                          train_time_s=info["train_time_s"][k])
+                          train_time_s=info["train_time_s"][k],
+                          sample_budget=info["sample_budget"][k])
         outputs_lib.write_final_outputs(state, group.scenes[i], s.config, p, scene_info)
         st["status"] = "done"
       elif int(state.step) >= int(s.config.train.steps):
