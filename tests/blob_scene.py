@@ -8,6 +8,8 @@ The real field and a real-format guidance model run in test_train_smoke.py.
 """
 import functools
 import os
+import types
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -116,3 +118,24 @@ def _frozen(nan_anchor=False):
 
 def _norm(tree):
   return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def patch_setup(monkeypatch):
+  """Makes stage2.setup load the blob world: the blob field, the Gaussian denoiser,
+  per-prompt random embeddings and the sphere anchor (for sweeps and loop.run)."""
+  gspec, gparams, _ = _guidance()
+
+  def table(config, kind=None):
+    del kind
+    seed = zlib.crc32(str(config.prompt.human + config.prompt.object).encode())
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    t = {k: jax.random.normal(keys[i], (4, 3, 5))
+         for i, k in enumerate(["human", "head", "object", "interaction"])}
+    t["uncond"] = jnp.zeros((3, 5))
+    return t
+
+  monkeypatch.setattr(setup_lib, "load_guidance_and_text", lambda c: (gspec, gparams, table(c)))
+  monkeypatch.setattr(setup_lib, "text_table", table)
+  monkeypatch.setattr(setup_lib, "model_fns", lambda run: BLOB)
+  monkeypatch.setattr(setup_lib, "prepare_anchor", lambda c, p: (
+      _anchor(), types.SimpleNamespace(meta={"source": "t"})))
