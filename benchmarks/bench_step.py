@@ -11,11 +11,14 @@ depend on the host):
     (128 / 256 / 512);
   * full step with empty-space skipping vs dense sampling (naive reference);
   * full step and the four guidance calls with Perp-Neg (config.guidance.
-    perp_neg: 4 x 4 denoiser inputs per camera) against without (4 x 2).
+    perp_neg: 4 x 4 denoiser inputs per camera) against without (4 x 2);
+  * step time vs the per-ray sample budget (``--parts=budget``): the fixed
+    starting budget against the sizes a run grows it to when occupied
+    samples overflow it (stage2/budget.py), and the compile each growth costs.
 
-Usage: PYTHONPATH=. python benchmarks/bench_step.py [--quick] [--perp_neg_only]
-Writes benchmarks/results/step.json (``--perp_neg_only``: only the Perp-Neg rows,
-to benchmarks/results/step_perp_neg.json).
+Usage: PYTHONPATH=. python benchmarks/bench_step.py [--quick] [--parts=...] [--perp_neg_only]
+Writes benchmarks/results/step.json (--out; ``--perp_neg_only``: only the Perp-Neg
+rows, to benchmarks/results/step_perp_neg.json).
 """
 from __future__ import annotations
 
@@ -161,6 +164,13 @@ def main():
                            "render memory ~6x, which the paper variant needs on a 24 GB CPU host")
   parser.add_argument("--perp_neg_only", action="store_true",
                       help="only the base step and the Perp-Neg rows")
+  parser.add_argument("--parts", default="base,breakdown,dense,resolution,samples,budget",
+                      help="comma list of: base, breakdown, dense, resolution, samples, budget")
+  parser.add_argument("--budgets", default="",
+                      help="per-ray sample budgets of the budget part (default: the "
+                           "variant's starting budget, x2, x4)")
+  parser.add_argument("--budget_resolution", type=int, default=0,
+                      help="render size of the budget part (0 = the variant's)")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   args.out = args.out or str(ROOT / "benchmarks" / "results" /
@@ -203,6 +213,13 @@ def main():
     _dump(args.out, results)
     print(json.dumps(results, indent=2))
     return
+  parts = set(args.parts.split(","))
+  if "budget" in parts:
+    results["budget"] = budget_part(args, variant, guidance, repeats, results, args.out)
+    _dump(args.out, results)
+  if not parts & {"base", "breakdown", "dense", "resolution", "samples"}:
+    print(json.dumps(results, indent=2))
+    return
   t_default, spec, frozen, state = step_time(base_cfg, guidance, repeats)
   results["base_step_s"] = t_default
   _dump(args.out, results)
@@ -232,6 +249,37 @@ def main():
     results["step_ratio_vs_samples_per_ray"] = {k: v / t_default for k, v in samples.items()}
     _dump(args.out, results)
   print(json.dumps(results, indent=2))
+
+
+def budget_part(args, variant, guidance, repeats, results, out):
+  """Step time at the fixed starting budget and at the sizes growth reaches (x2, x4),
+  each compiled once (the cost of one growth: that compile)."""
+  size = {}
+  if args.budget_resolution:
+    size = dict(render__height=args.budget_resolution, render__width=args.budget_resolution)
+  start = config_lib.start_budget(config_lib.parse(variant()).render)
+  budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [
+      start, 2 * start, 4 * start]
+  part = {"resolution": args.budget_resolution or variant().render.height,
+          "start_budget": start, "step_s": {}, "compile_and_first_step_s": {},
+          "samples_dropped": {}}
+  for b in budgets:
+    cfg = variant(render__sample_budget=b, render__budget_growth="fixed", **size)
+    spec, frozen = _scene(cfg, guidance)
+    state = train.init_state(jax.random.PRNGKey(0), spec)
+    step = jax.jit(train.make_train_step(spec))
+    key = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    new, metrics = step(state, frozen, key)
+    jax.block_until_ready(new)
+    part["compile_and_first_step_s"][str(b)] = time.perf_counter() - t0
+    part["samples_dropped"][str(b)] = float(metrics["samples_dropped"])
+    part["step_s"][str(b)] = _time(lambda s: step(s, frozen, key)[0], state, repeats=repeats)
+    part["step_ratio_vs_start"] = {k: v / part["step_s"][str(start)]
+                                   for k, v in part["step_s"].items()}
+    results["budget"] = part
+    _dump(out, results)
+  return part
 
 
 def _dump(path, results):

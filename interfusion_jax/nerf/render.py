@@ -16,7 +16,9 @@ sqrt(3) * 2r / N inside the box (one random offset per ray, as nerfacc's
 ``stratified`` marching in the official code); samples in occupied grid cells
 are packed, across the WHOLE ray batch, into a fixed budget of R * B slots
 (``jnp.nonzero(..., size=R * B)``); on overflow a per-ray water-filling rule
-drops each ray's deepest occupied samples first (``compact_indices``). The fields are evaluated only on those
+drops each ray's deepest occupied samples first (``compact_indices``) and
+counts them (``num_dropped``); a training run then grows B
+(``grown_sample_budget``, stage2/budget.py). The fields are evaluated only on those
 R * B points, and the results are scattered back to the dense [R, N] layout
 for volume rendering (which is cheap). Without an occupancy grid (or with
 ``skip_empty=False``) all R * N samples are evaluated.
@@ -28,7 +30,7 @@ occupancy), and every sample after the ray's transmittance fell below
 evaluates the density twice (no-grad to prune, then with grad on the
 survivors); here the fields are evaluated once on the budget slots and the
 pruned samples are masked out, which gives the same colours, weights and
-gradients within the fixed budget that jit needs.
+gradients as long as no occupied sample is dropped (``num_dropped`` == 0).
 """
 import dataclasses
 import functools
