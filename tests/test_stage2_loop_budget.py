@@ -81,9 +81,10 @@ def _run(run, paths=None, scenes=1):
 
 
 def test_loop_grows_on_overflow_and_runs_the_next_step_at_the_new_size(fake_compile, tmp_path,
-                                                                        caplog):
+                                                                        caplog, monkeypatch):
   compiled, ran = fake_compile
   paths = run_io.prepare_workdir(tmp_path / "run")
+  run_io.save_config(paths, _config())
   with caplog.at_level(logging.WARNING):
     group, info = _run(_config(), paths)
   # 70 > 64 after step 1 -> 128; 130 > 128 after step 3 -> 256; 300 > 256 -> 512
@@ -103,6 +104,9 @@ def test_loop_grows_on_overflow_and_runs_the_next_step_at_the_new_size(fake_comp
   assert [r["sample_budget"] for r in rows] == ran
   saved = json.loads((paths.root / budget_lib.FILE).read_text())
   assert saved["final"] == 512 and len(saved["growths"]) == 3
+  # The render / export / evaluate entry points render the run at that budget.
+  monkeypatch.setattr(setup_lib, "model_fns", lambda run: blob_scene.BLOB)
+  assert loop.load_trained(str(paths.root))[1].render.sample_budget == 512
   # A run resumed from step 3's state continues at 128 (grown after step 1).
   fresh = loop.Group(group.spec, group.frozen, group.scenes, group.configs, group.paths)
   fresh.spec = setup_lib.train_spec(_config(), blob_scene._guidance()[0], model=blob_scene.BLOB)

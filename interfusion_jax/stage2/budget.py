@@ -143,6 +143,13 @@ class SampleBudget:
                                "to": self.current})
 
 
+def saved_budget(root) -> int | None:
+  """The per-ray budget a run directory's record reached (None: no record), so the
+  render and export command lines render a finished run at the budget it trained at."""
+  saved = _read(root)
+  return None if saved is None else int(saved.get("final", 0)) or None
+
+
 def _read(root) -> dict | None:
   if root is None:
     return None

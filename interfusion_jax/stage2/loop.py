@@ -624,12 +624,17 @@ def load_trained(workdir: str, guidance_spec: Any = None):
 
   The guidance is not loaded (it is not needed to render or export). The
   step used is the state's ``step`` (``describe_checkpoint`` says it in words).
+  The spec renders at the sample budget the run had grown to
+  (``budget.saved_budget``).
   """
   config = run_io.load_config(workdir)
   paths = run_io.RunPaths(pathlib.Path(workdir).absolute())
   gspec = guidance_spec or guidance_core.GuidanceSpec(kind="gaussian", guidance_scale=1.0,
                                                       weighting="uniform")
   spec = setup_lib.train_spec(config, gspec)
+  grown = budget_lib.saved_budget(paths.root)    # the sample budget the run grew to
+  if grown and grown > spec.render.sample_budget:
+    spec = dataclasses.replace(spec, render=dataclasses.replace(spec.render, sample_budget=grown))
   manager = ckpt_lib.make_manager(paths.checkpoints, config.train.keep_checkpoints)
   target = step_lib.init_state(jax.random.PRNGKey(0), spec)
   try:   # a reader: a step that fails to restore is skipped (with a warning), not moved
