@@ -120,9 +120,15 @@ def _norm(tree):
   return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def patch_setup(monkeypatch):
+def patch_setup(monkeypatch, anchor=None):
   """Makes stage2.setup load the blob world: the blob field, the Gaussian denoiser,
-  per-prompt random embeddings and the sphere anchor (for sweeps and loop.run)."""
+  per-prompt random embeddings and the sphere anchor (for sweeps and loop.run).
+
+  Args:
+    anchor: ``prepare_anchor``'s stand-in, (config, paths) -> (anchor, pose);
+      default the sphere, with NaN distances when the object prompt has the
+      word "nan" (a scene that goes non-finite).
+  """
   gspec, gparams, _ = _guidance()
 
   def table(config, kind=None):
@@ -134,8 +140,12 @@ def patch_setup(monkeypatch):
     t["uncond"] = jnp.zeros((3, 5))
     return t
 
+  def sphere(config, paths):
+    del paths
+    return (_anchor(nan="nan" in config.prompt.object.split()),
+            types.SimpleNamespace(meta={"source": "t"}))
+
   monkeypatch.setattr(setup_lib, "load_guidance_and_text", lambda c: (gspec, gparams, table(c)))
   monkeypatch.setattr(setup_lib, "text_table", table)
   monkeypatch.setattr(setup_lib, "model_fns", lambda run: BLOB)
-  monkeypatch.setattr(setup_lib, "prepare_anchor", lambda c, p: (
-      _anchor(), types.SimpleNamespace(meta={"source": "t"})))
+  monkeypatch.setattr(setup_lib, "prepare_anchor", anchor or sphere)

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import types
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -389,26 +388,12 @@ def blob_world(monkeypatch):
   """The sweep tests' closed-form world (tests/test_stage2_sweep.py): blob field,
   Gaussian denoiser, per-prompt embeddings, a sphere anchor; a scene whose object
   prompt says "boom" fails in its anchor setup (valid input, broken setup)."""
-  gspec, gparams, _ = blob_scene._guidance()
-
-  def table(config, kind=None):
-    del kind
-    seed = zlib.crc32(str(config.prompt.human + config.prompt.object).encode())
-    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-    t = {k: jax.random.normal(keys[i], (4, 3, 5))
-         for i, k in enumerate(["human", "head", "object", "interaction"])}
-    t["uncond"] = jnp.zeros((3, 5))
-    return t
-
   def anchor(config, paths):
     if "boom" in config.prompt.object:
       raise setup_lib.TrainSetupError(f"Anchor body: {config.prompt.object} exploded")
     return blob_scene._anchor(), types.SimpleNamespace(meta={"source": "t"})
 
-  monkeypatch.setattr(setup_lib, "load_guidance_and_text", lambda c: (gspec, gparams, table(c)))
-  monkeypatch.setattr(setup_lib, "text_table", table)
-  monkeypatch.setattr(setup_lib, "model_fns", lambda run: blob_scene.BLOB)
-  monkeypatch.setattr(setup_lib, "prepare_anchor", anchor)
+  blob_scene.patch_setup(monkeypatch, anchor=anchor)
   cfg = blob_scene._config()
   cfg.train.turntable_frames = 2
   cfg.train.mesh_resolution = 8

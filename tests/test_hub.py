@@ -230,10 +230,8 @@ def test_train_smoke_by_id_then_offline_from_the_cache(repos, tmp_path):
 
 def test_train_cli_gated_model_is_one_line_and_exit_2(repos, tmp_path):
   with hub_server.HubServer(repos, mode="gated") as server:
-    # (final renders at 64 px: the preset's 512 px renders do not fit this host's memory)
     proc = _train(["--config=configs/hoi.py:riding_a_bike", f"--config.guidance.weights_dir={IF_ID}",
-                   "--config.train.final_resolution=64", f"--workdir={tmp_path / 'w'}"],
-                  _env(tmp_path / "hf", server.url))
+                   f"--workdir={tmp_path / 'w'}"], _env(tmp_path / "hf", server.url))
   assert proc.returncode == 2, proc.stderr[-3000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "accept its licence" in errors[0], proc.stderr[-3000:]

@@ -4,11 +4,8 @@ blob field (tests/blob_scene.py): isolation of a failing scene, mixed files,
 resume from a common step, metrics after a kill, the progress bar.
 """
 import json
-import types
-import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -132,22 +129,7 @@ def test_bad_input_fails_before_anything_loads_or_compiles(tmp_path, monkeypatch
 def blob_world(monkeypatch):
   """Setup with the closed-form blob field, a Gaussian denoiser, per-prompt random
   embeddings and a sphere anchor (NaN distances when the object prompt says "nan")."""
-  gspec, gparams, _ = blob_scene._guidance()
-
-  def table(config, kind=None):
-    del kind
-    seed = zlib.crc32(str(config.prompt.human + config.prompt.object).encode())
-    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-    t = {k: jax.random.normal(keys[i], (4, 3, 5))
-         for i, k in enumerate(["human", "head", "object", "interaction"])}
-    t["uncond"] = jnp.zeros((3, 5))
-    return t
-
-  monkeypatch.setattr(setup_lib, "load_guidance_and_text", lambda c: (gspec, gparams, table(c)))
-  monkeypatch.setattr(setup_lib, "text_table", table)
-  monkeypatch.setattr(setup_lib, "model_fns", lambda run: blob_scene.BLOB)
-  monkeypatch.setattr(setup_lib, "prepare_anchor", lambda c, p: (
-      blob_scene._anchor(nan="nan" in c.prompt.object), types.SimpleNamespace(meta={"source": "t"})))
+  blob_scene.patch_setup(monkeypatch)
   cfg = blob_scene._config()
   cfg.train.max_consecutive_skips = 2
   cfg.train.turntable_frames = 2

@@ -396,6 +396,13 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
     bar = run_io.Progress(total * n, initial=start * n, disable=not progress)
   last = [{} for _ in range(n)]
   failed, failure = [False] * n, [None] * n
+
+  def fail(i: int, msg: str) -> None:
+    """Scene i failed: the error of a single run, or (isolate) marked and skipped."""
+    if not isolate:
+      raise TooManySkipsError(msg)
+    failed[i], failure[i] = True, msg
+    logging.warning("scene %d failed: %s", i, msg)
   interrupted, done, step = False, 0, start
 
   def host_states():
@@ -433,10 +440,7 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
           msg = (f"{int(runs[i])} consecutive steps had a non-finite loss or gradient (step "
                  f"{step - 1}); aborting. Lower the learning rates or the guidance scale, or "
                  "check the guidance weights. The last checkpoint holds only finite values.")
-          if not isolate:
-            raise TooManySkipsError(msg)
-          failed[i], failure[i] = True, msg
-          logging.warning("scene %d failed: %s", i, msg)
+          fail(i, msg)
       grown = budget.observe(step - 1, np.asarray(metrics["samples_dropped"]),
                              np.asarray(metrics["samples_dropped_max"]))
       if grown is not None:   # the whole group: one compiled step
@@ -491,10 +495,7 @@ def train_loop(states: list, group: Group, *, total_steps: int | None = None,
       msg = (f"{skips} of {step} steps had a non-finite loss or gradient and were skipped "
              f"(the limit is {MAX_SKIP_FRACTION:.0%}); the run failed. Lower the learning "
              "rates, loss weights or the guidance scale, or check the guidance weights.")
-      if not isolate:
-        raise TooManySkipsError(msg)
-      failed[i], failure[i] = True, msg
-      logging.warning("scene %d failed: %s", i, msg)
+      fail(i, msg)
   info = {"last_metrics": last, "interrupted": interrupted,
           "signal": requests.get("signal") if interrupted else None,
           "steps_per_second": done / dt if dt > 0 else 0.0, "wall_time_s": dt,

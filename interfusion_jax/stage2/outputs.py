@@ -54,34 +54,58 @@ def eval_shading(cam, spec: step_lib.TrainSpec):
                             jnp.float32(0.0))
 
 
-def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec) -> dict:
+def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec,
+                chunk: int | None = None) -> dict:
   """Renders on white of the object, human and interaction scene, shaded by
   ``eval_shading`` (albedo, or diffuse with the light at the camera); each on
   its own occupancy grid (``step.occupancy_grid_for``; ``occupancy`` is the state's
   {grid: OccupancyGrid} or one grid for all).
 
+  The rays go through the fields ``chunk`` at a time (default
+  ``setup.EVAL_CHUNK_RAYS``; ``jax.lax.map``), so the peak memory is one
+  chunk's whatever the image size (the paper's 512^2 final renders at 512
+  samples a ray would otherwise hold ~10^8 samples at once). The sample budget
+  applies per chunk; while nothing is dropped the images do not depend on it.
+
   Returns:
     {name: {"rgb": [H, W, 3], "normal": [H, W, 3] display in [0, 1], "opacity": [H, W]}}.
   """
   fn, h, w = spec.model.field, spec.height, spec.width
+  chunk = int(chunk or setup_lib.EVAL_CHUNK_RAYS)
   out = {}
   for name, cam in cams.items():
     rays_o, rays_d = render_lib.camera_rays(cam, h, w)
     bg = jnp.ones(3, jnp.float32)
     shading = eval_shading(cam, spec)
-    if name == "interaction":
-      r = render_lib.render_two_fields(fn, params["human"], fn, params["object"], rays_o,
-                                       rays_d, bg, spec.render,
-                                       occupancy=step_lib.occupancy_grid_for(occupancy, name),
-                                       shading=shading)
-    else:
-      r = render_lib.render_rays(fn, params[name], rays_o, rays_d, bg, spec.render,
-                                 occupancy=step_lib.occupancy_grid_for(occupancy, name),
-                                 shading=shading)
-    img = render_lib.to_image(r, h, w)
-    out[name] = {"rgb": img["rgb"], "opacity": img["opacity"],
-                 "normal": render_lib.normals_to_image(img["normal"], img["opacity"])}
+    grid = step_lib.occupancy_grid_for(occupancy, name)
+
+    def render(o, d, name=name, shading=shading, grid=grid):
+      if name == "interaction":
+        r = render_lib.render_two_fields(fn, params["human"], fn, params["object"], o, d, bg,
+                                         spec.render, occupancy=grid, shading=shading)
+      else:
+        r = render_lib.render_rays(fn, params[name], o, d, bg, spec.render, occupancy=grid,
+                                   shading=shading)
+      return r.rgb, r.opacity, r.normal
+
+    rgb, opacity, normal = _in_chunks(render, rays_o, rays_d, chunk)
+    rgb, opacity = rgb.reshape(h, w, 3), opacity.reshape(h, w)
+    out[name] = {"rgb": rgb, "opacity": opacity,
+                 "normal": render_lib.normals_to_image(normal.reshape(h, w, 3), opacity)}
   return out
+
+
+def _in_chunks(fn, rays_o: jax.Array, rays_d: jax.Array, chunk: int) -> tuple:
+  """``fn(rays_o, rays_d)`` (per-ray outputs [R, ...]) over ``chunk`` rays at a time.
+
+  The last chunk is padded with copies of the last ray and the padding dropped.
+  """
+  n = rays_o.shape[0]
+  c = max(1, min(chunk, n))
+  pad = (-n) % c
+  split = lambda a: jnp.pad(a, ((0, pad), (0, 0)), mode="edge").reshape(-1, c, a.shape[-1])
+  outs = jax.lax.map(lambda od: fn(*od), (split(rays_o), split(rays_d)))
+  return tuple(x.reshape(-1, *x.shape[2:])[:n] for x in outs)
 
 
 _EVAL_FNS: dict = {}

@@ -61,6 +61,11 @@ STEP_BYTES_PER_SAMPLE = 250.0     # the four renders of a camera, forward and ba
 STEP_BYTES_PER_FEATURE = 180.0
 EVAL_BYTES_PER_SAMPLE = 250.0     # the three eval renders, forward only
 EVAL_BYTES_PER_FEATURE = 32.0
+# An eval render evaluates this many rays at a time (outputs.render_eval); what it
+# holds for every pixel: rgb, opacity and normals of the three renders, and their
+# images (float32, twice over).
+EVAL_CHUNK_RAYS = 1 << 14
+EVAL_BYTES_PER_PIXEL = 3 * 7 * 4 * 2
 # A size is refused only when its estimate exceeds this many times the memory: the
 # fit comes from CPU compiles, and a GPU or TPU compiler may fuse more.
 MEMORY_MARGIN = 2.0
@@ -96,12 +101,14 @@ def step_memory_bytes(run: config_lib.RunConfig, devices: int = 1) -> int:
 
 
 def render_memory_bytes(run: config_lib.RunConfig, size: int) -> int:
-  """An estimate of one eval render's peak memory at ``size`` x ``size`` pixels (bytes);
-  the turntables and multiview of ``render`` / the final outputs render one view at a time."""
+  """An estimate of one eval render's peak memory at ``size`` x ``size`` pixels (bytes):
+  one chunk of ``EVAL_CHUNK_RAYS`` rays through the fields plus the images; the
+  turntables and multiview of ``render`` / the final outputs render one view at a time."""
   r = run.render
   per_ray = (r.num_samples * EVAL_BYTES_PER_SAMPLE
              + _evaluated(run) * _features(run) * EVAL_BYTES_PER_FEATURE)
-  return int(size * size * per_ray)
+  pixels = size * size
+  return int(min(pixels, EVAL_CHUNK_RAYS) * per_ray + pixels * EVAL_BYTES_PER_PIXEL)
 
 
 def memory_limit_bytes() -> int | None:
