@@ -1,4 +1,4 @@
-"""Issue 7's bars on a shortened default run, for three colour pairs at once.
+"""Issue 7's bars on a shortened default run, for two colour pairs at once.
 
 The scenes are README's default run shortened (``configs/hoi.py:quick``: the
 ``cpu`` variant with 16x16 renders), trained together by one vmapped step
@@ -7,7 +7,10 @@ The scenes are README's default run shortened (``configs/hoi.py:quick``: the
 of README's first command is measured by ``benchmarks/bench_default_run.py``
 (docs/evaluation.md). The outputs bar is ``tests/test_train_smoke.py``.
 
-It runs in CI (about 10 min alone on 2 cores). Its last run before it went
+It runs in CI (about 7 min alone on 2 cores). A third pair, green shirt /
+yellow bike, was dropped from CI to keep it under 35 min; scenes of a vmapped
+group train as they would alone, so the two kept scenes are unchanged, and the
+full-size run of that pair is ``benchmarks/results/default_run_green_yellow.json``. Its last run before it went
 into CI: docs/evaluation.md, "Shortened run".
 """
 import pytest
@@ -20,8 +23,6 @@ from interfusion_jax.evaluation import metrics
 PAIRS = [
     {"human": "a man in a red shirt", "object": "a blue chair",
      "interaction": "sitting on a chair"},
-    {"human": "a man in a green shirt", "object": "a yellow bike",
-     "interaction": "riding a bike"},
     {"human": "a man in a purple shirt", "object": "an orange sofa",
      "interaction": "sitting on a sofa"},
 ]
