@@ -13,8 +13,8 @@ cached by their source, so each tree runs its own.
 Usage:
   git worktree add /tmp/old <commit>
   PYTHONPATH=. python benchmarks/bench_step_versions.py --other=/tmp/old \
-      [--variant cpu] [--steps 10] [--rounds 2]
-Writes benchmarks/results/step_versions.json.
+      [--variant cpu] [--steps 10] [--rounds 2] [--set field.hashgrid_backend=jax]
+Writes benchmarks/results/step_versions.json (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ from interfusion_jax.stage2 import step as step_lib
 import interfusion_jax
 assert interfusion_jax.__file__.startswith(os.environ["TREE"]), interfusion_jax.__file__
 cfg = hoi.get_config(os.environ["VARIANT"])
+for key, value in json.loads(os.environ["OVERRIDES"]).items():
+  *parents, leaf = key.split(".")
+  node = cfg
+  for name in parents:
+    node = getattr(node, name)
+  setattr(node, leaf, value)
 group = loop.build_group([cfg])
 scene = group.scenes[0]
 state = loop.restore_or_init(cfg, group.spec, None, False, scene.object_origin)
@@ -64,9 +70,10 @@ print(json.dumps({"step_s": (time.perf_counter() - t0) / n, "first_call_s": comp
 """
 
 
-def run_tree(tree: pathlib.Path, variant: str, steps: int, warmup: int) -> dict:
+def run_tree(tree: pathlib.Path, variant: str, steps: int, warmup: int,
+             overrides: dict | None = None) -> dict:
   env = dict(os.environ, TREE=str(tree), VARIANT=variant, STEPS=str(steps), WARMUP=str(warmup),
-             PYTHONPATH=str(tree), JAX_PLATFORMS="cpu")
+             PYTHONPATH=str(tree), JAX_PLATFORMS="cpu", OVERRIDES=json.dumps(overrides or {}))
   env.pop("XLA_FLAGS", None)
   out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
                        cwd=tree, check=False)
@@ -82,8 +89,22 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--rounds", type=int, default=2)
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="config override applied in both trees, e.g. "
+                       "field.hashgrid_backend=jax (value: a JSON literal or a string)")
   ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step_versions.json"))
   args = ap.parse_args()
+  overrides = {}
+  for item in args.set:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      print(f"error: --set {item!r}: write KEY=VALUE, e.g. --set field.hashgrid_backend=jax",
+            file=sys.stderr)
+      raise SystemExit(2)
+    try:
+      overrides[key] = json.loads(value)
+    except json.JSONDecodeError:
+      overrides[key] = value
   other = pathlib.Path(args.other).resolve()
   if not (other / "interfusion_jax").is_dir():
     print(f"error: --other={other} holds no interfusion_jax package; give a checkout's root "
@@ -92,12 +113,12 @@ def main() -> None:
   runs = {"this": [], "other": []}
   for r in range(args.rounds):
     for name, tree in (("other", other), ("this", ROOT)):
-      res = run_tree(tree, args.variant, args.steps, args.warmup)
+      res = run_tree(tree, args.variant, args.steps, args.warmup, overrides)
       runs[name].append(res)
       print(f"round {r}: {name}: {res}", flush=True)
   best = {k: min(v, key=lambda x: x["step_s"]) for k, v in runs.items()}
   result = {
-      "variant": args.variant, "steps_timed": args.steps, "rounds": args.rounds,
+      "variant": args.variant, "overrides": overrides, "steps_timed": args.steps, "rounds": args.rounds,
       "other_tree": str(other),
       "other_commit": subprocess.run(["git", "-C", str(other), "rev-parse", "HEAD"],
                                      capture_output=True, text=True).stdout.strip(),
