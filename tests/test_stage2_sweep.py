@@ -239,6 +239,37 @@ def test_scenes_checkpointed_at_different_steps_resume_from_their_common_step(tm
     assert [r["step"] for r in rows] == list(range(1, blob_world.train.steps + 1))
 
 
+def test_a_finished_sweep_resumes_with_more_steps_but_not_with_other_settings(tmp_path,
+                                                                             blob_world):
+  """More train.steps (a key single runs may change on resume) trains every done scene
+  on from its last checkpoint and writes its final outputs again; a changed learning
+  rate is one error naming the key, old and new, before anything trains."""
+  path = _rows(tmp_path, [_row("a", "a red ball"), _row("b", "a blue chair", seed=2)])
+  steps = blob_world.train.steps
+  first = sweep.run_sweep(blob_world, path, tmp_path / "w", progress=False)
+  assert [(e["status"], e["step"]) for e in first] == [("done", steps)] * 2
+  params_before = {n: _final_params(tmp_path / "w", n)[0] for n in ("a", "b")}
+  more = blob_world.copy_and_resolve_references()
+  more.train.steps = steps + 2
+  entries = sweep.run_sweep(more, path, tmp_path / "w", progress=False)
+  assert [(e["status"], e["step"]) for e in entries] == [("done", steps + 2)] * 2
+  for n in ("a", "b"):
+    params, step = _final_params(tmp_path / "w", n)
+    assert step == steps + 2
+    assert any(not np.array_equal(u, v) for u, v in zip(params, params_before[n]))
+    summary = json.loads((tmp_path / "w" / n / "final" / "summary.json").read_text())
+    assert summary["step"] == steps + 2
+    rows = run_io.read_metrics(tmp_path / "w" / n / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, steps + 3))   # continued, not restarted
+    assert json.loads((tmp_path / "w" / n / "config.json").read_text())["train"]["steps"] == (
+        steps + 2)
+  other = more.copy_and_resolve_references()
+  other.optim.lr_field = float(more.optim.lr_field) * 2
+  with pytest.raises(prompt_file.SweepError,
+                     match=r"row 1 .*holds a different config: optim\.lr_field \(0\.01 -> 0\.02\)"):
+    sweep.run_sweep(other, path, tmp_path / "w", progress=False)
+
+
 def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_not_repeated(tmp_path,
                                                                               blob_world):
   """Rows logged before the first save are dropped when the run starts again from

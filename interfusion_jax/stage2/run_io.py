@@ -208,15 +208,22 @@ def check_resume_config(paths: RunPaths, run: config_lib.RunConfig) -> None:
     raise WorkdirError(
         f"{paths.config} cannot be read ({str(e).splitlines()[0][:200]}), so its checkpoints "
         "cannot be resumed safely; choose a new --workdir.") from e
-  changed = config_changes(old, run)
-  if changed:
-    a, b = (_flat(_jsonable(config_lib.to_dict(r))) for r in (old, run))
-    shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed[:6])
-    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+  shown = describe_config_changes(old, run)
+  if shown:
     raise WorkdirError(
-        f"{paths.root} was started with another config: {shown}{more} differ from its "
+        f"{paths.root} was started with another config: {shown} differ from its "
         "config.json. Resume with the old values (see that config.json), or train the new "
         "config in a new --workdir.")
+
+
+def describe_config_changes(old: config_lib.RunConfig, new: config_lib.RunConfig) -> str:
+  """``config_changes`` as ``"key (old -> new), ..."`` (at most six, then a count); "" if none."""
+  changed = config_changes(old, new)
+  if not changed:
+    return ""
+  a, b = (_flat(_jsonable(config_lib.to_dict(r))) for r in (old, new))
+  shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed[:6])
+  return shown + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
 
 
 def read_train_time(paths: RunPaths, step: int) -> float:

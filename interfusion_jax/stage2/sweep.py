@@ -227,7 +227,9 @@ def preflight(base: config_lib.RunConfig, prompts_file, workdir, num_processes: 
   """Everything checked before anything loads or compiles: (scenes, groups, root).
 
   A scene whose run directory already holds a different config.json is an
-  error (the prompt file or config changed since the sweep started), and so
+  error (the prompt file or config changed since the sweep started), except
+  for the keys a single run may change on resume (``run_io.RESUMABLE_CHANGES``:
+  more ``train.steps``, the log / checkpoint cadence, output sizes); and so
   is what ``setup.check_inputs`` refuses for a scene: a render size the device
   cannot hold, an anchor file (the row's or ``--config``'s) that is not an
   anchor. Each error names the prompt file's row.
@@ -246,13 +248,15 @@ def preflight(base: config_lib.RunConfig, prompts_file, workdir, num_processes: 
     saved = root / s.name / "config.json"
     if saved.is_file():
       try:
-        same = config_lib.parse(json.loads(saved.read_text())) == s.config
-      except ValueError:   # unreadable JSON or a config the schema rejects
-        same = False
-      if not same:
-        raise prompt_file.SweepError(f"{prompt_file.where(prompts_file, s.row)}: {saved} holds a different config "
-                         f"(the prompt file or --config changed since this sweep started); "
-                         "use a new --workdir or restore the old settings.")
+        changed = run_io.describe_config_changes(
+            config_lib.parse(json.loads(saved.read_text(encoding="utf-8"))), s.config)
+      except (ValueError, UnicodeDecodeError):   # unreadable, or a config the schema rejects
+        changed = "its settings (it cannot be read)"
+      if changed:
+        raise prompt_file.SweepError(
+            f"{prompt_file.where(prompts_file, s.row)}: {saved} holds a different config: "
+            f"{changed} (the prompt file or --config changed since this sweep started); "
+            "use a new --workdir or restore the old settings.")
   return scenes, groups, root
 
 
