@@ -41,7 +41,7 @@ def main(argv=None) -> int:
   print(loop.describe_checkpoint(args.workdir, state))
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "renders")
   out.mkdir(parents=True, exist_ok=True)
-  files = outputs.write_renders(state, spec, out,
+  files, _ = outputs.write_renders(state, spec, out,
                                 args.frames or int(config.train.turntable_frames),
                                 int(config.train.final_resolution))
   print("\n".join(sorted(files.values())))

@@ -6,7 +6,7 @@ import json
 from interfusion_jax.evaluation import report
 
 
-def _run_dir(tmp_path, sample_budget):
+def _run_dir(tmp_path, sample_budget, final_dropped=None):
   (tmp_path / "final").mkdir(parents=True)
   (tmp_path / "config.json").write_text(json.dumps(
       {"prompt": {"human": "a man", "object": "a bike", "interaction": "riding a bike"}}))
@@ -14,6 +14,8 @@ def _run_dir(tmp_path, sample_budget):
   if sample_budget is not None:
     summary.update(sample_budget=sample_budget,
                    samples_dropped_peak=sample_budget["samples_dropped_peak"])
+  if final_dropped is not None:
+    summary["final_renders_samples_dropped"] = final_dropped
   (tmp_path / "final" / "summary.json").write_text(json.dumps(summary))
   return report.run_report_html(tmp_path)
 
@@ -42,3 +44,11 @@ def test_fixed_budget_and_clean_runs(tmp_path):
   assert 'class="ok" id="samples"' in page and "Every occupied ray sample" in page
   # a summary without the record (an older run): no section
   assert "Ray samples" not in _run_dir(tmp_path / "old", None)
+
+
+def test_final_renders_left_out_samples_are_a_row(tmp_path):
+  page = _run_dir(tmp_path / "a", _record("grow", 64, [], 0.0, 0),
+                  {"object": 0, "human": 17, "interaction": 5})
+  assert "final renders: occupied samples left out" in page
+  assert "object 0, human 17, interaction 5" in page
+  assert "final renders" not in _run_dir(tmp_path / "b", _record("grow", 64, [], 0.0, 0))

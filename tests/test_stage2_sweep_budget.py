@@ -21,7 +21,7 @@ START = 4      # of 24 samples per ray: the blob scenes overflow it in their fir
 def test_sweep_group_grows_its_budget_as_one(tmp_path, monkeypatch):
   patch_setup(monkeypatch)
   # summary.json as written at the end, without the turntables and meshes (cost)
-  monkeypatch.setattr(outputs_lib, "write_renders", lambda *a, **k: {})
+  monkeypatch.setattr(outputs_lib, "write_renders", lambda *a, **k: ({}, {}))
   monkeypatch.setattr(outputs_lib, "write_meshes", lambda *a, **k: ({}, {}))
   cfg = _config()
   cfg.render.sample_budget = START

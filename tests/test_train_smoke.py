@@ -80,6 +80,10 @@ def test_smoke_cli_produces_every_output(tmp_path, guidance_dir):
   assert summary["step"] == cfg.train.steps
   assert summary["steps_per_second"] > 0 and summary["wall_time_s"] > 0
   assert summary["anchor_pose_id"] and "loss_sds_interaction" in summary["final_losses"]
+  # the final renders' left-out samples, per render, summed over the turntable frames
+  dropped = summary["final_renders_samples_dropped"]
+  assert sorted(dropped) == ["human", "interaction", "object"]
+  assert all(isinstance(v, int) and v >= 0 for v in dropped.values())
   # The separate entry points work on the finished run.
   proc = _run(["interfusion_jax.render", f"--workdir={work}", "--frames=2"])
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -286,7 +286,8 @@ def metrics_rows(evaluation: dict | None, summary: dict | None) -> list[tuple]:
 
 def sampling_rows(summary: dict | None) -> list[tuple]:
   """(what, value) rows of summary.json's sample budget (stage2/budget.py): the
-  per-ray budget used and its growths, and the peak of ``samples_dropped``."""
+  per-ray budget used and its growths, the peak of ``samples_dropped``, and the
+  samples the final renders left out (``final_renders_samples_dropped``)."""
   b = (summary or {}).get("sample_budget")
   if not b:
     return []
@@ -297,7 +298,10 @@ def sampling_rows(summary: dict | None) -> list[tuple]:
            f"{b.get('start')} / {b.get('final')} / {b.get('max')}"),
           ("budget growths", grew),
           ("samples_dropped, peak of a step", b.get("samples_dropped_peak")),
-          ("steps that dropped samples", b.get("steps_with_drops"))]
+          ("steps that dropped samples", b.get("steps_with_drops"))] + (
+              [("final renders: occupied samples left out, all turntable frames",
+                ", ".join(f"{k} {v}" for k, v in final.items()))]
+              if (final := summary.get("final_renders_samples_dropped")) is not None else [])
 
 
 MESH_MAX_FACES = 20000

@@ -8,6 +8,7 @@ c_O / 2 for the interaction scene and the origin for the human.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import pathlib
 
@@ -66,9 +67,13 @@ def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec,
   chunk's whatever the image size (the paper's 512^2 final renders at 512
   samples a ray would otherwise hold ~10^8 samples at once). The sample budget
   applies per chunk; while nothing is dropped the images do not depend on it.
+  The last chunk is padded with rays that miss the scene box, which take no
+  samples, so the padding never takes a real ray's budget.
 
   Returns:
-    {name: {"rgb": [H, W, 3], "normal": [H, W, 3] display in [0, 1], "opacity": [H, W]}}.
+    {name: {"rgb": [H, W, 3], "normal": [H, W, 3] display in [0, 1], "opacity": [H, W],
+    "samples_dropped": int32 scalar, occupied samples the sample budget left out
+    (0 when every occupied sample was evaluated)}}.
   """
   fn, h, w = spec.model.field, spec.height, spec.width
   chunk = int(chunk or setup_lib.EVAL_CHUNK_RAYS)
@@ -86,26 +91,49 @@ def render_eval(params: Params, occupancy, cams: dict, spec: step_lib.TrainSpec,
       else:
         r = render_lib.render_rays(fn, params[name], o, d, bg, spec.render, occupancy=grid,
                                    shading=shading)
-      return r.rgb, r.opacity, r.normal
+      return (r.rgb, r.opacity, r.normal), r.num_dropped
 
-    rgb, opacity, normal = _in_chunks(render, rays_o, rays_d, chunk)
+    (rgb, opacity, normal), dropped = _in_chunks(render, rays_o, rays_d, chunk,
+                                                 spec.render.radius)
     rgb, opacity = rgb.reshape(h, w, 3), opacity.reshape(h, w)
     out[name] = {"rgb": rgb, "opacity": opacity,
-                 "normal": render_lib.normals_to_image(normal.reshape(h, w, 3), opacity)}
+                 "normal": render_lib.normals_to_image(normal.reshape(h, w, 3), opacity),
+                 "samples_dropped": dropped}
   return out
 
 
-def _in_chunks(fn, rays_o: jax.Array, rays_d: jax.Array, chunk: int) -> tuple:
-  """``fn(rays_o, rays_d)`` (per-ray outputs [R, ...]) over ``chunk`` rays at a time.
+def _in_chunks(fn, rays_o: jax.Array, rays_d: jax.Array, chunk: int, radius: float
+               ) -> tuple[tuple, jax.Array]:
+  """``fn(rays_o, rays_d)`` over ``chunk`` rays at a time.
 
-  The last chunk is padded with copies of the last ray and the padding dropped.
+  ``fn`` returns (per-ray outputs [R, ...], a per-chunk count). The last chunk
+  is padded with rays that start outside the box [-radius, radius]^3 and point
+  away from it (no samples, nothing evaluated or dropped); their outputs are
+  cut off.
+
+  Returns:
+    (per-ray outputs [n, ...], the counts summed over the chunks).
   """
   n = rays_o.shape[0]
   c = max(1, min(chunk, n))
   pad = (-n) % c
-  split = lambda a: jnp.pad(a, ((0, pad), (0, 0)), mode="edge").reshape(-1, c, a.shape[-1])
-  outs = jax.lax.map(lambda od: fn(*od), (split(rays_o), split(rays_d)))
-  return tuple(x.reshape(-1, *x.shape[2:])[:n] for x in outs)
+  away = lambda a, v: jnp.concatenate([a, jnp.full((pad, 3), v, a.dtype)]).reshape(-1, c, 3)
+  outs, counts = jax.lax.map(lambda od: fn(*od),
+                             (away(rays_o, 4.0 * radius), away(rays_d, 1.0)))
+  return tuple(x.reshape(-1, *x.shape[2:])[:n] for x in outs), jnp.sum(counts)
+
+
+def warn_dropped(what: str, dropped: dict, spec: step_lib.TrainSpec) -> None:
+  """Logs one warning when eval renders left occupied samples out ({render: count})."""
+  total = sum(int(v) for v in dropped.values())
+  if total <= 0:
+    return
+  per = ", ".join(f"{k} {int(v)}" for k, v in dropped.items() if int(v))
+  logging.warning(
+      "%s left out %d occupied ray samples (%s): more than the %d samples per ray on average "
+      "that the sample budget holds (of render.num_samples = %d, where nothing is left out); "
+      "those rays render without them. A larger config.render.sample_budget avoids it.",
+      what, total, per, spec.render.sample_budget, spec.render.num_samples)
 
 
 _EVAL_FNS: dict = {}
@@ -131,24 +159,29 @@ def at_size(spec: step_lib.TrainSpec, size: int) -> step_lib.TrainSpec:
 def validation_grid(params: Params, occupancy, object_center, spec: step_lib.TrainSpec,
                     azimuths=(0.0, 90.0)) -> np.ndarray:
   """uint8 grid: rows object / human / interaction (x azimuths); columns RGB, normals, opacity."""
-  rows = []
+  rows, dropped = [], {}
   for az in azimuths:
     imgs = eval_fn(spec)(params, occupancy, eval_cameras(spec, object_center, az))
     for name in ("object", "human", "interaction"):
       d = jax.device_get(imgs[name])
       rows.append([d["rgb"], d["normal"], d["opacity"]])
+      dropped[name] = dropped.get(name, 0) + int(d["samples_dropped"])
+  warn_dropped("The validation renders", dropped, spec)
   return run_io.image_grid(rows)
 
 
 def turntables(params: Params, occupancy, object_center, spec: step_lib.TrainSpec,
-               frames: int) -> dict:
-  """{name: list of F uint8 RGB frames} for object / human / interaction (full orbit)."""
+               frames: int) -> tuple[dict, dict]:
+  """({name: list of F uint8 RGB frames}, {name: occupied samples left out over the
+  frames}) for object / human / interaction (full orbit)."""
   out = {"object": [], "human": [], "interaction": []}
+  dropped = dict.fromkeys(out, 0)
   for i in range(frames):
     imgs = eval_fn(spec)(params, occupancy, eval_cameras(spec, object_center, 360.0 * i / frames))
     for name in out:
       out[name].append(run_io.to_uint8(np.asarray(imgs[name]["rgb"])))
-  return out
+      dropped[name] += int(imgs[name]["samples_dropped"])
+  return out, dropped
 
 
 def extract_meshes(params: Params, spec: step_lib.TrainSpec, resolution: int,
@@ -181,19 +214,23 @@ def albedo_fns(params: Params, spec: step_lib.TrainSpec) -> dict:
 
 
 def write_renders(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: pathlib.Path,
-                  frames: int, size: int = 0) -> dict:
+                  frames: int, size: int = 0) -> tuple[dict, dict]:
   """Turntables (MP4, GIF fallback) of the interaction / human / object and multiview.png.
+
+  Occupied samples the sample budget left out are counted and, if any, logged
+  in one warning (``warn_dropped``).
 
   Args:
     size: render size in pixels, square (``config.train.final_resolution``;
       0 = the training render size).
 
   Returns:
-    {output name: path}.
+    ({output name: path}, {render: occupied samples left out over the frames}).
   """
   spec = at_size(spec, size)
   outputs = {}
-  shots = turntables(state.params, state.occupancy, state.object_center, spec, frames)
+  shots, dropped = turntables(state.params, state.occupancy, state.object_center, spec, frames)
+  warn_dropped(f"The {frames} turntable frames", dropped, spec)
   for name, fr in shots.items():
     outputs[f"turntable_{name}"] = str(run_io.write_video(out_dir / f"turntable_{name}", fr))
   n = len(shots["interaction"])
@@ -202,7 +239,7 @@ def write_renders(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir:
                             for name in ("interaction", "human", "object")])
   run_io.write_png(out_dir / "multiview.png", grid)
   outputs["multiview"] = str(out_dir / "multiview.png")
-  return outputs
+  return outputs, dropped
 
 
 def write_meshes(state: step_lib.TrainState, spec: step_lib.TrainSpec, out_dir: pathlib.Path,
@@ -243,8 +280,9 @@ def write_final_outputs(state: step_lib.TrainState, scene: setup_lib.Scene,
   """
   spec = scene.spec
   with fileio.atomic_directory(paths.final) as tmp:
-    outputs = write_renders(state, spec, tmp, int(config.train.turntable_frames),
-                            int(config.train.final_resolution))
+    outputs, dropped = write_renders(state, spec, tmp, int(config.train.turntable_frames),
+                                     int(config.train.final_resolution))
+    info = dict(info, final_renders_samples_dropped=dropped)
     mesh_files, meshes = write_meshes(state, spec, tmp, int(config.train.mesh_resolution),
                                       texture_size=int(config.train.texture_size))
     outputs.update(mesh_files)
@@ -273,6 +311,8 @@ def _summary(state, scene, info: dict, outputs: dict, meshes: dict) -> dict:
       # the largest samples_dropped of a step, and the per-ray budget used (budget.py)
       "samples_dropped_peak": (info.get("sample_budget") or {}).get("samples_dropped_peak"),
       "sample_budget": info.get("sample_budget"),
+      # occupied samples the final renders (every turntable frame) left out, per render
+      "final_renders_samples_dropped": info.get("final_renders_samples_dropped"),
       "mesh_vertices": {k: int(len(m.vertices)) for k, m in meshes.items()},
       "outputs": outputs,
   }
