@@ -1,7 +1,7 @@
 """Drills on the run lifecycle, as a careful user or an adversary would run them
 (docs/training.md, "What survives what"): a second process on a locked
 workdir, a resume under another config, a corrupt newest checkpoint, SIGTERM
-mid-run, a run whose steps are all skipped; and (second part, "bad inputs") every
+mid-run and while the final outputs are written, a run whose steps are all skipped; and (second part, "bad inputs") every
 bad input that must end in one ``error: ...`` line and exit 2 before anything
 compiles: config values, config variants, prompt files, sweep rows, weights and
 anchor files, render/export/pose flags, render sizes.
@@ -215,6 +215,39 @@ def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tmp_path):
   assert [r["step"] for r in run_io.read_metrics(work / "metrics.jsonl")][-1] <= at
   assert not any((work / "final").iterdir()) and "Done" not in out
   assert not [p for p in work.iterdir() if p.name.startswith(".final")]
+
+
+def test_sigterm_during_the_final_outputs_keeps_the_old_ones_and_a_rerun_writes_them(run_copy):
+  """A SIGTERM while final/ is being written again (a finished run, rerun: nothing to
+  train, the final outputs rendered anew): exit 130 with one line, the previous final/
+  and every checkpoint byte for byte, no temporary folder left; the same command then
+  writes final/ without training a step."""
+  before = _snapshot(run_copy, under=("checkpoints", "final"))
+  metrics = (run_copy / "metrics.jsonl").read_bytes()
+  proc = subprocess.Popen([sys.executable, "-m", "interfusion_jax.train",
+                           f"--workdir={run_copy}", *SMOKE], cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline, sent = time.time() + 600, False
+  while time.time() < deadline and proc.poll() is None:
+    if any(p.name.startswith(".final.tmp") for p in run_copy.iterdir()):
+      proc.send_signal(signal.SIGTERM)
+      sent = True
+      break
+    time.sleep(0.01)
+  out, err = proc.communicate(timeout=300)
+  assert sent, "the final outputs were never being written: " + err[-2000:]
+  assert proc.returncode == 130, err[-3000:]
+  line = _last_line(err)
+  assert line.startswith("Interrupted") and "Run the same command" in line, line
+  assert "Traceback" not in err and "Done" not in out
+  assert _snapshot(run_copy, under=("checkpoints", "final")) == before
+  assert not [p.name for p in run_copy.iterdir() if p.name.startswith(".final")]
+  shutil.rmtree(run_copy / "final")
+  again = _train(run_copy)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _last_line(again.stdout).startswith("Done:")
+  assert json.loads((run_copy / "final" / "summary.json").read_text())["step"] == 12
+  assert (run_copy / "metrics.jsonl").read_bytes() == metrics       # no step trained again
 
 
 def test_a_run_with_all_steps_skipped_fails(tmp_path):
