@@ -42,8 +42,8 @@ def main(argv=None) -> int:
   out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "renders")
   out.mkdir(parents=True, exist_ok=True)
   files, _ = outputs.write_renders(state, spec, out,
-                                args.frames or int(config.train.turntable_frames),
-                                int(config.train.final_resolution))
+                                   args.frames or int(config.train.turntable_frames),
+                                   int(config.train.final_resolution))
   print("\n".join(sorted(files.values())))
   return 0
 

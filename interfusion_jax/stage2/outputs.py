@@ -159,13 +159,13 @@ def at_size(spec: step_lib.TrainSpec, size: int) -> step_lib.TrainSpec:
 def validation_grid(params: Params, occupancy, object_center, spec: step_lib.TrainSpec,
                     azimuths=(0.0, 90.0)) -> np.ndarray:
   """uint8 grid: rows object / human / interaction (x azimuths); columns RGB, normals, opacity."""
-  rows, dropped = [], {}
+  rows, dropped = [], dict.fromkeys(("object", "human", "interaction"), 0)
   for az in azimuths:
     imgs = eval_fn(spec)(params, occupancy, eval_cameras(spec, object_center, az))
-    for name in ("object", "human", "interaction"):
+    for name in dropped:
       d = jax.device_get(imgs[name])
       rows.append([d["rgb"], d["normal"], d["opacity"]])
-      dropped[name] = dropped.get(name, 0) + int(d["samples_dropped"])
+      dropped[name] += int(d["samples_dropped"])
   warn_dropped("The validation renders", dropped, spec)
   return run_io.image_grid(rows)
 
