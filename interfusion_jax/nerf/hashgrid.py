@@ -241,6 +241,14 @@ def _corner_rows(cell: jax.Array, c: int, spec: HashGridSpec, dense: bool,
   return rows + offset
 
 
+def _all_corner_rows(cell: jax.Array, spec: HashGridSpec, dense: bool, stride, offset,
+                     axis: int = -1) -> jax.Array:
+  """``_corner_rows`` of the 8 corners stacked on ``axis``: [..., 3] -> [..., 8]
+  (``axis`` -1) or [8, ...] (``axis`` 0)."""
+  return jnp.stack([_corner_rows(cell, c, spec, dense, stride, offset) for c in range(8)],
+                   axis)
+
+
 def _axis_weights(frac: jax.Array, c: int) -> list[jax.Array]:
   """The three 1-D hat weights of corner ``c``: b_d ? f_d : 1 - f_d."""
   return [frac[..., d] if b else 1.0 - frac[..., d] for d, b in enumerate(corner_bits(c))]
@@ -320,7 +328,7 @@ def _block_corners(x01: jax.Array, spec: HashGridSpec, start: int, stop: int, de
   res, stride, offs = _block_consts(spec, start, stop, local)
   cell, frac = _cells(x01, res)
   hs = _scaled_direction(h, x01, res)
-  return (jnp.stack([_corner_rows(cell, c, spec, dense, stride, offs) for c in range(8)], -1),
+  return (_all_corner_rows(cell, spec, dense, stride, offs),
           jnp.stack([_corner_coef(frac, c, hs) for c in range(8)], axis=-1))
 
 
@@ -516,8 +524,7 @@ def _jacobian_jnp(table: jax.Array, x01: jax.Array, spec: HashGridSpec) -> jax.A
     def level(carry, consts, dense=dense):
       res, stride, offset = consts
       cell, frac = _cells(x01, res)
-      rows = jnp.stack([_corner_rows(cell, c, spec, dense, stride, offset)
-                        for c in range(8)], -1)
+      rows = _all_corner_rows(cell, spec, dense, stride, offset)
       corner_feats = jax.lax.optimization_barrier(_gather(table, rows))  # [N, 8, F]
       acc = 0.0
       for c in range(8):
@@ -567,8 +574,7 @@ def _splat_jnp(vals: jax.Array, x01: jax.Array, spec: HashGridSpec,
       (res, stride, offset), v, jv = xs
       cell, frac = _cells(x01, res)
       hs = _scaled_direction(h, x01, res)
-      rows = jnp.stack([_corner_rows(cell, c, spec, dense, stride, offset)
-                        for c in range(8)])                            # [8, N]
+      rows = _all_corner_rows(cell, spec, dense, stride, offset, axis=0)  # [8, N]
       coef = jnp.stack([_corner_coef(frac, c, hs) for c in range(8)])  # [8, N]
       upd = coef[..., None] * v                                        # [8, N, F]
       if jv is not None:
@@ -603,8 +609,7 @@ def _position_grad_jnp(table: jax.Array, vals: jax.Array, x01: jax.Array,
     def level(out, xs, dense=dense):
       (res, stride, offset), v = xs
       cell, frac = _cells(x01, res)
-      rows = jnp.stack([_corner_rows(cell, c, spec, dense, stride, offset)
-                        for c in range(8)], -1)
+      rows = _all_corner_rows(cell, spec, dense, stride, offset)
       gv = jax.lax.optimization_barrier(
           jnp.sum(_gather(table, rows) * v[:, None, :], axis=-1))      # [N, 8]
       per_level = 0.0
